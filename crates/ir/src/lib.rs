@@ -1,0 +1,22 @@
+//! lowmem's core IR: a static, typed computation graph.
+//!
+//! Tensors and nodes are addressed by dense indices ([`TensorId`], [`NodeId`]); names exist only
+//! for people and for the JSON/ONNX boundaries. A [`Graph`] is kept in topological order and every
+//! tensor carries its inferred dtype and static shape: [`Graph::add_node`] infers the outputs of a
+//! node when it is added, and [`Graph::validate`] re-derives everything from scratch.
+
+mod batch;
+mod dtype;
+mod error;
+mod graph;
+pub mod json;
+mod op;
+pub mod shape;
+
+pub use dtype::{DType, TensorData};
+pub use error::IrError;
+pub use graph::{Graph, Node, NodeId, Tensor, TensorId, TensorKind};
+pub use op::{
+    AutoPad, BatchNormAttrs, ClipAttrs, ConvAttrs, GemmAttrs, LrnAttrs, Op, PoolAttrs, ReduceAttrs,
+    SoftmaxAttrs, Window,
+};
