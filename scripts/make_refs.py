@@ -608,6 +608,25 @@ def make_ops():
     print(f"[ops] wrote {len(index)} cases to {os.path.relpath(out_root, ROOT)}, skipped {len(skipped)}")
 
 
+def make_examples():
+    """ir/examples/*.json converted to ONNX by scripts/lowmem_json.py (an independent reader of
+    the JSON spec), run by onnxruntime on the example's input -> data/ref/examples/<name>/."""
+    import glob
+    import lowmem_json
+    out_root = os.path.join(ROOT, "data", "ref", "examples")
+    for path in sorted(glob.glob(os.path.join(ROOT, "ir", "examples", "*.json"))):
+        name = os.path.splitext(os.path.basename(path))[0]
+        model = lowmem_json.load(path)
+        x = onnx.load_tensor(os.path.join(ROOT, "ir", "examples", f"{name}.x.pb"))
+        sess = session(model.SerializeToString())
+        (y,) = sess.run(None, {x.name: numpy_helper.to_array(x)})
+        d = os.path.join(out_root, name)
+        os.makedirs(d, exist_ok=True)
+        onnx.save(model, os.path.join(d, "model.onnx"))
+        write_tensor(os.path.join(d, "output_0.pb"), y, model.graph.output[0].name)
+        print(f"[examples] {name}: output {list(y.shape)} {stats(y)}")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--models", default=",".join(ZOO))
@@ -625,7 +644,8 @@ def main():
     if not args.zoo_only:
         t1 = time.time()
         make_ops()
-        print(f"ops part: {time.time() - t1:.1f}s")
+        make_examples()
+        print(f"ops and examples part: {time.time() - t1:.1f}s")
 
 
 if __name__ == "__main__":

@@ -364,9 +364,30 @@ impl Graph {
         Ok(())
     }
 
-    /// Parameter count and bytes of the weights.
-    pub fn weight_totals(&self) -> (usize, usize) {
-        self.weights().fold((0, 0), |(n, b), t| {
+    /// Float weights that training updates: every float weight except BatchNormalization's
+    /// running statistics (inputs 3 and 4), which are statistics, not parameters.
+    pub fn trainable_weights(&self) -> Vec<TensorId> {
+        let mut stats = vec![false; self.tensors.len()];
+        let mut other_use = vec![false; self.tensors.len()];
+        for n in &self.nodes {
+            for (k, &i) in n.inputs.iter().enumerate() {
+                if matches!(n.op, Op::BatchNormalization(_)) && k >= 3 {
+                    stats[i.index()] = true;
+                } else {
+                    other_use[i.index()] = true;
+                }
+            }
+        }
+        self.weights()
+            .filter(|&t| {
+                self.tensor(t).dtype.is_float() && (!stats[t.index()] || other_use[t.index()])
+            })
+            .collect()
+    }
+
+    /// Element count and bytes of a set of tensors.
+    pub fn totals(&self, ts: impl IntoIterator<Item = TensorId>) -> (usize, usize) {
+        ts.into_iter().fold((0, 0), |(n, b), t| {
             (n + self.tensor(t).numel(), b + self.tensor(t).bytes())
         })
     }

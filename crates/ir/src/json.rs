@@ -4,12 +4,11 @@
 //! topologically on load. Weight data is written as base64 of the little-endian bytes, so a
 //! graph round-trips bit for bit; hand-written files may give `values` or `fill` instead.
 
-use std::collections::HashMap;
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
-use petgraph::algo::toposort;
-use petgraph::graph::DiGraph;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -52,6 +51,27 @@ struct JsonWeight {
     values: Option<Vec<f64>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     fill: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    uniform: Option<Uniform>,
+}
+
+/// Deterministic pseudo-random weights for hand-written graphs: element i is
+/// `low + (high - low) * u_i`, u_i the top 24 bits of the i-th splitmix64 output from `seed`,
+/// divided by 2^24.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Uniform {
+    low: f64,
+    high: f64,
+    seed: u64,
+}
+
+fn splitmix64(state: &mut u64) -> u64 {
+    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
 }
 
 #[derive(Serialize, Deserialize)]
@@ -68,8 +88,17 @@ struct JsonNode {
 fn weight_data(w: &JsonWeight) -> Result<TensorData, IrError> {
     let n = crate::shape::numel(&w.shape, &w.name)?;
     let bad = |m: String| IrError::tensor(&w.name, m);
-    match (&w.base64, &w.values, w.fill) {
-        (Some(b), None, None) => {
+    match (&w.base64, &w.values, w.fill, &w.uniform) {
+        (None, None, None, Some(u)) => {
+            let mut state = u.seed;
+            let mut d = TensorData::zeros(w.dtype, n);
+            for i in 0..n {
+                let r = (splitmix64(&mut state) >> 40) as f64 / (1u64 << 24) as f64;
+                set_f64(&mut d, i, u.low + (u.high - u.low) * r);
+            }
+            Ok(d)
+        }
+        (Some(b), None, None, None) => {
             let bytes = B64
                 .decode(b)
                 .map_err(|e| bad(format!("invalid base64: {e}")))?;
@@ -82,16 +111,16 @@ fn weight_data(w: &JsonWeight) -> Result<TensorData, IrError> {
             })?;
             Ok(d)
         }
-        (None, Some(v), None) => {
+        (None, Some(v), None, None) => {
             let mut d = TensorData::zeros(w.dtype, v.len());
             for (i, &x) in v.iter().enumerate() {
                 set_f64(&mut d, i, x);
             }
             Ok(d)
         }
-        (None, None, Some(x)) => Ok(TensorData::filled(w.dtype, n, x)),
+        (None, None, Some(x), None) => Ok(TensorData::filled(w.dtype, n, x)),
         _ => Err(bad(
-            "give exactly one of `base64`, `values` or `fill`".into()
+            "give exactly one of `base64`, `values`, `fill` or `uniform`".into(),
         )),
     }
 }
@@ -134,9 +163,15 @@ pub fn from_json(text: &str) -> Result<Graph, IrError> {
     }
     let mut ops = Vec::with_capacity(jg.nodes.len());
     for n in &jg.nodes {
-        let v = serde_json::json!({"op": n.op, "attrs": n.attrs});
-        let op: Op = serde_json::from_value(v)
-            .map_err(|e| IrError::Json(format!("node '{}' (op {}): {e}", n.name, n.op)))?;
+        // No `attrs` means every attribute at its default: unit ops take no content, the
+        // others an empty map.
+        let parsed = match &n.attrs {
+            Some(a) => serde_json::from_value(serde_json::json!({"op": n.op, "attrs": a})),
+            None => serde_json::from_value(serde_json::json!({"op": n.op}))
+                .or_else(|_| serde_json::from_value(serde_json::json!({"op": n.op, "attrs": {}}))),
+        };
+        let op: Op =
+            parsed.map_err(|e| IrError::Json(format!("node '{}' (op {}): {e}", n.name, n.op)))?;
         ops.push(op);
     }
     for i in topo_order(&jg.nodes, &g)? {
@@ -178,13 +213,16 @@ fn topo_order(nodes: &[JsonNode], g: &Graph) -> Result<Vec<usize>, IrError> {
             }
         }
     }
-    let mut dg = DiGraph::<usize, ()>::with_capacity(nodes.len(), 0);
-    let idx: Vec<_> = (0..nodes.len()).map(|i| dg.add_node(i)).collect();
+    // Kahn's algorithm taking the earliest listed ready node first, so a list that is already
+    // in topological order keeps its order (round trips preserve node and tensor ids).
+    let mut succ: Vec<Vec<usize>> = vec![Vec::new(); nodes.len()];
+    let mut indeg = vec![0usize; nodes.len()];
     for (i, n) in nodes.iter().enumerate() {
         for t in &n.inputs {
             match producer.get(t.as_str()) {
                 Some(&p) => {
-                    dg.add_edge(idx[p], idx[i], ());
+                    succ[p].push(i);
+                    indeg[i] += 1;
                 }
                 None if g.tensor_id(t).is_some() => {}
                 None => {
@@ -196,9 +234,36 @@ fn topo_order(nodes: &[JsonNode], g: &Graph) -> Result<Vec<usize>, IrError> {
             }
         }
     }
-    toposort(&dg, None)
-        .map(|order| order.into_iter().map(|n| dg[n]).collect())
-        .map_err(|c| IrError::Cycle(nodes[dg[c.node_id()]].name.clone()))
+    let mut ready: BinaryHeap<Reverse<usize>> = (0..nodes.len())
+        .filter(|&i| indeg[i] == 0)
+        .map(Reverse)
+        .collect();
+    let mut order = Vec::with_capacity(nodes.len());
+    while let Some(Reverse(i)) = ready.pop() {
+        order.push(i);
+        for &s in &succ[i] {
+            indeg[s] -= 1;
+            if indeg[s] == 0 {
+                ready.push(Reverse(s));
+            }
+        }
+    }
+    let Some(start) = (0..nodes.len()).find(|&i| indeg[i] > 0) else {
+        return Ok(order);
+    };
+    // Every unsorted node has an unsorted producer; walking producers must revisit a node,
+    // and the first one revisited lies on a cycle.
+    let mut seen = vec![false; nodes.len()];
+    let mut at = start;
+    while !std::mem::replace(&mut seen[at], true) {
+        at = nodes[at]
+            .inputs
+            .iter()
+            .filter_map(|t| producer.get(t.as_str()).copied())
+            .find(|&p| indeg[p] > 0)
+            .expect("an unsorted node has an unsorted producer");
+    }
+    Err(IrError::Cycle(nodes[at].name.clone()))
 }
 
 /// Writes the JSON form (pretty-printed; weights as base64).
@@ -229,6 +294,7 @@ pub fn to_json(g: &Graph) -> String {
                     base64: Some(B64.encode(data.to_le_bytes())),
                     values: None,
                     fill: None,
+                    uniform: None,
                 }
             })
             .collect(),
@@ -335,7 +401,7 @@ mod tests {
             r#""inputs": ["x", "w", "b"]"#,
             r#""inputs": ["y", "w", "b"]"#,
         );
-        assert!(matches!(from_json(&cyc), Err(IrError::Cycle(_))));
+        assert!(matches!(from_json(&cyc), Err(IrError::Cycle(n)) if n == "fc" || n == "act"));
         let unk = MLP.replace(r#""op": "Relu""#, r#""op": "Frobnicate""#);
         let e = from_json(&unk).unwrap_err().to_string();
         assert!(e.contains("node 'act'") && e.contains("Frobnicate"), "{e}");

@@ -17,6 +17,6 @@ pub use dtype::{DType, TensorData};
 pub use error::IrError;
 pub use graph::{Graph, Node, NodeId, Tensor, TensorId, TensorKind};
 pub use op::{
-    AutoPad, BatchNormAttrs, ClipAttrs, ConvAttrs, GemmAttrs, LrnAttrs, Op, PoolAttrs, ReduceAttrs,
-    SoftmaxAttrs, Window,
+    AutoPad, BatchNormAttrs, ClipAttrs, ConvAttrs, GeluApprox, GemmAttrs, LrnAttrs, Op, PoolAttrs,
+    ReduceAttrs, SoftmaxAttrs, Window,
 };

@@ -527,7 +527,7 @@ pub fn reshape_target(
         .try_fold(1usize, |a, &d| a.checked_mul(d))
         .ok_or("target size overflows")?;
     if let Some(i) = infer {
-        if known == 0 || total % known != 0 {
+        if known == 0 || !total.is_multiple_of(known) {
             return Err(format!(
                 "cannot reshape {input:?} ({total} elements) to {target:?}"
             ));

@@ -1,0 +1,71 @@
+//! ReduceSum / ReduceMean over any set of axes (f64 accumulation).
+
+use super::{next_index, strides};
+
+/// Sums (or averages, with `mean`) `x` over `axes` (normalised, distinct). `out` has the
+/// non-reduced elements in order (the keepdims and non-keepdims layouts are the same). An
+/// empty reduction gives 0 for a sum and NaN for a mean.
+pub fn reduce(x: &[f32], x_shape: &[usize], axes: &[usize], mean: bool, out: &mut [f32]) {
+    let r = x_shape.len();
+    assert_eq!(
+        x.len(),
+        x_shape.iter().product::<usize>(),
+        "reduce input length"
+    );
+    let kept: Vec<usize> = (0..r)
+        .map(|i| if axes.contains(&i) { 1 } else { x_shape[i] })
+        .collect();
+    let n_out: usize = kept.iter().product();
+    assert_eq!(out.len(), n_out, "reduce output length");
+    let n_red: usize = axes.iter().map(|&a| x_shape[a]).product();
+    let mut acc = vec![0f64; n_out];
+    if !x.is_empty() {
+        // Walk x in order; the accumulator index uses strides zeroed on reduced axes.
+        let ks = strides(&kept);
+        let mut dims: Vec<usize> = Vec::new();
+        let mut so: Vec<usize> = Vec::new();
+        for i in 0..r {
+            let (d, s) = (x_shape[i], if axes.contains(&i) { 0 } else { ks[i] });
+            if d == 1 {
+                continue;
+            }
+            if let Some(j) = dims.len().checked_sub(1)
+                && so[j] == s * d
+            {
+                dims[j] *= d;
+                so[j] = s;
+                continue;
+            }
+            dims.push(d);
+            so.push(s);
+        }
+        let (inner, step) = match (dims.pop(), so.pop()) {
+            (Some(d), Some(s)) => (d, s),
+            _ => (1, 0),
+        };
+        let mut idx = vec![0; dims.len()];
+        let mut i = 0;
+        loop {
+            let o: usize = idx.iter().zip(&so).map(|(i, s)| i * s).sum();
+            let run = &x[i..i + inner];
+            if step == 0 {
+                acc[o] += run.iter().map(|&v| v as f64).sum::<f64>();
+            } else {
+                for (a, &v) in acc[o..o + inner].iter_mut().zip(run) {
+                    *a += v as f64;
+                }
+            }
+            i += inner;
+            if !next_index(&mut idx, &dims) {
+                break;
+            }
+        }
+    }
+    for (o, a) in out.iter_mut().zip(acc) {
+        *o = if mean {
+            (a / n_red as f64) as f32
+        } else {
+            a as f32
+        };
+    }
+}

@@ -1,0 +1,14 @@
+//! Any text given to the JSON loader gives a valid graph that round-trips exactly, or an error.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use lowmem_ir::json;
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(text) = std::str::from_utf8(data) else { return };
+    if let Ok(g) = json::from_json(text) {
+        let again = json::from_json(&json::to_json(&g)).expect("written graphs load");
+        assert!(json::same_graph(&g, &again));
+        let _ = g.with_batch(2);
+    }
+});

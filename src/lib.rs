@@ -1,0 +1,34 @@
+//! lowmem: a graph compiler and memory planner for training deep networks in less memory.
+//!
+//! This facade re-exports the pipeline's crates (one per stage, in data-flow order) and holds
+//! what the `lowmem` command line shares between its subcommands.
+
+pub use lowmem_exec as exec;
+pub use lowmem_ir as ir;
+pub use lowmem_onnx as onnx;
+
+pub mod inspect;
+pub mod model;
+
+use thiserror::Error;
+
+/// Errors reported by the command line; each names the file, tensor or node at fault.
+#[derive(Debug, Error)]
+pub enum Error {
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}: {source}")]
+    Import {
+        path: String,
+        source: Box<lowmem_onnx::ImportError>,
+    },
+    #[error("{0}")]
+    Ir(#[from] lowmem_ir::IrError),
+    #[error("{0}")]
+    Exec(#[from] lowmem_exec::ExecError),
+    #[error("{0}")]
+    Usage(String),
+}
