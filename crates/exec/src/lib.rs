@@ -3,7 +3,8 @@
 //! This is the oracle the later stages (autodiff, memory planning, rematerialisation) are
 //! checked against, so each op follows its ONNX definition exactly as [`lowmem_ir::Op`]
 //! normalises it. Compute is f32; tensors of other dtypes can flow through the data-movement
-//! ops (Identity, Reshape, Flatten, Squeeze, Unsqueeze, Transpose, Concat) and Dropout's mask.
+//! ops (Identity, Reshape, Flatten, Squeeze, Unsqueeze, Transpose, Concat, Expand, Slice),
+//! Dropout's mask, training steps and class labels (i64).
 //! The kernels are exposed in [`kernels`] as plain functions writing into caller-provided
 //! slices.
 
@@ -11,7 +12,7 @@ pub mod kernels;
 
 use std::borrow::Cow;
 
-use kernels::{Binary, Unary};
+use kernels::{Binary, Unary, UnaryGrad};
 use lowmem_ir::shape::{axis as norm_axis, count};
 use lowmem_ir::{DType, Graph, Op, TensorData};
 use thiserror::Error;
@@ -177,12 +178,20 @@ pub fn run(graph: &Graph, inputs: &[TensorData]) -> Result<Vec<TensorData>, Exec
             (true, Some(t0)) => vals[t0.index()].take().map(Cow::into_owned),
             _ => None,
         };
+        // A taken input 0 reads as an empty placeholder: kernels get it through `taken`.
         let ins: Vec<&TensorData> = node
             .inputs
             .iter()
-            .map(|&t| vals[t.index()].as_deref())
-            .collect::<Option<Vec<_>>>()
-            .unwrap_or_default();
+            .enumerate()
+            .map(|(k, &t)| match vals[t.index()].as_deref() {
+                Some(v) => Ok(v),
+                None if k == 0 && taken.is_some() => Ok(&TAKEN),
+                None => Err(nerr(format!(
+                    "input '{}' has no value (freed too early)",
+                    graph.tensor(t).name
+                ))),
+            })
+            .collect::<Result<_, _>>()?;
         let outs = exec_node(&node.op, &ins, &shapes, &out_shapes, taken).map_err(nerr)?;
         drop(ins);
         if outs.len() != node.outputs.len() {
@@ -228,6 +237,7 @@ pub fn run(graph: &Graph, inputs: &[TensorData]) -> Result<Vec<TensorData>, Exec
 /// Ops that can take over their first input's buffer when it dies.
 fn reuses_input(op: &Op) -> bool {
     op.is_unary_elementwise()
+        || op.is_elementwise_grad()
         || matches!(
             op,
             Op::Reshape { .. }
@@ -235,7 +245,33 @@ fn reuses_input(op: &Op) -> bool {
                 | Op::Squeeze { .. }
                 | Op::Unsqueeze { .. }
                 | Op::Dropout { .. }
+                | Op::DropoutTrain { .. }
+                | Op::DropoutGrad { .. }
+                | Op::SgdUpdate { .. }
+                | Op::AdamUpdate { .. }
         )
+}
+
+/// The i64 scalar input `i` (a training step).
+fn i64_scalar(v: &TensorData, i: usize) -> Result<i64, String> {
+    match v {
+        TensorData::I64(x) if x.len() == 1 => Ok(x[0]),
+        other => Err(format!(
+            "input {i} must be an i64 scalar, got {} with {} elements",
+            other.dtype(),
+            other.len()
+        )),
+    }
+}
+
+fn i64s(v: &TensorData, i: usize) -> Result<&[i64], String> {
+    match v {
+        TensorData::I64(x) => Ok(x),
+        other => Err(format!(
+            "input {i} has dtype {}, expected i64",
+            other.dtype()
+        )),
+    }
 }
 
 fn f32s(v: &TensorData, what: usize) -> Result<&[f32], String> {
@@ -247,6 +283,9 @@ fn f32s(v: &TensorData, what: usize) -> Result<&[f32], String> {
         )),
     }
 }
+
+/// Stands in for an input whose buffer was taken for in-place reuse.
+static TAKEN: TensorData = TensorData::F32(Vec::new());
 
 /// Runs one op on its input values. `taken`, if given, is input 0's buffer, which the op may
 /// reuse (it is already out of the value table).
@@ -285,8 +324,346 @@ fn exec_node(
             }
         }
     };
+    // Input 0 as an owned f32 buffer (the taken one, else a copy), for in-place kernels.
+    let own0 = |taken: Option<TensorData>| -> Result<Vec<f32>, String> {
+        match taken {
+            Some(TensorData::F32(v)) => Ok(v),
+            Some(other) => Err(format!(
+                "input 0 has dtype {}; this executor computes in f32 only",
+                other.dtype()
+            )),
+            None => Ok(x(0)?.to_vec()),
+        }
+    };
+    let vec_of = |s: &[usize]| vec![0f32; count(s)];
     match op {
         Op::Identity => Ok(vec![input0(taken)]),
+        Op::Neg => unary(Unary::Neg, taken),
+        Op::Scale { alpha } => unary(Unary::Scale(*alpha), taken),
+        Op::SumTo { .. } => {
+            let mut o = alloc();
+            kernels::sum_to(x(0)?, shapes[0], &mut o, out_shapes[0]);
+            one(o)
+        }
+        Op::Expand { .. } => {
+            macro_rules! go {
+                ($($var:ident),*) => {
+                    match ins[0] {
+                        $(TensorData::$var(v) => {
+                            let mut o = vec![Default::default(); out_len];
+                            kernels::expand(v, shapes[0], &mut o, out_shapes[0]);
+                            TensorData::$var(o)
+                        })*
+                    }
+                };
+            }
+            Ok(vec![go!(F32, F16, BF16, F64, I64, I32, I8, U8, Bool)])
+        }
+        Op::Slice { axis, start, end } => {
+            macro_rules! go {
+                ($($var:ident),*) => {
+                    match ins[0] {
+                        $(TensorData::$var(v) => {
+                            let mut o = vec![Default::default(); out_len];
+                            kernels::slice(v, shapes[0], *axis, *start, *end, &mut o);
+                            TensorData::$var(o)
+                        })*
+                    }
+                };
+            }
+            Ok(vec![go!(F32, F16, BF16, F64, I64, I32, I8, U8, Bool)])
+        }
+        Op::BatchNormTrain(a) => {
+            let c = shapes[0][1];
+            let mut y = alloc();
+            let mut st: Vec<Vec<f32>> = (0..4).map(|_| vec![0f32; c]).collect();
+            let [m, inv, rm, rv] = &mut st[..] else {
+                unreachable!()
+            };
+            kernels::batch_norm_train(
+                x(0)?,
+                shapes[0],
+                x(1)?,
+                x(2)?,
+                x(3)?,
+                x(4)?,
+                a.epsilon,
+                a.momentum,
+                &mut y,
+                m,
+                inv,
+                rm,
+                rv,
+            );
+            Ok(std::iter::once(y).chain(st).map(TensorData::F32).collect())
+        }
+        Op::DropoutTrain { ratio, seed } | Op::DropoutGrad { ratio, seed } => {
+            let step = i64_scalar(ins[1], 1)? as u64;
+            let mut v = own0(taken)?;
+            kernels::dropout_inplace(&mut v, *ratio, *seed, step);
+            one(v)
+        }
+        Op::ConvBackwardData { conv, input_shape } => {
+            let win = conv.window(input_shape, shapes[1])?;
+            check_spatial(win.kernel.len())?;
+            let mut ws = vec![
+                0f32;
+                kernels::conv_backward_data_workspace_len(
+                    input_shape,
+                    shapes[1],
+                    &win,
+                    conv.group
+                )
+            ];
+            let mut o = alloc();
+            kernels::conv_backward_data(
+                x(0)?,
+                x(1)?,
+                shapes[1],
+                input_shape,
+                &win,
+                conv.group,
+                &mut o,
+                &mut ws,
+            );
+            one(o)
+        }
+        Op::ConvBackwardFilter { conv, weight_shape } => {
+            let win = conv.window(shapes[1], weight_shape)?;
+            check_spatial(win.kernel.len())?;
+            let mut ws = vec![
+                0f32;
+                kernels::conv_backward_filter_workspace_len(
+                    shapes[1],
+                    weight_shape,
+                    &win,
+                    conv.group
+                )
+            ];
+            let mut o = alloc();
+            kernels::conv_backward_filter(
+                x(0)?,
+                x(1)?,
+                shapes[1],
+                weight_shape,
+                &win,
+                conv.group,
+                &mut o,
+                &mut ws,
+            );
+            one(o)
+        }
+        Op::MaxPoolGrad(a) => {
+            let win = a.window(shapes[1])?;
+            check_spatial(win.kernel.len())?;
+            let mut o = alloc();
+            kernels::max_pool_grad(x(0)?, x(1)?, shapes[1], &win, &mut o);
+            one(o)
+        }
+        Op::AveragePoolGrad { pool, input_shape } => {
+            let win = pool.window(input_shape)?;
+            check_spatial(win.kernel.len())?;
+            let mut o = alloc();
+            kernels::avg_pool_grad(x(0)?, input_shape, &win, pool.count_include_pad, &mut o);
+            one(o)
+        }
+        Op::GlobalAveragePoolGrad { input_shape } => {
+            let mut o = alloc();
+            kernels::global_avg_pool_grad(x(0)?, input_shape, &mut o);
+            one(o)
+        }
+        Op::BatchNormGrad { epsilon, training } => {
+            let c = shapes[1][1];
+            let (mut dx, mut ds, mut db) = (alloc(), vec![0f32; c], vec![0f32; c]);
+            kernels::batch_norm_grad(
+                x(0)?,
+                x(1)?,
+                shapes[1],
+                x(2)?,
+                x(3)?,
+                x(4)?,
+                *epsilon,
+                *training,
+                &mut dx,
+                &mut ds,
+                &mut db,
+            );
+            Ok(vec![
+                TensorData::F32(dx),
+                TensorData::F32(ds),
+                TensorData::F32(db),
+            ])
+        }
+        Op::LayerNormGrad { axis, epsilon } => {
+            let ax = norm_axis(*axis, shapes[1].len()).ok_or("axis out of range")?;
+            let mut ws = vec![0f32; kernels::layer_norm_grad_workspace_len(shapes[1], ax)];
+            let (mut dx, mut ds, mut db) = (alloc(), vec_of(shapes[2]), vec_of(shapes[2]));
+            kernels::layer_norm_grad(
+                x(0)?,
+                x(1)?,
+                shapes[1],
+                ax,
+                x(2)?,
+                shapes[2],
+                *epsilon,
+                &mut dx,
+                &mut ds,
+                &mut db,
+                &mut ws,
+            );
+            Ok(vec![
+                TensorData::F32(dx),
+                TensorData::F32(ds),
+                TensorData::F32(db),
+            ])
+        }
+        Op::LrnGrad(a) => {
+            if a.size == 0 {
+                return Err("LRN size must be positive".into());
+            }
+            let mut o = alloc();
+            kernels::lrn_grad(
+                x(0)?,
+                x(1)?,
+                x(2)?,
+                shapes[1],
+                a.size,
+                a.alpha,
+                a.beta,
+                a.bias,
+                &mut o,
+            );
+            one(o)
+        }
+        Op::SoftmaxGrad(a) | Op::LogSoftmaxGrad(a) => {
+            let ax = norm_axis(a.axis, shapes[1].len()).ok_or("axis out of range")?;
+            let mut o = alloc();
+            kernels::softmax_grad(
+                x(0)?,
+                x(1)?,
+                shapes[1],
+                ax,
+                a.legacy,
+                matches!(op, Op::LogSoftmaxGrad(_)),
+                &mut o,
+            );
+            one(o)
+        }
+        Op::ReluGrad
+        | Op::LeakyReluGrad { .. }
+        | Op::SigmoidGrad
+        | Op::TanhGrad
+        | Op::SqrtGrad
+        | Op::ErfGrad
+        | Op::GeluGrad { .. }
+        | Op::ClipGrad(_) => {
+            let g = match op {
+                Op::ReluGrad => UnaryGrad::Relu,
+                Op::LeakyReluGrad { alpha } => UnaryGrad::LeakyRelu(*alpha),
+                Op::SigmoidGrad => UnaryGrad::Sigmoid,
+                Op::TanhGrad => UnaryGrad::Tanh,
+                Op::SqrtGrad => UnaryGrad::Sqrt,
+                Op::ErfGrad => UnaryGrad::Erf,
+                Op::GeluGrad { approximate } if *approximate == Default::default() => {
+                    UnaryGrad::Gelu
+                }
+                Op::GeluGrad { .. } => UnaryGrad::GeluTanh,
+                Op::ClipGrad(c) => UnaryGrad::Clip {
+                    min: c.min.unwrap_or(f32::MIN),
+                    max: c.max.unwrap_or(f32::MAX),
+                },
+                _ => unreachable!(),
+            };
+            let mut dy = own0(taken)?;
+            kernels::unary_grad_inplace(g, &mut dy, x(1)?);
+            one(dy)
+        }
+        Op::PowGrad => {
+            let (mut da, mut db) = (alloc(), alloc());
+            kernels::pow_grad(
+                x(0)?,
+                x(1)?,
+                shapes[1],
+                x(2)?,
+                shapes[2],
+                &mut da,
+                &mut db,
+                out_shapes[0],
+            );
+            Ok(vec![TensorData::F32(da), TensorData::F32(db)])
+        }
+        Op::SoftmaxCrossEntropy => {
+            let (n, c) = (shapes[0][0], shapes[0][1]);
+            let mut o = alloc();
+            kernels::softmax_cross_entropy(x(0)?, n, c, i64s(ins[1], 1)?, &mut o)?;
+            one(o)
+        }
+        Op::SoftmaxCrossEntropyGrad => {
+            let (n, c) = (shapes[1][0], shapes[1][1]);
+            let mut o = alloc();
+            kernels::softmax_cross_entropy_grad(x(0)?[0], x(1)?, n, c, i64s(ins[2], 2)?, &mut o)?;
+            one(o)
+        }
+        Op::MseLoss => {
+            let mut o = alloc();
+            kernels::mse_loss(x(0)?, x(1)?, &mut o);
+            one(o)
+        }
+        Op::MseLossGrad => {
+            let mut o = alloc();
+            kernels::mse_loss_grad(x(0)?[0], x(1)?, x(2)?, &mut o);
+            one(o)
+        }
+        Op::SgdUpdate {
+            lr,
+            momentum,
+            weight_decay,
+        } => {
+            let mut w = own0(taken)?;
+            let mut v = if *momentum != 0.0 {
+                Some(x(2)?.to_vec())
+            } else {
+                None
+            };
+            kernels::sgd_update(
+                &mut w,
+                x(1)?,
+                v.as_deref_mut(),
+                *lr,
+                *momentum,
+                *weight_decay,
+            );
+            Ok(std::iter::once(w).chain(v).map(TensorData::F32).collect())
+        }
+        Op::AdamUpdate {
+            lr,
+            beta1,
+            beta2,
+            epsilon,
+            weight_decay,
+            decoupled,
+        } => {
+            let step = i64_scalar(ins[4], 4)?;
+            if step < 1 {
+                return Err(format!("step {step} is not a 1-based Adam step"));
+            }
+            let mut w = own0(taken)?;
+            let (mut m, mut v) = (x(2)?.to_vec(), x(3)?.to_vec());
+            let p = kernels::AdamParams {
+                lr: *lr,
+                beta1: *beta1,
+                beta2: *beta2,
+                epsilon: *epsilon,
+                weight_decay: *weight_decay,
+                decoupled: *decoupled,
+            };
+            kernels::adam_update(&mut w, x(1)?, &mut m, &mut v, step, &p);
+            Ok(vec![
+                TensorData::F32(w),
+                TensorData::F32(m),
+                TensorData::F32(v),
+            ])
+        }
         Op::Reshape { .. } | Op::Flatten { .. } | Op::Squeeze { .. } | Op::Unsqueeze { .. } => {
             Ok(vec![input0(taken)])
         }

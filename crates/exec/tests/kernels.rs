@@ -5,53 +5,9 @@ mod common;
 
 use common::*;
 use lowmem_exec::kernels::{self, Binary, Unary};
-use lowmem_ir::{AutoPad, ConvAttrs, PoolAttrs, Window};
+use lowmem_ir::{AutoPad, ConvAttrs, PoolAttrs};
 
 // ---------------------------------------------------------------- convolution
-
-/// Direct N-d convolution in f64.
-fn naive_conv(
-    x: &[f32],
-    xs: &[usize],
-    w: &[f32],
-    ws: &[usize],
-    b: Option<&[f32]>,
-    win: &Window,
-    group: usize,
-) -> Vec<f64> {
-    let (n, c, m) = (xs[0], xs[1], ws[0]);
-    let (cg, mg) = (c / group, m / group);
-    let r = win.kernel.len();
-    let mut out_shape = vec![n, m];
-    out_shape.extend(&win.output);
-    let mut out = vec![0f64; numel(&out_shape)];
-    for (oi, oidx) in indices(&out_shape).iter().enumerate() {
-        let (bn, mo) = (oidx[0], oidx[1]);
-        let g = mo / mg;
-        let mut acc = b.map_or(0.0, |b| b[mo] as f64);
-        for ci in 0..cg {
-            for kidx in indices(&win.kernel) {
-                let mut xi = vec![bn, g * cg + ci];
-                let mut inside = true;
-                for d in 0..r {
-                    let p = (oidx[2 + d] * win.strides[d] + kidx[d] * win.dilations[d]) as i64
-                        - win.pad_begin[d] as i64;
-                    if p < 0 || p >= xs[2 + d] as i64 {
-                        inside = false;
-                    }
-                    xi.push(p.max(0) as usize);
-                }
-                if inside {
-                    let mut wi = vec![mo, ci];
-                    wi.extend(&kidx);
-                    acc += x[offset(&xi, xs)] as f64 * w[offset(&wi, ws)] as f64;
-                }
-            }
-        }
-        out[oi] = acc;
-    }
-    out
-}
 
 #[allow(clippy::too_many_arguments)]
 fn check_conv(
@@ -79,7 +35,7 @@ fn check_conv(
     let mut out = vec![f32::NAN; numel(&out_shape)];
     let mut ws_buf = vec![f32::NAN; kernels::conv_workspace_len(&xs, &ws, &win, group)];
     kernels::conv(&x, &xs, &w, &ws, b, &win, group, &mut out, &mut ws_buf);
-    let want = naive_conv(&x, &xs, &w, &ws, b, &win, group);
+    let want = naive_conv(&to64(&x), &xs, &to64(&w), &ws, b, &win, group);
     assert_close(
         &out,
         &want,
@@ -460,54 +416,6 @@ fn gemm_transposes_alpha_beta_and_c_broadcast() {
 
 // ---------------------------------------------------------------- pooling
 
-/// PyTorch/onnxruntime-style reference (dilation 1 for average).
-fn naive_pool(x: &[f32], xs: &[usize], win: &Window, max: bool, include_pad: bool) -> Vec<f64> {
-    let r = win.kernel.len();
-    let mut os = xs[..2].to_vec();
-    os.extend(&win.output);
-    let mut out = Vec::new();
-    for oidx in indices(&os) {
-        let mut best = f64::from(f32::MIN);
-        let mut sum = 0f64;
-        let mut cnt = 0usize;
-        for kidx in indices(&win.kernel) {
-            let mut xi = oidx[..2].to_vec();
-            let mut inside = true;
-            for d in 0..r {
-                let p = (oidx[2 + d] * win.strides[d] + kidx[d] * win.dilations[d]) as i64
-                    - win.pad_begin[d] as i64;
-                inside &= p >= 0 && p < xs[2 + d] as i64;
-                xi.push(p.max(0) as usize);
-            }
-            if inside {
-                let v = x[offset(&xi, xs)] as f64;
-                best = best.max(v);
-                sum += v;
-                cnt += 1;
-            }
-        }
-        if max {
-            out.push(best);
-        } else {
-            let div = if include_pad {
-                // hend = min(hstart + k, in + pad_end); size = hend - hstart.
-                (0..r)
-                    .map(|d| {
-                        let start = (oidx[2 + d] * win.strides[d]) as i64 - win.pad_begin[d] as i64;
-                        let end =
-                            (start + win.kernel[d] as i64).min((xs[2 + d] + win.pad_end[d]) as i64);
-                        (end - start) as usize
-                    })
-                    .product()
-            } else {
-                cnt
-            };
-            out.push(sum / div as f64);
-        }
-    }
-    out
-}
-
 fn check_pool(rng: &mut Rng, xs: &[usize], attrs: PoolAttrs) {
     let win = attrs.window(xs).unwrap();
     let x = rng.vec(numel(xs));
@@ -517,7 +425,7 @@ fn check_pool(rng: &mut Rng, xs: &[usize], attrs: PoolAttrs) {
     kernels::max_pool(&x, xs, &win, &mut out);
     assert_close(
         &out,
-        &naive_pool(&x, xs, &win, true, false),
+        &naive_pool(&to64(&x), xs, &win, true, false),
         0.0,
         &format!("maxpool {xs:?} {attrs:?}"),
     );
@@ -526,7 +434,7 @@ fn check_pool(rng: &mut Rng, xs: &[usize], attrs: PoolAttrs) {
             kernels::avg_pool(&x, xs, &win, inc, &mut out);
             assert_close(
                 &out,
-                &naive_pool(&x, xs, &win, false, inc),
+                &naive_pool(&to64(&x), xs, &win, false, inc),
                 1e-6,
                 &format!("avgpool inc={inc} {xs:?} {attrs:?}"),
             );

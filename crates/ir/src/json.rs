@@ -17,6 +17,11 @@ use crate::{DType, Graph, IrError, Op, TensorData};
 pub const FORMAT: &str = "lowmem-ir";
 pub const VERSION: u32 = 1;
 
+/// The most bytes [`from_json`] generates for `fill` and `uniform` weights, all weights
+/// together. Those weights cost a few bytes of text however large they are, so they get an
+/// explicit cap; `base64` and `values` data is bounded by the text itself.
+pub const MAX_GENERATED_BYTES: usize = 1 << 32;
+
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct JsonGraph {
@@ -85,9 +90,21 @@ struct JsonNode {
     outputs: Vec<String>,
 }
 
-fn weight_data(w: &JsonWeight) -> Result<TensorData, IrError> {
+/// The data of a weight; `budget` is what `fill` and `uniform` may still generate, in bytes.
+fn weight_data(w: &JsonWeight, budget: &mut usize) -> Result<TensorData, IrError> {
     let n = crate::shape::numel(&w.shape, &w.name)?;
     let bad = |m: String| IrError::tensor(&w.name, m);
+    if w.fill.is_some() || w.uniform.is_some() {
+        let bytes = crate::shape::bytes(&w.shape, w.dtype.size(), &w.name)?;
+        if bytes > *budget {
+            return Err(bad(format!(
+                "`fill`/`uniform` would generate {bytes} bytes of {} {}, over the {} bytes left \
+                 of the limit on generated weights",
+                w.dtype, n, *budget
+            )));
+        }
+        *budget -= bytes;
+    }
     match (&w.base64, &w.values, w.fill, &w.uniform) {
         (None, None, None, Some(u)) => {
             let mut state = u.seed;
@@ -141,6 +158,11 @@ fn set_f64(d: &mut TensorData, i: usize, x: f64) {
 
 /// Parses the JSON form and builds a validated graph.
 pub fn from_json(text: &str) -> Result<Graph, IrError> {
+    from_json_limited(text, MAX_GENERATED_BYTES)
+}
+
+/// [`from_json`] with `max_generated_bytes` in place of [`MAX_GENERATED_BYTES`].
+pub fn from_json_limited(text: &str, max_generated_bytes: usize) -> Result<Graph, IrError> {
     let jg: JsonGraph = serde_json::from_str(text).map_err(|e| IrError::Json(e.to_string()))?;
     if jg.format != FORMAT {
         return Err(IrError::Json(format!(
@@ -158,8 +180,13 @@ pub fn from_json(text: &str) -> Result<Graph, IrError> {
     for i in &jg.inputs {
         g.add_input(i.name.clone(), i.dtype, i.shape.clone())?;
     }
+    let mut budget = max_generated_bytes;
     for w in &jg.weights {
-        g.add_weight(w.name.clone(), w.shape.clone(), weight_data(w)?)?;
+        g.add_weight(
+            w.name.clone(),
+            w.shape.clone(),
+            weight_data(w, &mut budget)?,
+        )?;
     }
     let mut ops = Vec::with_capacity(jg.nodes.len());
     for n in &jg.nodes {
@@ -420,5 +447,29 @@ mod tests {
         );
         assert!(from_json("{").is_err());
         assert!(from_json("[]").is_err());
+    }
+
+    /// Fuzzer finding: a `uniform` weight of 3.3e16 elements aborted on allocation.
+    #[test]
+    fn generated_weights_are_bounded() {
+        let huge = r#"{"format":"lowmem-ir","version":1,"inputs":[],"weights":[
+            {"name":"w","dtype":"f32","shape":[3277777777777777,10],
+             "uniform":{"low":-0.3,"high":0.3,"seed":13}}],"nodes":[],"outputs":["w"]}"#;
+        let e = from_json(huge).unwrap_err().to_string();
+        assert!(e.contains("tensor 'w'") && e.contains("limit"), "{e}");
+        let e = from_json(&huge.replace(
+            r#""uniform":{"low":-0.3,"high":0.3,"seed":13}"#,
+            r#""fill":1"#,
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("limit"), "{e}");
+        // The limit is on all generated weights together.
+        let two = r#"{"format":"lowmem-ir","version":1,"inputs":[],"weights":[
+            {"name":"a","dtype":"f32","shape":[4],"fill":1},
+            {"name":"b","dtype":"f32","shape":[4],"fill":2}],"nodes":[],"outputs":["a","b"]}"#;
+        assert!(from_json_limited(two, 32).is_ok());
+        let e = from_json_limited(two, 31).unwrap_err().to_string();
+        assert!(e.contains("tensor 'b'"), "{e}");
     }
 }

@@ -12,11 +12,12 @@ mod graph;
 pub mod json;
 mod op;
 pub mod shape;
+mod train_op;
 
 pub use dtype::{DType, TensorData};
 pub use error::IrError;
 pub use graph::{Graph, Node, NodeId, Tensor, TensorId, TensorKind};
 pub use op::{
     AutoPad, BatchNormAttrs, ClipAttrs, ConvAttrs, GeluApprox, GemmAttrs, LrnAttrs, Op, PoolAttrs,
-    ReduceAttrs, SoftmaxAttrs, Window,
+    ReduceAttrs, SoftmaxAttrs, Window, dropout_keep, matmul_shape, norm_axes, reshape_target,
 };

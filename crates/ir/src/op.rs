@@ -440,6 +440,155 @@ pub enum Op {
     },
     Clip(ClipAttrs),
     Identity,
+    /// `-x`.
+    Neg,
+    /// `alpha * x`.
+    Scale {
+        alpha: f32,
+    },
+    /// Sums X over the dimensions that numpy broadcasting added or stretched, so that the
+    /// result has `shape`: the adjoint of broadcasting `shape` to X's shape.
+    SumTo {
+        shape: Vec<usize>,
+    },
+    /// Broadcasts X to `shape` (numpy rules).
+    Expand {
+        shape: Vec<usize>,
+    },
+    /// Elements `start..end` of X along `axis`.
+    Slice {
+        axis: usize,
+        start: usize,
+        end: usize,
+    },
+
+    // Training-mode forward ops.
+    /// Batch norm with batch statistics. Inputs X, scale, bias, running_mean, running_var;
+    /// outputs Y, saved_mean, saved_invstd (per channel, for the backward pass), and the
+    /// updated running_mean and running_var (`r * momentum + batch * (1 - momentum)`,
+    /// population variance, as ONNX).
+    BatchNormTrain(BatchNormAttrs),
+    /// Active dropout. Inputs X, step (i64 scalar). Element i is zeroed when
+    /// [`dropout_keep`]`(seed, step, i, ratio)` is false, kept ones are scaled by
+    /// `1 / (1 - ratio)`. No mask is stored: the backward pass and any recomputation
+    /// regenerate it from (seed, step).
+    DropoutTrain {
+        ratio: f32,
+        seed: u64,
+    },
+
+    // Backward ops. `dY` is the gradient of the op's output.
+    /// dY, W -> dX (of shape `input_shape`): the transposed convolution.
+    ConvBackwardData {
+        conv: ConvAttrs,
+        input_shape: Vec<usize>,
+    },
+    /// dY, X -> dW (of shape `weight_shape`).
+    ConvBackwardFilter {
+        conv: ConvAttrs,
+        weight_shape: Vec<usize>,
+    },
+    /// dY, X -> dX: each dY goes to the first maximum of its window in X.
+    MaxPoolGrad(PoolAttrs),
+    /// dY -> dX (of shape `input_shape`).
+    AveragePoolGrad {
+        pool: PoolAttrs,
+        input_shape: Vec<usize>,
+    },
+    /// dY -> dX (of shape `input_shape`): dY spread evenly over each spatial map.
+    GlobalAveragePoolGrad {
+        input_shape: Vec<usize>,
+    },
+    /// dY, X, scale, mean, v -> dX, dScale, dBias. `training`: v is the saved inverse standard
+    /// deviation of [`Op::BatchNormTrain`] and the statistics depend on X; otherwise mean and
+    /// v are the running mean and variance (constants).
+    BatchNormGrad {
+        epsilon: f32,
+        training: bool,
+    },
+    /// dY, X, scale -> dX, dScale, dBias (statistics recomputed from X).
+    LayerNormGrad {
+        axis: i64,
+        epsilon: f32,
+    },
+    /// dY, X, Y -> dX.
+    LrnGrad(LrnAttrs),
+    /// dY, Y -> dX.
+    SoftmaxGrad(SoftmaxAttrs),
+    /// dY, Y -> dX.
+    LogSoftmaxGrad(SoftmaxAttrs),
+    /// dY, Y -> dX (reads the output, so Relu may overwrite its input).
+    ReluGrad,
+    /// dY, X -> dX.
+    LeakyReluGrad {
+        alpha: f32,
+    },
+    /// dY, Y -> dX.
+    SigmoidGrad,
+    /// dY, Y -> dX.
+    TanhGrad,
+    /// dY, Y -> dX.
+    SqrtGrad,
+    /// dY, X -> dX.
+    ErfGrad,
+    /// dY, X -> dX.
+    GeluGrad {
+        #[serde(default)]
+        approximate: GeluApprox,
+    },
+    /// dY, X -> dX: dY where min < x < max (ties pass the gradient, as PyTorch), else 0.
+    ClipGrad(ClipAttrs),
+    /// dY, A, B -> dA, dB of `A ^ B`, both of the broadcast shape (the caller sums them down).
+    PowGrad,
+    /// dY, step -> dX: dY through the mask of the [`Op::DropoutTrain`] with the same seed.
+    DropoutGrad {
+        ratio: f32,
+        seed: u64,
+    },
+
+    // Losses (scalar outputs).
+    /// logits `[N, C]`, labels (i64 `[N]`, in `0..C`) -> mean over N of
+    /// `-log softmax(logits)[label]`.
+    SoftmaxCrossEntropy,
+    /// dLoss, logits, labels -> dLogits.
+    SoftmaxCrossEntropyGrad,
+    /// prediction, target (same shape) -> mean of the squared differences.
+    MseLoss,
+    /// dLoss, prediction, target -> dPrediction.
+    MseLossGrad,
+
+    // Optimizer updates (the planner may run them in place).
+    /// W, G, [V] -> W', [V']: `g += weight_decay * w; v = momentum * v + g; w -= lr * v`
+    /// (PyTorch's SGD; with momentum 0 there is no V).
+    SgdUpdate {
+        lr: f32,
+        momentum: f32,
+        weight_decay: f32,
+    },
+    /// W, G, M, V, step -> W', M', V': Adam with bias correction at the 1-based `step`;
+    /// `decoupled` is AdamW (`w -= lr * weight_decay * w`), otherwise weight decay is added to
+    /// the gradient (L2).
+    AdamUpdate {
+        lr: f32,
+        beta1: f32,
+        beta2: f32,
+        epsilon: f32,
+        weight_decay: f32,
+        decoupled: bool,
+    },
+}
+
+/// Whether element `i` survives [`Op::DropoutTrain`] at `step`: a counter-based hash, so any
+/// recomputation or backward pass regenerates the same mask from (seed, step) alone.
+pub fn dropout_keep(seed: u64, step: u64, i: u64, ratio: f32) -> bool {
+    let mut z = seed
+        .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        .wrapping_add(step.wrapping_mul(0xD1B5_4A32_D192_ED03))
+        .wrapping_add(i.wrapping_mul(0xBF58_476D_1CE4_E5B9));
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    ((z >> 40) as f32) / ((1u64 << 24) as f32) >= ratio
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -450,9 +599,9 @@ pub enum GeluApprox {
     Tanh,
 }
 
-type Infer = Result<Vec<(DType, Vec<usize>)>, String>;
+pub(crate) type Infer = Result<Vec<(DType, Vec<usize>)>, String>;
 
-fn want_inputs(got: usize, lo: usize, hi: usize) -> Result<(), String> {
+pub(crate) fn want_inputs(got: usize, lo: usize, hi: usize) -> Result<(), String> {
     if got < lo || got > hi {
         if lo == hi {
             Err(format!("expects {lo} inputs, got {got}"))
@@ -464,7 +613,7 @@ fn want_inputs(got: usize, lo: usize, hi: usize) -> Result<(), String> {
     }
 }
 
-fn want_float(inputs: &[(DType, &[usize])]) -> Result<(), String> {
+pub(crate) fn want_float(inputs: &[(DType, &[usize])]) -> Result<(), String> {
     match inputs.iter().position(|(d, _)| !d.is_float()) {
         Some(i) => Err(format!(
             "input {i} has dtype {}, expected a float type",
@@ -474,7 +623,7 @@ fn want_float(inputs: &[(DType, &[usize])]) -> Result<(), String> {
     }
 }
 
-fn same_dtype(inputs: &[(DType, &[usize])]) -> Result<DType, String> {
+pub(crate) fn same_dtype(inputs: &[(DType, &[usize])]) -> Result<DType, String> {
     let d = inputs[0].0;
     match inputs.iter().position(|(x, _)| *x != d) {
         Some(i) => Err(format!(
@@ -612,6 +761,39 @@ impl Op {
             Op::Dropout { .. } => "Dropout",
             Op::Clip(_) => "Clip",
             Op::Identity => "Identity",
+            Op::Neg => "Neg",
+            Op::Scale { .. } => "Scale",
+            Op::SumTo { .. } => "SumTo",
+            Op::Expand { .. } => "Expand",
+            Op::Slice { .. } => "Slice",
+            Op::BatchNormTrain(_) => "BatchNormTrain",
+            Op::DropoutTrain { .. } => "DropoutTrain",
+            Op::ConvBackwardData { .. } => "ConvBackwardData",
+            Op::ConvBackwardFilter { .. } => "ConvBackwardFilter",
+            Op::MaxPoolGrad(_) => "MaxPoolGrad",
+            Op::AveragePoolGrad { .. } => "AveragePoolGrad",
+            Op::GlobalAveragePoolGrad { .. } => "GlobalAveragePoolGrad",
+            Op::BatchNormGrad { .. } => "BatchNormGrad",
+            Op::LayerNormGrad { .. } => "LayerNormGrad",
+            Op::LrnGrad(_) => "LrnGrad",
+            Op::SoftmaxGrad(_) => "SoftmaxGrad",
+            Op::LogSoftmaxGrad(_) => "LogSoftmaxGrad",
+            Op::ReluGrad => "ReluGrad",
+            Op::LeakyReluGrad { .. } => "LeakyReluGrad",
+            Op::SigmoidGrad => "SigmoidGrad",
+            Op::TanhGrad => "TanhGrad",
+            Op::SqrtGrad => "SqrtGrad",
+            Op::ErfGrad => "ErfGrad",
+            Op::GeluGrad { .. } => "GeluGrad",
+            Op::ClipGrad(_) => "ClipGrad",
+            Op::PowGrad => "PowGrad",
+            Op::DropoutGrad { .. } => "DropoutGrad",
+            Op::SoftmaxCrossEntropy => "SoftmaxCrossEntropy",
+            Op::SoftmaxCrossEntropyGrad => "SoftmaxCrossEntropyGrad",
+            Op::MseLoss => "MseLoss",
+            Op::MseLossGrad => "MseLossGrad",
+            Op::SgdUpdate { .. } => "SgdUpdate",
+            Op::AdamUpdate { .. } => "AdamUpdate",
         }
     }
 
@@ -628,6 +810,23 @@ impl Op {
                 | Op::Sqrt
                 | Op::Clip(_)
                 | Op::Identity
+                | Op::Neg
+                | Op::Scale { .. }
+        )
+    }
+
+    /// Backward ops whose inputs are (dY, a forward tensor) and whose output has dY's shape.
+    pub fn is_elementwise_grad(&self) -> bool {
+        matches!(
+            self,
+            Op::ReluGrad
+                | Op::LeakyReluGrad { .. }
+                | Op::SigmoidGrad
+                | Op::TanhGrad
+                | Op::SqrtGrad
+                | Op::ErfGrad
+                | Op::GeluGrad { .. }
+                | Op::ClipGrad(_)
         )
     }
 
@@ -638,15 +837,28 @@ impl Op {
     /// Infers output dtypes and shapes from input dtypes and shapes. `n_out` is the number of
     /// outputs the node declares. Errors are messages; the caller names the node.
     pub fn infer(&self, inputs: &[(DType, &[usize])], n_out: usize) -> Infer {
-        let max_out = match self {
-            Op::Dropout { .. } => 2,
-            _ => 1,
+        let (min_out, max_out) = match self {
+            Op::Dropout { .. } => (1, 2),
+            Op::BatchNormTrain(_) => (5, 5),
+            Op::BatchNormGrad { .. } | Op::LayerNormGrad { .. } => (3, 3),
+            Op::PowGrad => (2, 2),
+            Op::SgdUpdate { .. } => (1, 2),
+            Op::AdamUpdate { .. } => (3, 3),
+            _ => (1, 1),
         };
-        if n_out == 0 || n_out > max_out {
+        if n_out < min_out || n_out > max_out {
             return Err(format!(
-                "declares {n_out} outputs; {} has {max_out}",
-                self.name()
+                "declares {n_out} outputs; {} has {}",
+                self.name(),
+                if min_out == max_out {
+                    format!("{max_out}")
+                } else {
+                    format!("{min_out} to {max_out}")
+                }
             ));
+        }
+        if let Some(r) = self.infer_training(inputs, n_out) {
+            return r;
         }
         let shape = |i: usize| inputs[i].1;
         let one = |d: DType, s: Vec<usize>| Ok(vec![(d, s)]);
@@ -982,7 +1194,36 @@ impl Op {
             | Op::Unsqueeze { .. }
             | Op::Concat { .. }
             | Op::Identity
-            | Op::Dropout { .. } => 0,
+            | Op::Dropout { .. }
+            | Op::Expand { .. }
+            | Op::Slice { .. } => 0,
+            Op::ConvBackwardData { .. } | Op::ConvBackwardFilter { .. } => {
+                // The same multiply-adds as the forward convolution (dY has its output's shape).
+                let (dy, w) = match self {
+                    Op::ConvBackwardData { .. } => (inputs[0], inputs[1]),
+                    Op::ConvBackwardFilter { weight_shape, .. } => (inputs[0], &weight_shape[..]),
+                    _ => unreachable!(),
+                };
+                2 * count(dy) as u64 * (w[1] * count(&w[2..])) as u64
+            }
+            Op::MaxPoolGrad(a) => count(inputs[0]) as u64 * count(&a.kernel_shape) as u64,
+            Op::AveragePoolGrad { pool, .. } => {
+                count(inputs[0]) as u64 * count(&pool.kernel_shape) as u64
+            }
+            Op::BatchNormTrain(_) => 6 * out,
+            Op::BatchNormGrad { .. } => 8 * out,
+            Op::LayerNormGrad { .. } => 10 * out,
+            Op::LrnGrad(a) => out * (a.size as u64 + 6),
+            Op::SoftmaxGrad(_) | Op::LogSoftmaxGrad(_) => 3 * out,
+            Op::GeluGrad { .. } | Op::ErfGrad => 10 * out,
+            Op::PowGrad => 6 * out,
+            Op::SumTo { .. } => inp,
+            Op::SoftmaxCrossEntropy
+            | Op::SoftmaxCrossEntropyGrad
+            | Op::MseLoss
+            | Op::MseLossGrad => 4 * inputs.iter().map(|s| count(s) as u64).max().unwrap_or(0),
+            Op::SgdUpdate { .. } => 4 * out,
+            Op::AdamUpdate { .. } => 12 * out,
             _ => out,
         }
     }

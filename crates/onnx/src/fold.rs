@@ -16,10 +16,6 @@ use crate::node::NodeCtx;
 use crate::ops::Mapped;
 use crate::tensor::{self, Const};
 
-/// The largest tensor folding may create. Initializers are bounded by the file; folding can
-/// amplify (`ConstantOfShape`, `Gather`), so it gets an explicit cap.
-const MAX_FOLD_BYTES: usize = 1 << 34;
-
 /// Typed access to [`TensorData`] so that data movement is written once for every dtype.
 trait Elem: Copy {
     fn slice(d: &TensorData) -> Option<&[Self]>;
@@ -88,14 +84,26 @@ macro_rules! with_elem {
     };
 }
 
-/// Checks that a result of `shape` and `dtype` is small enough to build; returns its length.
-fn out_len(ctx: &NodeCtx, shape: &[usize], dtype: DType) -> Result<usize, ImportError> {
+/// Checks that a result of `shape` and `dtype` fits in what is left of the import's fold
+/// budget (see [`crate::MAX_FOLD_BYTES`]) and takes it from the budget; returns its length.
+/// `scratch` is the working memory per element the fold needs besides the result (index
+/// vectors, f64 copies).
+fn out_len(
+    ctx: &NodeCtx,
+    env: &Env,
+    shape: &[usize],
+    dtype: DType,
+    scratch: usize,
+) -> Result<usize, ImportError> {
     let n = shape::numel(shape, "result").ok();
-    match n.and_then(|n| n.checked_mul(dtype.size())) {
-        Some(b) if b <= MAX_FOLD_BYTES => Ok(n.unwrap_or(0)),
-        _ => Err(ctx.error(format!(
-            "folding would create a {dtype} tensor of shape {shape:?}, over the {} GiB limit",
-            MAX_FOLD_BYTES >> 30
+    let cost = n.and_then(|n| n.checked_mul(dtype.size() + scratch));
+    match cost.and_then(|c| env.take_fold_budget(c)) {
+        Some(()) => Ok(n.unwrap_or(0)),
+        None => Err(ctx.error(format!(
+            "folding would create a {dtype} tensor of shape {shape:?}, over the limit on \
+             memory for folded constants ({} MiB left of {} MiB)",
+            env.fold_budget_left() >> 20,
+            env.fold_limit() >> 20
         ))),
     }
 }
@@ -113,7 +121,12 @@ fn take(data: &TensorData, idx: &[usize]) -> Option<TensorData> {
     with_elem!(data.dtype(), T => go::<T>(data, idx))
 }
 
-fn fill(ctx: &NodeCtx, value: &TensorData, shape: &[usize]) -> Result<TensorData, ImportError> {
+fn fill(
+    ctx: &NodeCtx,
+    env: &Env,
+    value: &TensorData,
+    shape: &[usize],
+) -> Result<TensorData, ImportError> {
     fn go<T: Elem>(value: &TensorData, n: usize) -> Option<TensorData> {
         let x = *T::slice(value)?.first()?;
         let mut v = Vec::new();
@@ -121,7 +134,7 @@ fn fill(ctx: &NodeCtx, value: &TensorData, shape: &[usize]) -> Result<TensorData
         v.resize(n, x);
         Some(T::wrap(v))
     }
-    let n = out_len(ctx, shape, value.dtype())?;
+    let n = out_len(ctx, env, shape, value.dtype(), 0)?;
     with_elem!(value.dtype(), T => go::<T>(value, n))
         .ok_or_else(|| ctx.error(format!("cannot allocate a tensor of shape {shape:?}")))
 }
@@ -232,7 +245,7 @@ pub(crate) fn generate(ctx: &NodeCtx, env: &Env) -> Result<Option<Const>, Import
                     (*v.data).clone()
                 }
             };
-            Const::new(shape.clone(), fill(ctx, &value, &shape)?)
+            Const::new(shape.clone(), fill(ctx, env, &value, &shape)?)
         }
         "Shape" => {
             let (_, s) = env.dtype_shape(ctx, ctx.required(0)?)?;
@@ -259,7 +272,7 @@ pub(crate) fn generate(ctx: &NodeCtx, env: &Env) -> Result<Option<Const>, Import
             let mut out_shape = data.shape[..axis].to_vec();
             out_shape.extend(&ic.shape);
             out_shape.extend(&data.shape[axis + 1..]);
-            out_len(ctx, &out_shape, data.dtype)?;
+            out_len(ctx, env, &out_shape, data.dtype, 8)?;
             let idx = idx
                 .iter()
                 .map(|&i| {
@@ -293,7 +306,10 @@ pub(crate) fn generate(ctx: &NodeCtx, env: &Env) -> Result<Option<Const>, Import
                 }
             })?;
             match env.try_constant(ctx.required(0)?) {
-                Some(c) => Const::new(c.shape.clone(), cast(&c.data, dtype)),
+                Some(c) => {
+                    out_len(ctx, env, &c.shape, dtype, 8)?;
+                    Const::new(c.shape.clone(), cast(&c.data, dtype))
+                }
                 None => return Ok(None),
             }
         }
@@ -379,6 +395,7 @@ fn slice(ctx: &NodeCtx, env: &Env) -> Result<Const, ImportError> {
         step[a] = st;
         out_shape[a] = n as usize;
     }
+    out_len(ctx, env, &out_shape, data.dtype, 8)?;
     let st = strides(&data.shape);
     let flat = odometer(&out_shape, |idx| {
         (0..rank)
@@ -423,7 +440,6 @@ pub(crate) fn fold(ctx: &NodeCtx, m: &Mapped, env: &Env) -> Result<Option<Const>
             .next()
             .ok_or_else(|| ctx.error("no output"))?;
     let dtype = ins[0].dtype;
-    out_len(ctx, &out_shape, dtype)?;
     let data = match &m.op {
         // Views: same elements, new shape; the data is shared, not copied.
         Op::Reshape { .. }
@@ -438,6 +454,8 @@ pub(crate) fn fold(ctx: &NodeCtx, m: &Mapped, env: &Env) -> Result<Option<Const>
             }));
         }
         Op::Concat { axis } => {
+            // Indices, and the inputs joined back to back.
+            out_len(ctx, env, &out_shape, dtype, 8 + dtype.size())?;
             let ax = norm_axis(ctx, *axis, out_shape.len())?;
             let outer = shape::count(&out_shape[..ax]);
             let total = shape::count(&out_shape);
@@ -458,7 +476,11 @@ pub(crate) fn fold(ctx: &NodeCtx, m: &Mapped, env: &Env) -> Result<Option<Const>
                 concat_all(&ins).ok_or_else(|| ctx.error("inputs have different dtypes"))?;
             take(&joined, &flat).ok_or_else(|| ctx.error("internal: concat index"))?
         }
-        op => binary(ctx, op, ins[0], ins[1], &out_shape)?,
+        op => {
+            // Two index vectors, f64 (or i64) copies of the inputs, the unrounded result.
+            out_len(ctx, env, &out_shape, dtype, 40)?;
+            binary(ctx, op, ins[0], ins[1], &out_shape)?
+        }
     };
     Ok(Some(Const::new(out_shape, data)))
 }

@@ -5,6 +5,7 @@
 //! shape-arithmetic intermediates never reach the IR. Nodes that no graph output depends on are
 //! skipped altogether.
 
+use std::cell::Cell;
 use std::collections::{HashMap, HashSet};
 
 use lowmem_ir::{DType, Graph, TensorId};
@@ -21,9 +22,27 @@ use crate::{ImportError, MAX_OPSET, MIN_OPSET, fold, ops};
 pub(crate) struct Env {
     pub graph: Graph,
     consts: HashMap<String, Const>,
+    /// Bytes that folding may still allocate, of `fold_limit`.
+    fold_budget: Cell<usize>,
+    fold_limit: usize,
 }
 
 impl Env {
+    /// Takes `bytes` from the fold budget, or `None` (taking nothing) if they do not fit.
+    pub fn take_fold_budget(&self, bytes: usize) -> Option<()> {
+        let left = self.fold_budget.get().checked_sub(bytes)?;
+        self.fold_budget.set(left);
+        Some(())
+    }
+
+    pub fn fold_budget_left(&self) -> usize {
+        self.fold_budget.get()
+    }
+
+    pub fn fold_limit(&self) -> usize {
+        self.fold_limit
+    }
+
     pub fn try_constant(&self, name: &str) -> Option<&Const> {
         self.consts.get(name)
     }
@@ -146,7 +165,11 @@ fn input_type(vi: &pb::ValueInfoProto) -> Result<(DType, Vec<usize>), ImportErro
     Ok((dtype, dims))
 }
 
-pub(crate) fn import(model: pb::ModelProto, name: &str) -> Result<Graph, ImportError> {
+pub(crate) fn import(
+    model: pb::ModelProto,
+    name: &str,
+    max_fold_bytes: usize,
+) -> Result<Graph, ImportError> {
     let mut opsets: HashMap<String, i64> = HashMap::new();
     for o in &model.opset_import {
         let d = if is_default_domain(o.domain()) {
@@ -179,6 +202,8 @@ pub(crate) fn import(model: pb::ModelProto, name: &str) -> Result<Graph, ImportE
     let mut env = Env {
         graph: Graph::new(name),
         consts: HashMap::new(),
+        fold_budget: Cell::new(max_fold_bytes),
+        fold_limit: max_fold_bytes,
     };
     for mut t in std::mem::take(&mut g.initializer) {
         let (tname, c) = tensor::from_proto(&mut t)?;

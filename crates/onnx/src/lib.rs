@@ -30,6 +30,11 @@ mod tensor;
 pub const MIN_OPSET: i64 = 6;
 pub const MAX_OPSET: i64 = 21;
 
+/// The most memory constant folding may use in one import, all folded tensors together (with
+/// their working memory). Initializers are bounded by the file, but folding amplifies (a
+/// `ConstantOfShape` of a few bytes can ask for gigabytes), so it gets an explicit cap.
+pub const MAX_FOLD_BYTES: usize = 1 << 34;
+
 /// Why a model or tensor could not be imported.
 #[derive(Debug, Error)]
 pub enum ImportError {
@@ -101,8 +106,17 @@ pub enum ImportError {
 
 /// Imports a serialised ONNX model. `name` becomes the graph's name.
 pub fn import_model(bytes: &[u8], name: &str) -> Result<Graph, ImportError> {
+    import_model_limited(bytes, name, MAX_FOLD_BYTES)
+}
+
+/// [`import_model`] with `max_fold_bytes` in place of [`MAX_FOLD_BYTES`].
+pub fn import_model_limited(
+    bytes: &[u8],
+    name: &str,
+    max_fold_bytes: usize,
+) -> Result<Graph, ImportError> {
     let model = pb::ModelProto::decode(bytes).map_err(|e| ImportError::Decode(e.to_string()))?;
-    import::import(model, name)
+    import::import(model, name, max_fold_bytes)
 }
 
 /// Reads and imports an ONNX model file; the graph is named after the file stem.
@@ -120,7 +134,7 @@ pub fn load(path: &Path) -> Result<Graph, ImportError> {
     let model =
         pb::ModelProto::decode(&bytes[..]).map_err(|e| ImportError::Decode(e.to_string()))?;
     drop(bytes);
-    import::import(model, &name)
+    import::import(model, &name, MAX_FOLD_BYTES)
 }
 
 /// Decodes a serialised TensorProto (the `.pb` files of ONNX test data): name, dtype, shape

@@ -5,7 +5,9 @@
 use std::path::{Path, PathBuf};
 
 use lowmem_ir::{Graph, Op};
-use lowmem_onnx::{ImportError, import_model, load, pb, read_tensor, write_tensor};
+use lowmem_onnx::{
+    ImportError, import_model, import_model_limited, load, pb, read_tensor, write_tensor,
+};
 use prost::Message;
 
 fn data_dir() -> Option<PathBuf> {
@@ -406,6 +408,44 @@ fn huge_constant_of_shape_is_refused_without_allocating() {
     );
     let e = import_model(&bytes, "x").unwrap_err();
     assert!(e.to_string().contains("limit"), "{e}");
+}
+
+/// Fuzzer finding: a mutated "light" zoo model (weights stored as ConstantOfShape, as in
+/// squeezenet) whose shapes each stayed under the per-tensor cap used gigabytes in total.
+/// The fold limit now bounds all folded constants of an import together.
+#[test]
+fn folded_constants_share_one_memory_limit() {
+    use pb::tensor_proto::DataType;
+    let inits = vec![
+        tensor("s1", &[2], write_i64(&[64, 1024]), DataType::Int64),
+        tensor("s2", &[2], write_i64(&[64, 1024]), DataType::Int64),
+    ];
+    let nodes = vec![
+        node("ConstantOfShape", &["s1"], &["c1"]),
+        node("ConstantOfShape", &["s2"], &["c2"]),
+        node("Add", &["x", "c1"], &["a"]),
+        node("Add", &["a", "c2"], &["y"]),
+    ];
+    let bytes = model(nodes, vec![vi("x", &[64, 1024])], inits);
+    // Each constant is 256 KiB of f32.
+    let g = import_model_limited(&bytes, "x", 512 << 10).unwrap();
+    g.validate().unwrap();
+    assert_eq!(g.weights().count(), 2);
+    let e = import_model_limited(&bytes, "x", (512 << 10) - 1).unwrap_err();
+    let msg = e.to_string();
+    assert!(
+        msg.contains("ConstantOfShape") && msg.contains("limit"),
+        "{msg}"
+    );
+    // Folds that amplify through index vectors (Gather, Add of broadcast constants) count
+    // their working memory too.
+    let inits = vec![
+        tensor("a", &[1], write_i64(&[1]), DataType::Int64),
+        tensor("b", &[4096], write_i64(&[2; 4096]), DataType::Int64),
+    ];
+    let bytes = model(vec![node("Add", &["a", "b"], &["y"])], vec![], inits);
+    assert!(import_model_limited(&bytes, "x", 4096 * 48).is_ok());
+    assert!(import_model_limited(&bytes, "x", 4096 * 48 - 1).is_err());
 }
 
 #[test]

@@ -53,7 +53,7 @@ impl Geo {
         self.o.iter().product()
     }
     /// A 1x1 convolution reading its input as is.
-    fn pointwise(&self) -> bool {
+    pub fn pointwise(&self) -> bool {
         self.k == [1; 3] && self.s == [1; 3] && self.pb == [0; 3] && self.o == self.i
     }
     /// Range `[lo, hi)` of outputs along `dim` whose input index with kernel offset `kk` is
@@ -94,7 +94,11 @@ pub(crate) fn valid_range(
     (lo, hi.max(lo))
 }
 
-fn channels_per_group(x_shape: &[usize], w_shape: &[usize], group: usize) -> (usize, usize) {
+pub(crate) fn channels_per_group(
+    x_shape: &[usize],
+    w_shape: &[usize],
+    group: usize,
+) -> (usize, usize) {
     assert!(group > 0, "conv group 0");
     assert_eq!(
         x_shape[1] / group * group,
@@ -110,7 +114,7 @@ fn channels_per_group(x_shape: &[usize], w_shape: &[usize], group: usize) -> (us
     (x_shape[1] / group, w_shape[0] / group)
 }
 
-fn depthwise(x_shape: &[usize], w_shape: &[usize], group: usize) -> bool {
+pub(crate) fn depthwise(x_shape: &[usize], w_shape: &[usize], group: usize) -> bool {
     group > 1 && x_shape[1] / group == 1 && w_shape[1] == 1
 }
 
@@ -135,7 +139,7 @@ pub fn im2col(x: &[f32], channels: usize, win: &Window, col: &mut [f32]) {
     im2col_geo(x, channels, &Geo::new(win), col)
 }
 
-fn im2col_geo(x: &[f32], channels: usize, g: &Geo, col: &mut [f32]) {
+pub(crate) fn im2col_geo(x: &[f32], channels: usize, g: &Geo, col: &mut [f32]) {
     let (kk, p, isz) = (g.ksize(), g.osize(), g.isize());
     assert!(x.len() >= channels * isz && col.len() >= channels * kk * p);
     let col = &mut col[..channels * kk * p];

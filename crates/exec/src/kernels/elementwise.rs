@@ -23,6 +23,10 @@ pub enum Unary {
         max: f32,
     },
     Identity,
+    /// `-x`.
+    Neg,
+    /// `alpha * x`.
+    Scale(f32),
 }
 
 impl Unary {
@@ -70,6 +74,8 @@ impl Unary {
                 }
             }
             Unary::Identity => x,
+            Unary::Neg => -x,
+            Unary::Scale(a) => a * x,
         }
     }
 }
@@ -87,6 +93,8 @@ macro_rules! dispatch_unary {
             Unary::Sqrt => $f(|x| Unary::Sqrt.apply(x), $($args),*),
             Unary::Clip { min, max } => $f(move |x| Unary::Clip { min, max }.apply(x), $($args),*),
             Unary::Identity => $f(|x| x, $($args),*),
+            Unary::Neg => $f(|x: f32| -x, $($args),*),
+            Unary::Scale(a) => $f(move |x| a * x, $($args),*),
         }
     };
 }

@@ -81,3 +81,31 @@ pub fn concat<T: Copy>(inputs: &[(&[T], &[usize])], axis: usize, out: &mut [T]) 
         }
     }
 }
+
+/// Elements `start..end` of `x` along `axis`, any element type.
+pub fn slice<T: Copy>(
+    x: &[T],
+    x_shape: &[usize],
+    axis: usize,
+    start: usize,
+    end: usize,
+    out: &mut [T],
+) {
+    assert!(axis < x_shape.len(), "slice axis");
+    assert!(start <= end && end <= x_shape[axis], "slice range");
+    assert_eq!(
+        x.len(),
+        x_shape.iter().product::<usize>(),
+        "slice input length"
+    );
+    let outer: usize = x_shape[..axis].iter().product();
+    let inner: usize = x_shape[axis + 1..].iter().product();
+    let (n, m) = (x_shape[axis] * inner, (end - start) * inner);
+    assert_eq!(out.len(), outer * m, "slice output length");
+    if m == 0 {
+        return;
+    }
+    for (o, xi) in out.chunks_mut(m).zip(x.chunks(n)) {
+        o.copy_from_slice(&xi[start * inner..end * inner]);
+    }
+}

@@ -160,3 +160,135 @@ pub fn global_avg_pool(x: &[f32], x_shape: &[usize], out: &mut [f32]) {
         out.iter_mut().zip(x.chunks(isz)).for_each(f);
     }
 }
+
+/// Backward of the window pools: per `[n, c]` plane (parallel over planes), `f(dxp, xp, dy,
+/// taps)` adds output element's gradient `dy` into the plane `dxp` (zeroed first); windows are
+/// visited in output order, so overlapping windows accumulate deterministically.
+fn pool_grad_planes(
+    dy: &[f32],
+    x: Option<&[f32]>,
+    x_shape: &[usize],
+    win: &Window,
+    dx: &mut [f32],
+    f: impl Fn(&mut [f32], &[f32], f32, &Geo, [&Taps; 3]) + Sync,
+) {
+    assert_eq!(x_shape.len(), win.kernel.len() + 2, "pool input rank");
+    let g = Geo::new(win);
+    let planes = x_shape[0] * x_shape[1];
+    let (isz, osz) = (g.isize(), g.osize());
+    assert_eq!(dx.len(), planes * isz, "pool grad dx length");
+    assert_eq!(dy.len(), planes * osz, "pool grad dy length");
+    if let Some(x) = x {
+        assert_eq!(x.len(), planes * isz, "pool grad x length");
+    }
+    if dx.is_empty() {
+        return;
+    }
+    let t = [taps(&g, 0), taps(&g, 1), taps(&g, 2)];
+    let plane = |(pi, dxp): (usize, &mut [f32])| {
+        dxp.fill(0.0);
+        let xp = x.map_or(&[][..], |x| &x[pi * isz..(pi + 1) * isz]);
+        let dyp = &dy[pi * osz..(pi + 1) * osz];
+        let mut i = 0;
+        for t0 in &t[0] {
+            for t1 in &t[1] {
+                for t2 in &t[2] {
+                    f(dxp, xp, dyp[i], &g, [t0, t1, t2]);
+                    i += 1;
+                }
+            }
+        }
+    };
+    if dy.len() * g.ksize() >= PAR_ELEMS {
+        dx.par_chunks_mut(isz).enumerate().for_each(plane);
+    } else {
+        dx.chunks_mut(isz).enumerate().for_each(plane);
+    }
+}
+
+/// The gradient of [`max_pool`]: `dy [N, C, win.output...]`, `x [N, C, spatial...]` -> `dx`
+/// (x's shape). Each `dy` goes to the first maximum of its window in scan order (the element
+/// [`max_pool`] returns; padding is never selected); overlapping windows accumulate. A window
+/// whose every element is NaN passes no gradient.
+pub fn max_pool_grad(dy: &[f32], x: &[f32], x_shape: &[usize], win: &Window, dx: &mut [f32]) {
+    pool_grad_planes(
+        dy,
+        Some(x),
+        x_shape,
+        win,
+        dx,
+        |dxp, xp, d, g, [t0, t1, t2]| {
+            let mut m = f32::MIN;
+            let mut arg = None;
+            for a in 0..t0.k_hi - t0.k_lo {
+                let i0 = t0.first + a * g.d[0];
+                for b in 0..t1.k_hi - t1.k_lo {
+                    let i1 = t1.first + b * g.d[1];
+                    let row = (i0 * g.i[1] + i1) * g.i[2] + t2.first;
+                    for c in 0..t2.k_hi - t2.k_lo {
+                        let j = row + c * g.d[2];
+                        let v = xp[j];
+                        if v > m || (arg.is_none() && v == m) {
+                            m = v;
+                            arg = Some(j);
+                        }
+                    }
+                }
+            }
+            if let Some(j) = arg {
+                dxp[j] += d;
+            }
+        },
+    )
+}
+
+/// The gradient of [`avg_pool`] (its exact adjoint: the same divisor rules): `dy [N, C,
+/// win.output...]` -> `dx` of `x_shape`.
+pub fn avg_pool_grad(
+    dy: &[f32],
+    x_shape: &[usize],
+    win: &Window,
+    count_include_pad: bool,
+    dx: &mut [f32],
+) {
+    pool_grad_planes(dy, None, x_shape, win, dx, |dxp, _, d, g, [t0, t1, t2]| {
+        let n = if count_include_pad {
+            t0.padded * t1.padded * t2.padded
+        } else {
+            (t0.k_hi - t0.k_lo) * (t1.k_hi - t1.k_lo) * (t2.k_hi - t2.k_lo)
+        };
+        if n == 0 {
+            return;
+        }
+        let v = d / n as f32;
+        for a in 0..t0.k_hi - t0.k_lo {
+            let i0 = t0.first + a * g.d[0];
+            for b in 0..t1.k_hi - t1.k_lo {
+                let i1 = t1.first + b * g.d[1];
+                let row = (i0 * g.i[1] + i1) * g.i[2] + t2.first;
+                for c in 0..t2.k_hi - t2.k_lo {
+                    dxp[row + c * g.d[2]] += v;
+                }
+            }
+        }
+    })
+}
+
+/// The gradient of [`global_avg_pool`]: `dy [N, C, 1...]` -> `dx` of `x_shape`, each plane
+/// filled with `dy / plane size`.
+pub fn global_avg_pool_grad(dy: &[f32], x_shape: &[usize], dx: &mut [f32]) {
+    assert!(x_shape.len() >= 2);
+    let planes = x_shape[0] * x_shape[1];
+    let isz: usize = x_shape[2..].iter().product();
+    assert_eq!(dy.len(), planes, "global_avg_pool_grad dy length");
+    assert_eq!(dx.len(), planes * isz, "global_avg_pool_grad dx length");
+    if isz == 0 {
+        return;
+    }
+    let f = |(o, &d): (&mut [f32], &f32)| o.fill(d / isz as f32);
+    if dx.len() >= PAR_ELEMS {
+        dx.par_chunks_mut(isz).zip(dy.par_iter()).for_each(f);
+    } else {
+        dx.chunks_mut(isz).zip(dy).for_each(f);
+    }
+}

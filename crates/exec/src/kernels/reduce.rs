@@ -69,3 +69,29 @@ pub fn reduce(x: &[f32], x_shape: &[usize], axes: &[usize], mean: bool, out: &mu
         };
     }
 }
+
+/// The adjoint of broadcasting `out_shape` to `x_shape` (numpy rules): sums `x` over the
+/// dimensions broadcasting added (leading) or stretched (size 1 in `out_shape`). f64
+/// accumulation in a fixed order.
+pub fn sum_to(x: &[f32], x_shape: &[usize], out: &mut [f32], out_shape: &[usize]) {
+    let r = x_shape.len();
+    assert!(
+        out_shape.len() <= r,
+        "sum_to: target rank exceeds input rank"
+    );
+    let pad = r - out_shape.len();
+    let axes: Vec<usize> = (0..r)
+        .filter(|&i| {
+            if i < pad {
+                return true;
+            }
+            let d = out_shape[i - pad];
+            assert!(
+                d == x_shape[i] || d == 1,
+                "sum_to: {out_shape:?} does not broadcast to {x_shape:?}"
+            );
+            d == 1 && x_shape[i] != 1
+        })
+        .collect();
+    reduce(x, x_shape, &axes, false, out);
+}

@@ -1,0 +1,371 @@
+//! Reverse-mode automatic differentiation over the lowmem IR.
+//!
+//! [`gradients`] and [`training_step`] build one static graph holding the forward pass, the
+//! loss, the backward pass and (for training) the optimizer update. Backward ops are ordinary
+//! IR ops, so every later stage (liveness, memory planning, checkpointing) sees the whole
+//! step. The forward tensors that the backward pass reads are listed in one place
+//! (`saved`): those are what checkpointing recomputes, DropIT sparsifies and low-precision
+//! storage compresses.
+
+mod builder;
+mod rules;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use lowmem_ir::{DType, Graph, IrError, Op, TensorData, TensorId, TensorKind};
+use thiserror::Error;
+
+use builder::Builder;
+
+/// How the chosen output becomes a scalar loss.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Loss {
+    /// Sum of every element.
+    Sum,
+    /// Mean of every element.
+    Mean,
+    /// The output is already a scalar (one element).
+    Scalar,
+    /// Softmax cross-entropy against integer labels (`labels`, i64 `[N]`), mean over the
+    /// batch. The output is read as logits `[N, C, 1...]`; when it is produced by a Softmax
+    /// over the classes, the loss is taken from that Softmax's input instead, which is the
+    /// same value (the cross-entropy of the output probabilities) computed stably.
+    CrossEntropy,
+    /// Mean squared error against `labels` of the output's shape.
+    Mse,
+}
+
+/// Forward semantics of BatchNormalization and Dropout.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// As in the file: running statistics, no dropout.
+    Inference,
+    /// Batch statistics (running statistics updated) and active dropout.
+    Training,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Optimizer {
+    Sgd {
+        lr: f32,
+        momentum: f32,
+        weight_decay: f32,
+    },
+    Adam {
+        lr: f32,
+        beta1: f32,
+        beta2: f32,
+        epsilon: f32,
+        weight_decay: f32,
+    },
+    AdamW {
+        lr: f32,
+        beta1: f32,
+        beta2: f32,
+        epsilon: f32,
+        weight_decay: f32,
+    },
+}
+
+#[derive(Debug, Error)]
+pub enum AutodiffError {
+    #[error("node '{node}' ({op}): no gradient: {why}")]
+    NoGradient {
+        node: String,
+        op: String,
+        why: String,
+    },
+    #[error("loss: {0}")]
+    Loss(String),
+    #[error("tensor '{0}' is not a float weight of the graph, so it has no gradient")]
+    NotAWeight(String),
+    #[error(transparent)]
+    Ir(#[from] IrError),
+}
+
+/// Forward, loss and backward of a graph.
+#[derive(Clone, Debug)]
+pub struct GradGraph {
+    /// `outputs = [loss, gradient of each requested tensor, in order]`.
+    pub graph: Graph,
+    pub loss: TensorId,
+    /// Graph input `labels` (CrossEntropy: i64 `[N]`; Mse: the output's dtype and shape).
+    pub labels: Option<TensorId>,
+    /// Graph input `step` (i64 scalar), present when training-mode Dropout needs it.
+    pub step: Option<TensorId>,
+    /// (weight, its gradient), in the requested order.
+    pub grads: Vec<(TensorId, TensorId)>,
+    /// Forward activations read by the backward pass, in first-read order.
+    pub saved: Vec<TensorId>,
+    /// Nodes `..backward_start` are the forward pass and loss; the rest the backward pass.
+    pub backward_start: usize,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StateKind {
+    Parameter,
+    Momentum,
+    FirstMoment,
+    SecondMoment,
+    RunningMean,
+    RunningVar,
+}
+
+/// A tensor carried from one step to the next: read as graph input `input`, written as
+/// graph output `output`.
+#[derive(Clone, Debug)]
+pub struct State {
+    pub name: String,
+    pub kind: StateKind,
+    pub input: TensorId,
+    pub output: TensorId,
+    pub init: Arc<TensorData>,
+    /// The weight this state belongs to (the weight itself for a parameter).
+    pub of: String,
+}
+
+/// One whole training step.
+#[derive(Clone, Debug)]
+pub struct TrainingGraph {
+    /// `outputs = [loss, state[0].output, state[1].output, ...]`.
+    pub graph: Graph,
+    pub loss: TensorId,
+    /// The forward graph's inputs (same names).
+    pub data: Vec<TensorId>,
+    pub labels: Option<TensorId>,
+    /// Graph input `step`: i64 scalar, the 1-based step number.
+    pub step: TensorId,
+    pub state: Vec<State>,
+    pub saved: Vec<TensorId>,
+    pub grads: Vec<(TensorId, TensorId)>,
+    pub backward_start: usize,
+}
+
+/// Gradients of `loss(output)` with respect to the weights `wrt` of `forward`.
+pub fn gradients(
+    forward: &Graph,
+    output: TensorId,
+    loss: Loss,
+    wrt: &[TensorId],
+    mode: Mode,
+) -> Result<GradGraph, AutodiffError> {
+    for &w in wrt {
+        let t = forward.tensor(w);
+        if forward.kind(w) != TensorKind::Weight || !t.dtype.is_float() {
+            return Err(AutodiffError::NotAWeight(t.name.clone()));
+        }
+    }
+    let mut b = Builder::new(forward, mode, &format!("{}.grad", forward.name));
+    let (loss_in, fused) = builder::loss_input(forward, output, loss)?;
+    b.replay(forward, loss_in, &HashMap::new())?;
+    let (loss_t, labels) = b.loss(forward, loss_in, fused, loss)?;
+    let backward_start = b.g.nodes.len();
+    let wrt_new: Vec<TensorId> = wrt.iter().map(|&w| b.map(w)).collect();
+    let grads = b.backward(loss_t, &wrt_new)?;
+    let mut outputs = vec![loss_t];
+    outputs.extend(grads.iter().map(|&(_, g)| g));
+    b.g.set_outputs(outputs);
+    b.g.validate()?;
+    let saved = b.saved(backward_start);
+    Ok(GradGraph {
+        graph: b.g,
+        loss: loss_t,
+        labels,
+        step: b.step,
+        grads,
+        saved,
+        backward_start,
+    })
+}
+
+/// One training step of `forward`: training semantics, `loss(output)`, gradients of every
+/// trainable weight, and the optimizer update. Trainable weights, optimizer moments and
+/// BatchNorm running statistics become [`State`].
+pub fn training_step(
+    forward: &Graph,
+    output: TensorId,
+    loss: Loss,
+    optimizer: &Optimizer,
+) -> Result<TrainingGraph, AutodiffError> {
+    let trainable = forward.trainable_weights();
+    let mut b = Builder::new(forward, Mode::Training, &format!("{}.train", forward.name));
+    let (loss_in, fused) = builder::loss_input(forward, output, loss)?;
+    // Trainable weights and BatchNorm statistics become inputs carried between steps.
+    let mut as_input: HashMap<TensorId, StateKind> = trainable
+        .iter()
+        .map(|&w| (w, StateKind::Parameter))
+        .collect();
+    for n in &forward.nodes {
+        if let Op::BatchNormalization(_) = n.op {
+            for (k, kind) in [(3, StateKind::RunningMean), (4, StateKind::RunningVar)] {
+                if forward.kind(n.inputs[k]) == TensorKind::Weight {
+                    as_input.entry(n.inputs[k]).or_insert(kind);
+                }
+            }
+        }
+    }
+    b.replay(forward, loss_in, &as_input)?;
+    let step = b.step_input()?;
+    let (loss_t, labels) = b.loss(forward, loss_in, fused, loss)?;
+    let backward_start = b.g.nodes.len();
+    // Trainable weights the loss does not reach are left out of the step.
+    let reached: Vec<TensorId> = trainable
+        .iter()
+        .copied()
+        .filter(|&w| b.is_mapped(w))
+        .collect();
+    let params: Vec<TensorId> = reached.iter().map(|&w| b.map(w)).collect();
+    let grads = b.backward(loss_t, &params)?;
+    let saved = b.saved(backward_start);
+
+    let mut state = Vec::new();
+    let init = |w: TensorId| {
+        forward
+            .tensor(w)
+            .value
+            .clone()
+            .expect("weights have values")
+    };
+    let zeros = |w: TensorId| {
+        let t = forward.tensor(w);
+        Arc::new(TensorData::zeros(t.dtype, t.numel()))
+    };
+    for (&w, &(p, gr)) in reached.iter().zip(&grads) {
+        let name = forward.tensor(w).name.clone();
+        let shape = forward.tensor(w).shape.clone();
+        let dtype = forward.tensor(w).dtype;
+        let moment = |b: &mut Builder, suffix: &str| -> Result<TensorId, AutodiffError> {
+            let n = b.fresh(&format!("{name}.{suffix}"));
+            Ok(b.g.add_input(n, dtype, shape.clone())?)
+        };
+        let mut push = |kind, input, output, init, name: String| {
+            state.push(State {
+                name,
+                kind,
+                input,
+                output,
+                init,
+                of: forward.tensor(w).name.clone(),
+            })
+        };
+        match *optimizer {
+            Optimizer::Sgd {
+                lr,
+                momentum,
+                weight_decay,
+            } => {
+                let op = Op::SgdUpdate {
+                    lr,
+                    momentum,
+                    weight_decay,
+                };
+                if momentum != 0.0 {
+                    let v = moment(&mut b, "momentum")?;
+                    let o = b.emit(&format!("{name}.update"), op, &[p, gr, v], 2)?;
+                    push(StateKind::Parameter, p, o[0], init(w), name.clone());
+                    push(
+                        StateKind::Momentum,
+                        v,
+                        o[1],
+                        zeros(w),
+                        b.g.tensor(v).name.clone(),
+                    );
+                } else {
+                    let o = b.emit(&format!("{name}.update"), op, &[p, gr], 1)?;
+                    push(StateKind::Parameter, p, o[0], init(w), name.clone());
+                }
+            }
+            Optimizer::Adam {
+                lr,
+                beta1,
+                beta2,
+                epsilon,
+                weight_decay,
+            }
+            | Optimizer::AdamW {
+                lr,
+                beta1,
+                beta2,
+                epsilon,
+                weight_decay,
+            } => {
+                let decoupled = matches!(optimizer, Optimizer::AdamW { .. });
+                let op = Op::AdamUpdate {
+                    lr,
+                    beta1,
+                    beta2,
+                    epsilon,
+                    weight_decay,
+                    decoupled,
+                };
+                let m = moment(&mut b, "adam_m")?;
+                let v = moment(&mut b, "adam_v")?;
+                let o = b.emit(&format!("{name}.update"), op, &[p, gr, m, v, step], 3)?;
+                push(StateKind::Parameter, p, o[0], init(w), name.clone());
+                push(
+                    StateKind::FirstMoment,
+                    m,
+                    o[1],
+                    zeros(w),
+                    b.g.tensor(m).name.clone(),
+                );
+                push(
+                    StateKind::SecondMoment,
+                    v,
+                    o[2],
+                    zeros(w),
+                    b.g.tensor(v).name.clone(),
+                );
+            }
+        }
+    }
+    for (w, input, output, kind) in b.running_stats.clone() {
+        let name = forward.tensor(w).name.clone();
+        state.push(State {
+            name: name.clone(),
+            kind,
+            input,
+            output,
+            init: init(w),
+            of: name,
+        });
+    }
+    let mut outputs = vec![loss_t];
+    outputs.extend(state.iter().map(|s| s.output));
+    b.g.set_outputs(outputs);
+    b.g.validate()?;
+    let data = forward.inputs.iter().map(|&i| b.map(i)).collect();
+    Ok(TrainingGraph {
+        graph: b.g,
+        loss: loss_t,
+        data,
+        labels,
+        step,
+        state,
+        saved,
+        grads,
+        backward_start,
+    })
+}
+
+impl TrainingGraph {
+    /// The initial values of the state inputs, in `state` order.
+    pub fn initial_state(&self) -> Vec<Arc<TensorData>> {
+        self.state.iter().map(|s| s.init.clone()).collect()
+    }
+}
+
+/// The step input's value.
+pub fn step_value(step: u64) -> TensorData {
+    TensorData::I64(vec![step as i64])
+}
+
+/// The dtype of the labels a loss needs, if any.
+pub fn labels_dtype(loss: Loss, output_dtype: DType) -> Option<DType> {
+    match loss {
+        Loss::CrossEntropy => Some(DType::I64),
+        Loss::Mse => Some(output_dtype),
+        _ => None,
+    }
+}
