@@ -3,12 +3,15 @@
 //! This facade re-exports the pipeline's crates (one per stage, in data-flow order) and holds
 //! what the `lowmem` command line shares between its subcommands.
 
+pub use lowmem_autodiff as autodiff;
 pub use lowmem_exec as exec;
 pub use lowmem_ir as ir;
 pub use lowmem_onnx as onnx;
 
+pub mod data;
 pub mod inspect;
 pub mod model;
+pub mod train;
 
 use thiserror::Error;
 
@@ -29,6 +32,10 @@ pub enum Error {
     Ir(#[from] lowmem_ir::IrError),
     #[error("{0}")]
     Exec(#[from] lowmem_exec::ExecError),
+    #[error("{0}")]
+    Autodiff(#[from] lowmem_autodiff::AutodiffError),
+    #[error("{0}")]
+    Export(#[from] lowmem_onnx::ExportError),
     #[error("{0}")]
     Usage(String),
 }

@@ -262,3 +262,40 @@ impl Op {
         Some(r)
     }
 }
+
+impl Op {
+    /// Scratch bytes the reference kernels need while running this op (im2col columns,
+    /// row statistics), planned as the step's workspace. `inputs` and `outputs` are shapes.
+    pub fn workspace_bytes(&self, inputs: &[&[usize]], outputs: &[&[usize]]) -> usize {
+        // im2col columns: (C / group) * prod(kernel) * prod(output spatial) f32 values, none
+        // for depthwise or pointwise (1x1, stride 1, no padding) convolutions.
+        let columns = |conv: &crate::ConvAttrs, x: &[usize], w: &[usize]| -> usize {
+            let Ok(win) = conv.window(x, w) else { return 0 };
+            let g = conv.group.max(1);
+            let depthwise = g > 1 && x[1] / g == 1 && w[1] == 1;
+            let pointwise = win.kernel.iter().all(|&k| k == 1)
+                && win.strides.iter().all(|&s| s == 1)
+                && win.pad_begin.iter().all(|&p| p == 0)
+                && win.output == win.input;
+            if depthwise || pointwise {
+                0
+            } else {
+                (x[1] / g) * win.kernel_size() * win.output_size() * 4
+            }
+        };
+        match self {
+            Op::Conv(c) => columns(c, inputs[0], inputs[1]),
+            Op::ConvBackwardData { conv, input_shape } => columns(conv, input_shape, inputs[1]),
+            Op::ConvBackwardFilter { conv, weight_shape } => columns(conv, inputs[1], weight_shape),
+            Op::LayerNormGrad { axis, .. } => {
+                let x = inputs[1];
+                let ax = crate::shape::axis(*axis, x.len()).unwrap_or(0);
+                (3 * count(&x[ax..]) + 2 * count(&x[..ax])) * 4
+            }
+            _ => {
+                let _ = outputs;
+                0
+            }
+        }
+    }
+}

@@ -13,10 +13,12 @@
 
 use std::path::{Path, PathBuf};
 
+pub use export::{ExportError, export_model};
 use lowmem_ir::{DType, Graph, IrError, TensorData};
 use prost::Message;
 use thiserror::Error;
 
+pub mod export;
 mod fold;
 mod import;
 mod node;
