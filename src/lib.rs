@@ -7,10 +7,14 @@ pub use lowmem_autodiff as autodiff;
 pub use lowmem_exec as exec;
 pub use lowmem_ir as ir;
 pub use lowmem_onnx as onnx;
+pub use lowmem_plan as plan;
+pub use lowmem_schedule as schedule;
 
 pub mod data;
 pub mod inspect;
 pub mod model;
+pub mod planning;
+pub mod report;
 pub mod train;
 
 use thiserror::Error;

@@ -103,6 +103,50 @@ enum Cmd {
         #[arg(long, value_name = "K", default_value_t = 0)]
         eval_every: usize,
     },
+    /// Plan the memory of a forward pass or (--train) a whole training step: schedule,
+    /// liveness, in-place reuse and one arena with static offsets, verified independently.
+    Plan {
+        model: PathBuf,
+        /// Plan the training step (forward, loss, backward, optimizer update).
+        #[arg(long)]
+        train: bool,
+        #[arg(long, value_name = "N")]
+        batch: Option<usize>,
+        /// Loss of the training step.
+        #[arg(long, value_enum, default_value_t = LossArg::Xent)]
+        loss: LossArg,
+        /// Optimizer of the training step (its state is persistent memory).
+        #[arg(long, value_enum, default_value_t = OptimizerArg::Sgd)]
+        optimizer: OptimizerArg,
+        /// Write the plan as JSON (docs/plan-format.md).
+        #[arg(long, value_name = "FILE")]
+        json: Option<PathBuf>,
+        /// Write a self-contained HTML page with the arena drawn over time.
+        #[arg(long, value_name = "FILE")]
+        html: Option<PathBuf>,
+        /// Re-check the plan with the independent verifier.
+        #[arg(long)]
+        verify: bool,
+        /// Disable in-place reuse.
+        #[arg(long)]
+        no_in_place: bool,
+        /// Milliseconds for the improving search after the heuristics.
+        #[arg(long, default_value_t = 200)]
+        search_ms: u64,
+    },
+    /// Solve an offset-assignment problem alone (MiniMalloc CSV: id,lower,upper,size).
+    Pack {
+        file: PathBuf,
+        /// Write id,lower,upper,size,offset here.
+        #[arg(long, value_name = "FILE.csv")]
+        out: Option<PathBuf>,
+        /// Seconds for the improving search.
+        #[arg(long, default_value_t = 10.0)]
+        time_limit: f64,
+        /// Byte alignment of offsets.
+        #[arg(long, default_value_t = 1)]
+        align: u64,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -501,6 +545,48 @@ fn run(cli: Cli) -> Result<(), Error> {
             };
             train_cmd(&model, config, out)
         }
+        Cmd::Plan {
+            model,
+            train,
+            batch,
+            loss,
+            optimizer,
+            json,
+            html,
+            verify,
+            no_in_place,
+            search_ms,
+        } => {
+            let optimizer = match optimizer {
+                OptimizerArg::Sgd => Optimizer::Sgd {
+                    lr: 0.1,
+                    momentum: 0.9,
+                    weight_decay: 0.0,
+                },
+                OptimizerArg::Adam | OptimizerArg::Adamw => Optimizer::Adam {
+                    lr: 1e-3,
+                    beta1: 0.9,
+                    beta2: 0.999,
+                    epsilon: 1e-8,
+                    weight_decay: 0.0,
+                },
+            };
+            let opts = lowmem::planning::PlanRequest {
+                train,
+                batch,
+                loss: loss.loss(),
+                optimizer,
+                in_place: !no_in_place,
+                search: std::time::Duration::from_millis(search_ms),
+            };
+            lowmem::planning::plan_cmd(&model, &opts, json.as_deref(), html.as_deref(), verify)
+        }
+        Cmd::Pack {
+            file,
+            out,
+            time_limit,
+            align,
+        } => lowmem::planning::pack_cmd(&file, out.as_deref(), time_limit, align),
     }
 }
 

@@ -1,0 +1,730 @@
+//! The one implementation of each op's semantics, shared by [`crate::run`] and
+//! [`crate::run_planned`]: it reads its inputs as byte slices, writes every output into a
+//! caller-provided byte slice and takes its scratch from a caller-provided workspace. It
+//! allocates no tensor.
+
+use bytemuck::Pod;
+use lowmem_ir::shape::{axis as norm_axis, count};
+use lowmem_ir::{DType, Op};
+
+use crate::kernels::{self, Binary, Unary, UnaryGrad};
+
+/// One op's operands.
+pub(crate) struct OpCall<'a> {
+    pub op: &'a Op,
+    pub in_dtypes: &'a [DType],
+    /// Input bytes. An input that an output overwrites in place (see `aliased`) is empty
+    /// here: its values are in that output.
+    pub ins: &'a [&'a [u8]],
+    pub shapes: &'a [&'a [usize]],
+    pub out_dtypes: &'a [DType],
+    pub out_shapes: &'a [&'a [usize]],
+    /// Per output `k`: whether it already holds input [`alias_input`]`(op, k)`, which the op
+    /// then overwrites in place.
+    pub aliased: &'a [bool],
+}
+
+/// Reshape-type ops: the output is the input's bytes.
+fn is_view(op: &Op) -> bool {
+    matches!(
+        op,
+        Op::Reshape { .. } | Op::Flatten { .. } | Op::Squeeze { .. } | Op::Unsqueeze { .. }
+    )
+}
+
+/// The input that output `k` of `op` can be computed over in place (its kernel's in-place
+/// form overwrites that input): input 0 for output 0 of elementwise ops, views, Dropout and
+/// the optimizer updates; the optimizer state inputs for the updated state outputs.
+pub(crate) fn alias_input(op: &Op, k: usize) -> Option<usize> {
+    match (op, k) {
+        (Op::SgdUpdate { .. } | Op::AdamUpdate { .. }, 1) => Some(2),
+        (Op::AdamUpdate { .. }, 2) => Some(3),
+        (_, 0)
+            if op.is_unary_elementwise()
+                || op.is_elementwise_grad()
+                || op.is_binary_elementwise()
+                || is_view(op)
+                || matches!(
+                    op,
+                    Op::Sum
+                        | Op::Dropout { .. }
+                        | Op::DropoutTrain { .. }
+                        | Op::DropoutGrad { .. }
+                        | Op::SgdUpdate { .. }
+                        | Op::AdamUpdate { .. }
+                ) =>
+        {
+            Some(0)
+        }
+        _ => None,
+    }
+}
+
+/// Whether an output of `out` dtype and shape may overwrite an input of `inp` dtype and shape
+/// in place (given [`alias_input`]): same dtype and size, and the same shape unless `op` is a
+/// view (a broadcasting binary op can only run in place over its full-size first operand).
+pub(crate) fn may_alias(op: &Op, inp: (DType, &[usize]), out: (DType, &[usize])) -> bool {
+    inp.0 == out.0 && count(inp.1) == count(out.1) && (is_view(op) || inp.1 == out.1)
+}
+
+/// Workspace (f32 elements) the kernel of `op` needs for input shapes `shapes`.
+pub(crate) fn workspace_len(op: &Op, shapes: &[&[usize]]) -> Result<usize, String> {
+    Ok(match op {
+        Op::Conv(a) => {
+            let win = a.window(shapes[0], shapes[1])?;
+            check_spatial(win.kernel.len())?;
+            kernels::conv_workspace_len(shapes[0], shapes[1], &win, a.group)
+        }
+        Op::ConvBackwardData { conv, input_shape } => {
+            let win = conv.window(input_shape, shapes[1])?;
+            check_spatial(win.kernel.len())?;
+            kernels::conv_backward_data_workspace_len(input_shape, shapes[1], &win, conv.group)
+        }
+        Op::ConvBackwardFilter { conv, weight_shape } => {
+            let win = conv.window(shapes[1], weight_shape)?;
+            check_spatial(win.kernel.len())?;
+            kernels::conv_backward_filter_workspace_len(shapes[1], weight_shape, &win, conv.group)
+        }
+        Op::LayerNormGrad { axis, .. } => {
+            let ax = norm_axis(*axis, shapes[1].len()).ok_or("axis out of range")?;
+            kernels::layer_norm_grad_workspace_len(shapes[1], ax)
+        }
+        _ => 0,
+    })
+}
+
+fn cast<T: Pod>(b: &[u8]) -> Result<&[T], String> {
+    bytemuck::try_cast_slice(b).map_err(|e| format!("storage cannot hold its dtype: {e:?}"))
+}
+
+fn cast_mut<T: Pod>(b: &mut [u8]) -> Result<&mut [T], String> {
+    bytemuck::try_cast_slice_mut(b).map_err(|e| format!("storage cannot hold its dtype: {e:?}"))
+}
+
+impl<'a> OpCall<'a> {
+    fn need_f32(&self, i: usize) -> Result<(), String> {
+        match self.in_dtypes[i] {
+            DType::F32 => Ok(()),
+            d => Err(format!(
+                "input {i} has dtype {d}; this executor computes in f32 only"
+            )),
+        }
+    }
+
+    /// Input `i`'s bytes, checked against its shape.
+    fn raw(&self, i: usize) -> Result<&'a [u8], String> {
+        let b = self.ins[i];
+        let want = count(self.shapes[i]) * self.in_dtypes[i].size();
+        if b.len() != want {
+            return Err(format!(
+                "input {i} holds {} bytes, its shape {:?} needs {want} (overwritten in place?)",
+                b.len(),
+                self.shapes[i]
+            ));
+        }
+        Ok(b)
+    }
+
+    fn f32(&self, i: usize) -> Result<&'a [f32], String> {
+        self.need_f32(i)?;
+        cast(self.raw(i)?)
+    }
+
+    fn i64s(&self, i: usize) -> Result<&'a [i64], String> {
+        match self.in_dtypes[i] {
+            DType::I64 => cast(self.raw(i)?),
+            d => Err(format!("input {i} has dtype {d}, expected i64")),
+        }
+    }
+
+    /// The i64 scalar input `i` (a training step).
+    fn i64_scalar(&self, i: usize) -> Result<i64, String> {
+        match self.i64s(i) {
+            Ok([x]) => Ok(*x),
+            _ => Err(format!(
+                "input {i} must be an i64 scalar, got {} with {} elements",
+                self.in_dtypes[i],
+                count(self.shapes[i])
+            )),
+        }
+    }
+
+    /// Makes output `k` hold input `j`'s bytes (a no-op when it already does, in place).
+    fn init(&self, outs: &mut [&mut [u8]], k: usize, j: usize) -> Result<(), String> {
+        if !self.aliased[k] {
+            let src = self.raw(j)?;
+            let dst = &mut *outs[k];
+            if dst.len() != src.len() {
+                return Err(format!(
+                    "output {k} has {} bytes, input {j} {}",
+                    dst.len(),
+                    src.len()
+                ));
+            }
+            dst.copy_from_slice(src);
+        }
+        Ok(())
+    }
+
+    /// Every output as f32, each checked against its shape.
+    fn outs_f32<'o>(&self, outs: &'o mut [&mut [u8]]) -> Result<Vec<&'o mut [f32]>, String> {
+        outs.iter_mut()
+            .enumerate()
+            .map(|(k, o)| {
+                let d = self.out_dtypes[k];
+                if d != DType::F32 {
+                    return Err(format!(
+                        "output {k} has dtype {d}; this executor computes in f32 only"
+                    ));
+                }
+                let o: &mut [f32] = cast_mut(o)?;
+                if o.len() != count(self.out_shapes[k]) {
+                    return Err(format!(
+                        "output {k} holds {} values, its shape {:?} needs {}",
+                        o.len(),
+                        self.out_shapes[k],
+                        count(self.out_shapes[k])
+                    ));
+                }
+                Ok(o)
+            })
+            .collect()
+    }
+
+    /// The single f32 output.
+    fn out1<'o>(&self, outs: &'o mut [&mut [u8]]) -> Result<&'o mut [f32], String> {
+        self.outs_f32(outs)?
+            .into_iter()
+            .next()
+            .ok_or_else(|| "the node has no output".into())
+    }
+
+    fn unary(&self, u: Unary, outs: &mut [&mut [u8]]) -> Result<(), String> {
+        self.need_f32(0)?;
+        if self.aliased[0] {
+            kernels::unary_inplace(u, self.out1(outs)?);
+        } else {
+            let x = self.f32(0)?;
+            kernels::unary(u, x, self.out1(outs)?);
+        }
+        Ok(())
+    }
+}
+
+fn bad_outputs(op: &Op, n: usize) -> String {
+    format!("{} cannot produce {n} outputs", op.name())
+}
+
+/// Runs `c.op`, writing output `k` into `outs[k]`, with scratch `ws` (at least
+/// [`workspace_len`] elements).
+pub(crate) fn exec_op(c: &OpCall, outs: &mut [&mut [u8]], ws: &mut [f32]) -> Result<(), String> {
+    let op = c.op;
+    let shapes = c.shapes;
+    let os = c.out_shapes;
+    let x = |i: usize| c.f32(i);
+    let need = workspace_len(op, shapes)?;
+    if ws.len() < need {
+        return Err(format!(
+            "workspace of {} bytes is too small: the kernel needs {} bytes",
+            ws.len() * 4,
+            need * 4
+        ));
+    }
+    let ws = &mut ws[..need];
+    match op {
+        Op::Identity
+        | Op::Reshape { .. }
+        | Op::Flatten { .. }
+        | Op::Squeeze { .. }
+        | Op::Unsqueeze { .. } => c.init(outs, 0, 0)?,
+        Op::Dropout { .. } => {
+            // Inference: the identity, and an all-true mask.
+            c.init(outs, 0, 0)?;
+            if let Some(mask) = outs.get_mut(1) {
+                if c.out_dtypes[1] != DType::Bool {
+                    return Err(format!("mask has dtype {}, expected bool", c.out_dtypes[1]));
+                }
+                mask.fill(1);
+            }
+        }
+        Op::Neg => c.unary(Unary::Neg, outs)?,
+        Op::Scale { alpha } => c.unary(Unary::Scale(*alpha), outs)?,
+        Op::Relu => c.unary(Unary::Relu, outs)?,
+        Op::LeakyRelu { alpha } => c.unary(Unary::LeakyRelu(*alpha), outs)?,
+        Op::Sigmoid => c.unary(Unary::Sigmoid, outs)?,
+        Op::Tanh => c.unary(Unary::Tanh, outs)?,
+        Op::Erf => c.unary(Unary::Erf, outs)?,
+        // GeluApprox is None (the default) or Tanh.
+        Op::Gelu { approximate } if *approximate == Default::default() => {
+            c.unary(Unary::Gelu, outs)?
+        }
+        Op::Gelu { .. } => c.unary(Unary::GeluTanh, outs)?,
+        Op::Sqrt => c.unary(Unary::Sqrt, outs)?,
+        Op::Clip(a) => c.unary(
+            Unary::Clip {
+                min: a.min.unwrap_or(f32::MIN),
+                max: a.max.unwrap_or(f32::MAX),
+            },
+            outs,
+        )?,
+        Op::Add | Op::Sub | Op::Mul | Op::Div | Op::Pow => {
+            let b = match op {
+                Op::Add => Binary::Add,
+                Op::Sub => Binary::Sub,
+                Op::Mul => Binary::Mul,
+                Op::Div => Binary::Div,
+                _ => Binary::Pow,
+            };
+            c.need_f32(0)?;
+            let rhs = x(1)?;
+            if c.aliased[0] {
+                kernels::binary_inplace(b, c.out1(outs)?, os[0], rhs, shapes[1]);
+            } else {
+                let lhs = x(0)?;
+                kernels::binary(b, lhs, shapes[0], rhs, shapes[1], c.out1(outs)?, os[0]);
+            }
+        }
+        Op::Sum => {
+            c.need_f32(0)?;
+            let rest = (1..c.ins.len())
+                .map(|i| Ok((x(i)?, shapes[i])))
+                .collect::<Result<Vec<_>, String>>()?;
+            let o = c.out1(outs)?;
+            if c.aliased[0] {
+                // `kernels::sum` is input 0 then `+=` each other input, in order.
+                for (v, s) in rest {
+                    kernels::binary_inplace(Binary::Add, o, os[0], v, s);
+                }
+            } else {
+                let mut xs = vec![(x(0)?, shapes[0])];
+                xs.extend(rest);
+                kernels::sum(&xs, o, os[0]);
+            }
+        }
+        Op::SumTo { .. } => kernels::sum_to(x(0)?, shapes[0], c.out1(outs)?, os[0]),
+        Op::Expand { .. } | Op::Slice { .. } | Op::Transpose { .. } | Op::Concat { .. } => {
+            let out = outs.first_mut().ok_or("the node has no output")?;
+            match c.in_dtypes[0].size() {
+                1 => movement::<u8>(c, out)?,
+                2 => movement::<u16>(c, out)?,
+                4 => movement::<u32>(c, out)?,
+                _ => movement::<u64>(c, out)?,
+            }
+        }
+        Op::BatchNormTrain(a) => {
+            let mut o = c.outs_f32(outs)?;
+            let [y, m, inv, rm, rv] = &mut o[..] else {
+                return Err(bad_outputs(op, o.len()));
+            };
+            kernels::batch_norm_train(
+                x(0)?,
+                shapes[0],
+                x(1)?,
+                x(2)?,
+                x(3)?,
+                x(4)?,
+                a.epsilon,
+                a.momentum,
+                y,
+                m,
+                inv,
+                rm,
+                rv,
+            );
+        }
+        Op::DropoutTrain { ratio, seed } | Op::DropoutGrad { ratio, seed } => {
+            c.need_f32(0)?;
+            let step = c.i64_scalar(1)? as u64;
+            c.init(outs, 0, 0)?;
+            kernels::dropout_inplace(c.out1(outs)?, *ratio, *seed, step);
+        }
+        Op::ConvBackwardData { conv, input_shape } => {
+            let win = conv.window(input_shape, shapes[1])?;
+            kernels::conv_backward_data(
+                x(0)?,
+                x(1)?,
+                shapes[1],
+                input_shape,
+                &win,
+                conv.group,
+                c.out1(outs)?,
+                ws,
+            );
+        }
+        Op::ConvBackwardFilter { conv, weight_shape } => {
+            let win = conv.window(shapes[1], weight_shape)?;
+            kernels::conv_backward_filter(
+                x(0)?,
+                x(1)?,
+                shapes[1],
+                weight_shape,
+                &win,
+                conv.group,
+                c.out1(outs)?,
+                ws,
+            );
+        }
+        Op::MaxPoolGrad(a) => {
+            let win = a.window(shapes[1])?;
+            check_spatial(win.kernel.len())?;
+            kernels::max_pool_grad(x(0)?, x(1)?, shapes[1], &win, c.out1(outs)?);
+        }
+        Op::AveragePoolGrad { pool, input_shape } => {
+            let win = pool.window(input_shape)?;
+            check_spatial(win.kernel.len())?;
+            let o = c.out1(outs)?;
+            kernels::avg_pool_grad(x(0)?, input_shape, &win, pool.count_include_pad, o);
+        }
+        Op::GlobalAveragePoolGrad { input_shape } => {
+            kernels::global_avg_pool_grad(x(0)?, input_shape, c.out1(outs)?);
+        }
+        Op::BatchNormGrad { epsilon, training } => {
+            let mut o = c.outs_f32(outs)?;
+            let [dx, ds, db] = &mut o[..] else {
+                return Err(bad_outputs(op, o.len()));
+            };
+            kernels::batch_norm_grad(
+                x(0)?,
+                x(1)?,
+                shapes[1],
+                x(2)?,
+                x(3)?,
+                x(4)?,
+                *epsilon,
+                *training,
+                dx,
+                ds,
+                db,
+            );
+        }
+        Op::LayerNormGrad { axis, epsilon } => {
+            let ax = norm_axis(*axis, shapes[1].len()).ok_or("axis out of range")?;
+            let mut o = c.outs_f32(outs)?;
+            let [dx, ds, db] = &mut o[..] else {
+                return Err(bad_outputs(op, o.len()));
+            };
+            kernels::layer_norm_grad(
+                x(0)?,
+                x(1)?,
+                shapes[1],
+                ax,
+                x(2)?,
+                shapes[2],
+                *epsilon,
+                dx,
+                ds,
+                db,
+                ws,
+            );
+        }
+        Op::LrnGrad(a) => {
+            if a.size == 0 {
+                return Err("LRN size must be positive".into());
+            }
+            kernels::lrn_grad(
+                x(0)?,
+                x(1)?,
+                x(2)?,
+                shapes[1],
+                a.size,
+                a.alpha,
+                a.beta,
+                a.bias,
+                c.out1(outs)?,
+            );
+        }
+        Op::SoftmaxGrad(a) | Op::LogSoftmaxGrad(a) => {
+            let ax = norm_axis(a.axis, shapes[1].len()).ok_or("axis out of range")?;
+            kernels::softmax_grad(
+                x(0)?,
+                x(1)?,
+                shapes[1],
+                ax,
+                a.legacy,
+                matches!(op, Op::LogSoftmaxGrad(_)),
+                c.out1(outs)?,
+            );
+        }
+        Op::ReluGrad
+        | Op::LeakyReluGrad { .. }
+        | Op::SigmoidGrad
+        | Op::TanhGrad
+        | Op::SqrtGrad
+        | Op::ErfGrad
+        | Op::GeluGrad { .. }
+        | Op::ClipGrad(_) => {
+            let g = match op {
+                Op::ReluGrad => UnaryGrad::Relu,
+                Op::LeakyReluGrad { alpha } => UnaryGrad::LeakyRelu(*alpha),
+                Op::SigmoidGrad => UnaryGrad::Sigmoid,
+                Op::TanhGrad => UnaryGrad::Tanh,
+                Op::SqrtGrad => UnaryGrad::Sqrt,
+                Op::ErfGrad => UnaryGrad::Erf,
+                Op::GeluGrad { approximate } if *approximate == Default::default() => {
+                    UnaryGrad::Gelu
+                }
+                Op::GeluGrad { .. } => UnaryGrad::GeluTanh,
+                Op::ClipGrad(a) => UnaryGrad::Clip {
+                    min: a.min.unwrap_or(f32::MIN),
+                    max: a.max.unwrap_or(f32::MAX),
+                },
+                _ => unreachable!(),
+            };
+            c.need_f32(0)?;
+            let v = x(1)?;
+            c.init(outs, 0, 0)?;
+            kernels::unary_grad_inplace(g, c.out1(outs)?, v);
+        }
+        Op::PowGrad => {
+            let mut o = c.outs_f32(outs)?;
+            let [da, db] = &mut o[..] else {
+                return Err(bad_outputs(op, o.len()));
+            };
+            kernels::pow_grad(x(0)?, x(1)?, shapes[1], x(2)?, shapes[2], da, db, os[0]);
+        }
+        Op::SoftmaxCrossEntropy => {
+            let (n, k) = (shapes[0][0], shapes[0][1]);
+            kernels::softmax_cross_entropy(x(0)?, n, k, c.i64s(1)?, c.out1(outs)?)?;
+        }
+        Op::SoftmaxCrossEntropyGrad => {
+            let (n, k) = (shapes[1][0], shapes[1][1]);
+            let dl = x(0)?.first().copied().ok_or("empty loss gradient")?;
+            kernels::softmax_cross_entropy_grad(dl, x(1)?, n, k, c.i64s(2)?, c.out1(outs)?)?;
+        }
+        Op::MseLoss => kernels::mse_loss(x(0)?, x(1)?, c.out1(outs)?),
+        Op::MseLossGrad => {
+            let dl = x(0)?.first().copied().ok_or("empty loss gradient")?;
+            kernels::mse_loss_grad(dl, x(1)?, x(2)?, c.out1(outs)?);
+        }
+        Op::SgdUpdate {
+            lr,
+            momentum,
+            weight_decay,
+        } => {
+            c.need_f32(0)?;
+            let g = x(1)?;
+            let with_v = *momentum != 0.0;
+            if outs.len() != 1 + usize::from(with_v) {
+                return Err(bad_outputs(op, outs.len()));
+            }
+            c.init(outs, 0, 0)?;
+            if with_v {
+                c.need_f32(2)?;
+                c.init(outs, 1, 2)?;
+            }
+            let mut o = c.outs_f32(outs)?;
+            let (w, v) = match &mut o[..] {
+                [w] => (w, None),
+                [w, v] => (w, Some(&mut **v)),
+                _ => return Err(bad_outputs(op, o.len())),
+            };
+            kernels::sgd_update(w, g, v, *lr, *momentum, *weight_decay);
+        }
+        Op::AdamUpdate {
+            lr,
+            beta1,
+            beta2,
+            epsilon,
+            weight_decay,
+            decoupled,
+        } => {
+            let step = c.i64_scalar(4)?;
+            if step < 1 {
+                return Err(format!("step {step} is not a 1-based Adam step"));
+            }
+            c.need_f32(0)?;
+            let g = x(1)?;
+            for (k, j) in [(0, 0), (1, 2), (2, 3)] {
+                c.need_f32(j)?;
+                c.init(outs, k, j)?;
+            }
+            let mut o = c.outs_f32(outs)?;
+            let [w, m, v] = &mut o[..] else {
+                return Err(bad_outputs(op, o.len()));
+            };
+            let p = kernels::AdamParams {
+                lr: *lr,
+                beta1: *beta1,
+                beta2: *beta2,
+                epsilon: *epsilon,
+                weight_decay: *weight_decay,
+                decoupled: *decoupled,
+            };
+            kernels::adam_update(w, g, m, v, step, &p);
+        }
+        Op::Conv(a) => {
+            let win = a.window(shapes[0], shapes[1])?;
+            let bias = if c.ins.len() == 3 { Some(x(2)?) } else { None };
+            kernels::conv(
+                x(0)?,
+                shapes[0],
+                x(1)?,
+                shapes[1],
+                bias,
+                &win,
+                a.group,
+                c.out1(outs)?,
+                ws,
+            );
+        }
+        Op::BatchNormalization(a) => {
+            kernels::batch_norm(
+                x(0)?,
+                shapes[0],
+                x(1)?,
+                x(2)?,
+                x(3)?,
+                x(4)?,
+                a.epsilon,
+                c.out1(outs)?,
+            );
+        }
+        Op::MatMul => kernels::matmul(x(0)?, shapes[0], x(1)?, shapes[1], c.out1(outs)?),
+        Op::Gemm(a) => {
+            let bias = if c.ins.len() == 3 {
+                Some((x(2)?, shapes[2]))
+            } else {
+                None
+            };
+            kernels::gemm(
+                x(0)?,
+                shapes[0],
+                x(1)?,
+                shapes[1],
+                bias,
+                a.alpha,
+                a.beta,
+                a.trans_a,
+                a.trans_b,
+                c.out1(outs)?,
+            );
+        }
+        Op::MaxPool(a) | Op::AveragePool(a) => {
+            let win = a.window(shapes[0])?;
+            check_spatial(win.kernel.len())?;
+            let o = c.out1(outs)?;
+            if matches!(op, Op::MaxPool(_)) {
+                kernels::max_pool(x(0)?, shapes[0], &win, o);
+            } else {
+                kernels::avg_pool(x(0)?, shapes[0], &win, a.count_include_pad, o);
+            }
+        }
+        Op::GlobalAveragePool => kernels::global_avg_pool(x(0)?, shapes[0], c.out1(outs)?),
+        Op::Lrn(a) => {
+            let o = c.out1(outs)?;
+            kernels::lrn(x(0)?, shapes[0], a.size, a.alpha, a.beta, a.bias, o);
+        }
+        Op::Softmax(a) | Op::LogSoftmax(a) => {
+            let ax = norm_axis(a.axis, shapes[0].len()).ok_or("axis out of range")?;
+            kernels::softmax(
+                x(0)?,
+                shapes[0],
+                ax,
+                a.legacy,
+                matches!(op, Op::LogSoftmax(_)),
+                c.out1(outs)?,
+            );
+        }
+        Op::LayerNormalization { axis, epsilon } => {
+            let ax = norm_axis(*axis, shapes[0].len()).ok_or("axis out of range")?;
+            let bias = if c.ins.len() == 3 {
+                Some((x(2)?, shapes[2]))
+            } else {
+                None
+            };
+            kernels::layer_norm(
+                x(0)?,
+                shapes[0],
+                ax,
+                x(1)?,
+                shapes[1],
+                bias,
+                *epsilon,
+                c.out1(outs)?,
+            );
+        }
+        Op::ReduceMean(a) | Op::ReduceSum(a) => {
+            let r = shapes[0].len();
+            let axes = match &a.axes {
+                None => (0..r).collect(),
+                Some(ax) => norm_axes(ax, r)?,
+            };
+            kernels::reduce(
+                x(0)?,
+                shapes[0],
+                &axes,
+                matches!(op, Op::ReduceMean(_)),
+                c.out1(outs)?,
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The data-movement ops on elements of `T`'s width (bit patterns are copied unchanged, so
+/// one instance serves every dtype of that width).
+fn movement<T: Pod + Send + Sync>(c: &OpCall, out: &mut [u8]) -> Result<(), String> {
+    let inp = |i: usize| -> Result<&[T], String> {
+        if c.in_dtypes[i] != c.in_dtypes[0] {
+            return Err(format!(
+                "input {i} has dtype {} but input 0 has {}",
+                c.in_dtypes[i], c.in_dtypes[0]
+            ));
+        }
+        cast(c.raw(i)?)
+    };
+    if c.out_dtypes.first() != Some(&c.in_dtypes[0]) {
+        return Err("the output's dtype differs from the input's".into());
+    }
+    let out: &mut [T] = cast_mut(out)?;
+    let (s0, os0) = (c.shapes[0], c.out_shapes[0]);
+    if out.len() != count(os0) {
+        return Err(format!(
+            "output holds {} elements, shape {os0:?}",
+            out.len()
+        ));
+    }
+    match c.op {
+        Op::Expand { .. } => kernels::expand(inp(0)?, s0, out, os0),
+        Op::Slice { axis, start, end } => kernels::slice(inp(0)?, s0, *axis, *start, *end, out),
+        Op::Transpose { perm } => {
+            let p: Vec<usize> = perm
+                .clone()
+                .unwrap_or_else(|| (0..s0.len()).rev().collect());
+            kernels::transpose(inp(0)?, s0, &p, out);
+        }
+        Op::Concat { axis } => {
+            let ax = norm_axis(*axis, s0.len()).ok_or("axis out of range")?;
+            let parts = (0..c.ins.len())
+                .map(|i| Ok((inp(i)?, c.shapes[i])))
+                .collect::<Result<Vec<_>, String>>()?;
+            kernels::concat(&parts, ax, out);
+        }
+        other => return Err(format!("{} is not a data-movement op", other.name())),
+    }
+    Ok(())
+}
+
+fn norm_axes(axes: &[i64], rank: usize) -> Result<Vec<usize>, String> {
+    let mut out = Vec::with_capacity(axes.len());
+    for &a in axes {
+        let n = norm_axis(a, rank)
+            .ok_or_else(|| format!("axis {a} is out of range for rank {rank}"))?;
+        if out.contains(&n) {
+            return Err(format!("axis {a} is repeated"));
+        }
+        out.push(n);
+    }
+    Ok(out)
+}
+
+fn check_spatial(r: usize) -> Result<(), String> {
+    if (1..=kernels::MAX_SPATIAL_RANK).contains(&r) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{r}-D windows are not supported (1-D to {}-D are)",
+            kernels::MAX_SPATIAL_RANK
+        ))
+    }
+}

@@ -1,0 +1,243 @@
+//! A whole memory plan for a graph: schedule, liveness, in-place groups, one arena with
+//! static offsets, and the figures people compare (arena against lower bound).
+
+use std::time::Duration;
+
+use lowmem_ir::{Graph, NodeId, TensorId};
+use lowmem_schedule::{Kind, Liveness, Roles, memory_aware_order, program_order};
+
+use crate::pack::{self, Buffer, Packing};
+
+/// Arena offsets and buffer sizes are multiples of this.
+pub const ALIGN: u64 = 256;
+
+fn aligned(b: u64) -> u64 {
+    b.div_ceil(ALIGN) * ALIGN
+}
+
+/// One buffer of the plan (a tensor, an in-place group member, or a step's workspace).
+#[derive(Clone, Debug)]
+pub struct PlanBuffer {
+    /// The tensor, or `None` for a workspace.
+    pub tensor: Option<TensorId>,
+    pub name: String,
+    pub bytes: u64,
+    /// Byte offset in the arena; `None` for buffers kept outside it.
+    pub offset: Option<u64>,
+    pub start: u32,
+    pub end: u32,
+    pub kind: Kind,
+    /// In-place reuse: the tensor whose bytes this one overwrites.
+    pub shares: Option<TensorId>,
+    /// For workspaces: the step they belong to.
+    pub step: Option<u32>,
+}
+
+#[derive(Clone, Debug)]
+pub struct MemoryPlan {
+    pub order: Vec<NodeId>,
+    pub buffers: Vec<PlanBuffer>,
+    /// Arena offset per tensor (`None` outside the arena).
+    pub tensor_offset: Vec<Option<u64>>,
+    /// Arena offset and bytes of each step's workspace.
+    pub workspace: Vec<Option<(u64, u64)>>,
+    pub arena_bytes: u64,
+    pub lower_bound_bytes: u64,
+    pub naive_bytes: u64,
+    pub persistent_bytes: u64,
+    pub planner: String,
+    pub order_kind: &'static str,
+    /// Arena bytes reached by every heuristic tried, for comparison.
+    pub heuristics: Vec<(String, u64)>,
+}
+
+impl MemoryPlan {
+    pub fn peak_bytes(&self) -> u64 {
+        self.persistent_bytes + self.arena_bytes
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct PlanOptions {
+    pub in_place: bool,
+    /// Time for the improving search after the heuristics (zero: heuristics only).
+    pub search_time: Duration,
+}
+
+impl Default for PlanOptions {
+    fn default() -> Self {
+        PlanOptions {
+            in_place: true,
+            search_time: Duration::from_millis(200),
+        }
+    }
+}
+
+/// The packing problem of one order: one buffer per in-place group and per workspace.
+struct Problem {
+    live: Liveness,
+    bufs: Vec<Buffer>,
+    /// Which packing buffer holds each tensor / workspace.
+    of_tensor: Vec<Option<usize>>,
+    of_step: Vec<Option<usize>>,
+}
+
+fn problem(g: &Graph, roles: &Roles, order: Vec<NodeId>, in_place: bool) -> Problem {
+    let live = Liveness::new(g, roles, order, in_place);
+    let mut bufs: Vec<Buffer> = Vec::new();
+    let mut of_tensor = vec![None; g.tensors.len()];
+    for t in g.tensor_ids() {
+        let Some((s, e)) = live.range[t.index()] else {
+            continue;
+        };
+        match live.shares[t.index()] {
+            Some(root) => {
+                let b = of_tensor[root.index()].expect("a group root comes before its members");
+                let buf: &mut Buffer = &mut bufs[b];
+                buf.lower = buf.lower.min(s as u64);
+                buf.upper = buf.upper.max(e as u64);
+                of_tensor[t.index()] = Some(b);
+            }
+            None => {
+                of_tensor[t.index()] = Some(bufs.len());
+                bufs.push(Buffer {
+                    lower: s as u64,
+                    upper: e as u64,
+                    size: aligned(g.tensor(t).bytes() as u64),
+                });
+            }
+        }
+    }
+    let mut of_step = vec![None; live.order.len()];
+    for (s, &w) in live.workspace.iter().enumerate() {
+        if w > 0 {
+            of_step[s] = Some(bufs.len());
+            bufs.push(Buffer {
+                lower: 2 * s as u64,
+                upper: 2 * s as u64 + 2,
+                size: aligned(w as u64),
+            });
+        }
+    }
+    Problem {
+        live,
+        bufs,
+        of_tensor,
+        of_step,
+    }
+}
+
+/// Plans `g`: tries program order and a memory-aware order, each heuristic, then searches;
+/// keeps the smallest arena.
+pub fn plan(g: &Graph, roles: &Roles, opts: &PlanOptions) -> MemoryPlan {
+    let mut best: Option<(Problem, Packing, &'static str, u64)> = None;
+    let mut heuristics = Vec::new();
+    for (order_kind, order) in [
+        ("program", program_order(g)),
+        ("memory-aware", memory_aware_order(g, roles)),
+    ] {
+        let p = problem(g, roles, order, opts.in_place);
+        let lb = pack::lower_bound(&p.bufs);
+        let mut tried = vec![
+            pack::greedy_by_size(&p.bufs, ALIGN),
+            pack::greedy_by_breadth(&p.bufs, ALIGN),
+            pack::best_fit_heap(&p.bufs, ALIGN),
+        ];
+        for t in &tried {
+            heuristics.push((format!("{} ({order_kind} order)", t.heuristic), t.height));
+        }
+        tried.sort_by_key(|t| t.height);
+        let first = tried.swap_remove(0);
+        let better = best
+            .as_ref()
+            .is_none_or(|(_, b, _, blb)| (first.height, lb) < (b.height, *blb));
+        if better {
+            best = Some((p, first, order_kind, lb));
+        }
+    }
+    let (p, mut packing, order_kind, lb) = best.expect("two orders tried");
+    if packing.height > lb && !opts.search_time.is_zero() {
+        let searched = pack::pack(&p.bufs, ALIGN, opts.search_time);
+        if searched.height < packing.height {
+            heuristics.push((
+                format!("{} ({order_kind} order)", searched.heuristic),
+                searched.height,
+            ));
+            packing = searched;
+        }
+    }
+    assemble(g, roles, p, packing, order_kind, lb, heuristics)
+}
+
+fn assemble(
+    g: &Graph,
+    roles: &Roles,
+    p: Problem,
+    packing: Packing,
+    order_kind: &'static str,
+    lb: u64,
+    heuristics: Vec<(String, u64)>,
+) -> MemoryPlan {
+    let mut buffers = Vec::new();
+    let mut tensor_offset = vec![None; g.tensors.len()];
+    let mut persistent = 0u64;
+    let mut naive = 0u64;
+    let last = 2 * p.live.order.len() as u32;
+    for t in g.tensor_ids() {
+        let tt = g.tensor(t);
+        naive += tt.bytes() as u64;
+        let kind = roles.kind[t.index()];
+        let offset = p.of_tensor[t.index()].map(|b| packing.offsets[b]);
+        tensor_offset[t.index()] = offset;
+        let (start, end) = match p.live.range[t.index()] {
+            Some(r) => r,
+            None => (0, last),
+        };
+        if kind.persistent() && roles.state_alias[t.index()].is_none() {
+            persistent += tt.bytes() as u64;
+        }
+        buffers.push(PlanBuffer {
+            tensor: Some(t),
+            name: tt.name.clone(),
+            bytes: tt.bytes() as u64,
+            offset,
+            start,
+            end,
+            kind,
+            shares: p.live.shares[t.index()].or(roles.state_alias[t.index()]),
+            step: None,
+        });
+    }
+    let mut workspace = vec![None; p.live.order.len()];
+    for (s, b) in p.of_step.iter().enumerate() {
+        if let Some(b) = *b {
+            let bytes = p.live.workspace[s] as u64;
+            workspace[s] = Some((packing.offsets[b], bytes));
+            buffers.push(PlanBuffer {
+                tensor: None,
+                name: format!("workspace of {}", g.node(p.live.order[s]).name),
+                bytes,
+                offset: Some(packing.offsets[b]),
+                start: 2 * s as u32,
+                end: 2 * s as u32 + 2,
+                kind: Kind::Workspace,
+                shares: None,
+                step: Some(s as u32),
+            });
+            naive += bytes;
+        }
+    }
+    MemoryPlan {
+        order: p.live.order,
+        buffers,
+        tensor_offset,
+        workspace,
+        arena_bytes: packing.height,
+        lower_bound_bytes: lb,
+        naive_bytes: naive,
+        persistent_bytes: persistent,
+        planner: packing.heuristic.to_string(),
+        order_kind,
+        heuristics,
+    }
+}

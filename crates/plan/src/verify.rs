@@ -1,0 +1,307 @@
+//! An independent checker of memory plans (in the spirit of regalloc2's checker): it
+//! re-derives every tensor's live range from the graph and the order alone, and proves that
+//! no two buffers live at the same program point share a byte, that every read comes after
+//! its producer's write, and that persistent tensors stay out of the arena. Given SSA values
+//! and one writer per buffer, disjointness of simultaneously live buffers is exactly what
+//! makes every read see its producer's data.
+//!
+//! The only fact taken from elsewhere is which kernels may write their output over an input
+//! (`lowmem_schedule::in_place_capable`); such a pair is accepted only at identical offsets.
+
+use std::collections::BTreeMap;
+
+use lowmem_ir::{Graph, NodeId};
+use lowmem_schedule::{Roles, in_place_capable};
+
+use crate::plan::ALIGN;
+
+/// A plan as claimed by a planner.
+pub struct Claim<'a> {
+    pub order: &'a [NodeId],
+    pub tensor_offset: &'a [Option<u64>],
+    pub workspace: &'a [Option<(u64, u64)>],
+    pub arena_bytes: u64,
+}
+
+pub fn verify_plan(g: &Graph, roles: &Roles, c: &Claim) -> Result<(), String> {
+    let n = g.nodes.len();
+    if c.order.len() != n || c.tensor_offset.len() != g.tensors.len() {
+        return Err(format!(
+            "the plan covers {} of {n} nodes and {} of {} tensors",
+            c.order.len(),
+            c.tensor_offset.len(),
+            g.tensors.len()
+        ));
+    }
+    let mut step_of = vec![usize::MAX; n];
+    for (s, &node) in c.order.iter().enumerate() {
+        if node.index() >= n || step_of[node.index()] != usize::MAX {
+            return Err(format!(
+                "the order lists node {node:?} twice or out of range"
+            ));
+        }
+        step_of[node.index()] = s;
+    }
+    // Definitions and reads, re-derived.
+    let mut def: Vec<Option<usize>> = vec![None; g.tensors.len()];
+    for (s, &node) in c.order.iter().enumerate() {
+        for &o in &g.node(node).outputs {
+            def[o.index()] = Some(s);
+        }
+    }
+    let mut last_read: Vec<Option<usize>> = vec![None; g.tensors.len()];
+    for (s, &node) in c.order.iter().enumerate() {
+        for &i in &g.node(node).inputs {
+            let t = g.tensor(i);
+            let external = t.value.is_some() || g.inputs.contains(&i);
+            match def[i.index()] {
+                Some(d) if d < s => {}
+                None if external => {}
+                _ => {
+                    return Err(format!(
+                        "read before write: node '{}' at step {s} reads '{}' before it is written",
+                        g.node(node).name,
+                        t.name
+                    ));
+                }
+            }
+            last_read[i.index()] = Some(last_read[i.index()].map_or(s, |r| r.max(s)));
+        }
+    }
+    // Placement rules per tensor.
+    let last = 2 * n as u64;
+    let mut intervals: Vec<(u64, u64, u64, u64, String)> = Vec::new(); // (start, end, offset, bytes, name)
+    for t in g.tensor_ids() {
+        let tt = g.tensor(t);
+        let persistent =
+            roles.kind[t.index()].persistent() || roles.state_alias[t.index()].is_some();
+        match (persistent, c.tensor_offset[t.index()]) {
+            (true, Some(o)) => {
+                return Err(format!(
+                    "{:?} '{}' is placed in the arena at offset {o}; it must stay outside",
+                    roles.kind[t.index()],
+                    tt.name
+                ));
+            }
+            (true, None) => continue,
+            (false, None) if def[t.index()].is_some() => {
+                return Err(format!("tensor '{}' has no arena offset", tt.name));
+            }
+            (false, None) => continue,
+            (false, Some(o)) => {
+                let bytes = tt.bytes() as u64;
+                if o % ALIGN != 0 {
+                    return Err(format!(
+                        "tensor '{}' at offset {o} is not {ALIGN}-byte aligned",
+                        tt.name
+                    ));
+                }
+                if o.checked_add(bytes).is_none_or(|e| e > c.arena_bytes) {
+                    return Err(format!(
+                        "tensor '{}' at offset {o} ({bytes} bytes) runs past the arena of {} bytes",
+                        tt.name, c.arena_bytes
+                    ));
+                }
+                let d = def[t.index()]
+                    .ok_or_else(|| format!("tensor '{}' has an offset but no producer", tt.name))?
+                    as u64;
+                let mut end = if g.outputs.contains(&t) {
+                    last
+                } else {
+                    last_read[t.index()].map_or(2 * d + 2, |r| 2 * r as u64 + 2)
+                };
+                // An input overwritten in place by its last reader ends at that read.
+                if let Some(r) = last_read[t.index()].filter(|_| !g.outputs.contains(&t)) {
+                    let node = g.node(c.order[r]);
+                    let overwritten = node.outputs.first().is_some_and(|&out| {
+                        c.tensor_offset[out.index()] == Some(o)
+                            && g.tensor(out).bytes() as u64 == bytes
+                    });
+                    if overwritten
+                        && node
+                            .inputs
+                            .iter()
+                            .enumerate()
+                            .any(|(k, &i)| i == t && in_place_capable(g, node, k))
+                    {
+                        end = 2 * r as u64 + 1;
+                    }
+                }
+                intervals.push((
+                    2 * d + 1,
+                    end.max(2 * d + 2),
+                    o,
+                    bytes,
+                    format!("tensor '{}'", tt.name),
+                ));
+            }
+        }
+    }
+    for (s, w) in c.workspace.iter().enumerate() {
+        if let Some((o, bytes)) = *w {
+            if o % ALIGN != 0 || o + bytes > c.arena_bytes {
+                return Err(format!(
+                    "the workspace of step {s} at offset {o} is misaligned or outside the arena"
+                ));
+            }
+            intervals.push((
+                2 * s as u64,
+                2 * s as u64 + 2,
+                o,
+                bytes,
+                format!("the workspace of step {s}"),
+            ));
+        }
+    }
+    // Sweep over time, keeping the live buffers' byte ranges in an ordered map: live ranges
+    // must be disjoint, so each arrival is checked against its neighbours only.
+    intervals.sort_by_key(|iv| (iv.0, iv.2));
+    let mut live: BTreeMap<u64, (u64, usize)> = BTreeMap::new(); // offset -> (end byte, interval)
+    let mut heap: std::collections::BinaryHeap<std::cmp::Reverse<(u64, usize)>> =
+        std::collections::BinaryHeap::new();
+    for (k, iv) in intervals.iter().enumerate() {
+        while let Some(&std::cmp::Reverse((end, j))) = heap.peek() {
+            if end > iv.0 {
+                break;
+            }
+            heap.pop();
+            live.remove(&intervals[j].2);
+        }
+        let (lo, hi) = (iv.2, iv.2 + iv.3);
+        if iv.3 == 0 {
+            continue;
+        }
+        let clash = live
+            .range(..hi)
+            .next_back()
+            .filter(|(_, (e, _))| *e > lo)
+            .or_else(|| live.range(lo..hi).next());
+        if let Some((&o, &(e, j))) = clash {
+            let other = &intervals[j];
+            return Err(format!(
+                "{} (bytes {lo}..{hi}, live over [{}, {})) overlaps {} (bytes {o}..{e}, live over [{}, {}))",
+                iv.4, iv.0, iv.1, other.4, other.0, other.1
+            ));
+        }
+        live.insert(lo, (hi, k));
+        heap.push(std::cmp::Reverse((iv.1, k)));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use lowmem_ir::{DType, Graph, Op, TensorData};
+    use lowmem_schedule::Roles;
+
+    use super::*;
+    use crate::{PlanOptions, plan};
+
+    /// x -> mm(w) -> a -> relu -> b -> mm(w) -> c
+    fn chain() -> Graph {
+        let mut g = Graph::new("c");
+        let x = g.add_input("x", DType::F32, vec![4, 64]).unwrap();
+        let w = g
+            .add_weight(
+                "w",
+                vec![64, 64],
+                Arc::new(TensorData::F32(vec![0.0; 4096])),
+            )
+            .unwrap();
+        let a = g.add_node("mm", Op::MatMul, &[x, w], &["a"]).unwrap()[0];
+        let b = g.add_node("relu", Op::Relu, &[a], &["b"]).unwrap()[0];
+        let c = g.add_node("mm2", Op::MatMul, &[b, w], &["c"]).unwrap()[0];
+        g.set_outputs(vec![c]);
+        g
+    }
+
+    fn claim_ok(
+        g: &Graph,
+        roles: &Roles,
+        order: &[NodeId],
+        offs: &[Option<u64>],
+        arena: u64,
+    ) -> Result<(), String> {
+        verify_plan(
+            g,
+            roles,
+            &Claim {
+                order,
+                tensor_offset: offs,
+                workspace: &vec![None; order.len()],
+                arena_bytes: arena,
+            },
+        )
+    }
+
+    #[test]
+    fn planner_output_verifies_and_relu_overwrites_its_input() {
+        let g = chain();
+        let roles = Roles::inference(&g);
+        let p = plan(&g, &roles, &PlanOptions::default());
+        verify_plan(
+            &g,
+            &roles,
+            &Claim {
+                order: &p.order,
+                tensor_offset: &p.tensor_offset,
+                workspace: &p.workspace,
+                arena_bytes: p.arena_bytes,
+            },
+        )
+        .unwrap();
+        let id = |n: &str| g.tensor_id(n).unwrap().index();
+        assert_eq!(p.tensor_offset[id("a")], p.tensor_offset[id("b")]);
+        assert_eq!(p.arena_bytes, p.lower_bound_bytes);
+    }
+
+    #[test]
+    fn rejects_overlap_read_before_write_and_weights_in_the_arena() {
+        let g = chain();
+        let roles = Roles::inference(&g);
+        let order: Vec<NodeId> = g.node_ids().collect();
+        let id = |n: &str| g.tensor_id(n).unwrap().index();
+        let mut offs = vec![None; g.tensors.len()];
+        offs[id("a")] = Some(0);
+        offs[id("b")] = Some(1024);
+        offs[id("c")] = Some(0);
+        claim_ok(&g, &roles, &order, &offs, 2048).unwrap();
+        // b is still being read by mm2 while mm2 writes c: they may not share bytes.
+        offs[id("c")] = Some(1024);
+        let e = claim_ok(&g, &roles, &order, &offs, 2048).unwrap_err();
+        assert!(
+            e.contains("'c'") && e.contains("'b'") && e.contains("overlaps"),
+            "{e}"
+        );
+        // Partial overlap with an in-place capable reader is still an overlap.
+        offs[id("c")] = Some(0);
+        offs[id("b")] = Some(256);
+        let e = claim_ok(&g, &roles, &order, &offs, 2048).unwrap_err();
+        assert!(e.contains("overlaps"), "{e}");
+        offs[id("b")] = Some(1024);
+        // Reading before writing.
+        let backwards: Vec<NodeId> = order.iter().rev().copied().collect();
+        let e = claim_ok(&g, &roles, &backwards, &offs, 2048).unwrap_err();
+        assert!(e.contains("read before write"), "{e}");
+        // A weight in the arena.
+        offs[id("w")] = Some(1536);
+        let e = claim_ok(&g, &roles, &order, &offs, 2048 + 16384).unwrap_err();
+        assert!(e.contains("'w'") && e.contains("outside"), "{e}");
+        offs[id("w")] = None;
+        // Misaligned and out-of-bounds offsets.
+        offs[id("a")] = Some(8);
+        assert!(
+            claim_ok(&g, &roles, &order, &offs, 4096)
+                .unwrap_err()
+                .contains("aligned")
+        );
+        offs[id("a")] = Some(0);
+        assert!(
+            claim_ok(&g, &roles, &order, &offs, 1024)
+                .unwrap_err()
+                .contains("past the arena")
+        );
+    }
+}

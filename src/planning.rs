@@ -1,0 +1,184 @@
+//! `lowmem plan` and `lowmem pack`.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use lowmem_autodiff::{Loss, Optimizer, training_step};
+use lowmem_plan::{Claim, MemoryPlan, PlanOptions, plan, verify_plan};
+use lowmem_schedule::Roles;
+
+use crate::inspect::human_bytes;
+use crate::report::{PlanMeta, plan_html, plan_json};
+use crate::{Error, model};
+
+pub struct PlanRequest {
+    pub train: bool,
+    pub batch: Option<usize>,
+    pub loss: Loss,
+    pub optimizer: Optimizer,
+    pub in_place: bool,
+    pub search: Duration,
+}
+
+/// The graph to plan (forward, or a whole training step), its roles, its plan, and the time
+/// the planning took (model loading and graph building excluded).
+pub fn make_plan(
+    model: &Path,
+    req: &PlanRequest,
+) -> Result<(lowmem_ir::Graph, Roles, MemoryPlan, Duration), Error> {
+    let forward = model::load(model, req.batch)?;
+    let (graph, roles) = if req.train {
+        let out = *forward
+            .outputs
+            .first()
+            .ok_or_else(|| Error::Usage("the model has no outputs".into()))?;
+        let tg = training_step(&forward, out, req.loss, &req.optimizer)?;
+        let roles = Roles::training(&tg);
+        (tg.graph, roles)
+    } else {
+        let roles = Roles::inference(&forward);
+        (forward, roles)
+    };
+    let t = Instant::now();
+    let p = plan(
+        &graph,
+        &roles,
+        &PlanOptions {
+            in_place: req.in_place,
+            search_time: req.search,
+        },
+    );
+    Ok((graph, roles, p, t.elapsed()))
+}
+
+pub fn verify(graph: &lowmem_ir::Graph, roles: &Roles, p: &MemoryPlan) -> Result<(), Error> {
+    let claim = Claim {
+        order: &p.order,
+        tensor_offset: &p.tensor_offset,
+        workspace: &p.workspace,
+        arena_bytes: p.arena_bytes,
+    };
+    verify_plan(graph, roles, &claim)
+        .map_err(|e| Error::Usage(format!("the plan does not verify: {e}")))
+}
+
+pub fn plan_cmd(
+    model: &Path,
+    req: &PlanRequest,
+    json: Option<&Path>,
+    html: Option<&Path>,
+    check: bool,
+) -> Result<(), Error> {
+    let (graph, roles, p, took) = make_plan(model, req)?;
+    let batch = graph
+        .inputs
+        .first()
+        .and_then(|&i| graph.tensor(i).shape.first().copied())
+        .unwrap_or(1);
+    let meta = PlanMeta {
+        model: &model.display().to_string(),
+        batch,
+        train: req.train,
+    };
+    println!(
+        "{} ({}, batch {batch}): {} steps, {} tensors",
+        graph.name,
+        if req.train {
+            "training step"
+        } else {
+            "inference"
+        },
+        p.order.len(),
+        graph.tensors.len()
+    );
+    println!(
+        "  arena        {:>12}  ({} bytes)",
+        human_bytes(p.arena_bytes),
+        p.arena_bytes
+    );
+    println!(
+        "  lower bound  {:>12}  ({} bytes)  arena / lower bound = {:.4}",
+        human_bytes(p.lower_bound_bytes),
+        p.lower_bound_bytes,
+        p.arena_bytes as f64 / p.lower_bound_bytes.max(1) as f64
+    );
+    println!("  naive        {:>12}", human_bytes(p.naive_bytes));
+    println!("  persistent   {:>12}", human_bytes(p.persistent_bytes));
+    println!("  peak         {:>12}", human_bytes(p.peak_bytes()));
+    println!(
+        "  planner      {} ({} order), planned in {:.1} ms",
+        p.planner,
+        p.order_kind,
+        took.as_secs_f64() * 1e3
+    );
+    for (h, b) in &p.heuristics {
+        println!(
+            "    {h:<44} {:.4}",
+            *b as f64 / p.lower_bound_bytes.max(1) as f64
+        );
+    }
+    if check {
+        let t = Instant::now();
+        verify(&graph, &roles, &p)?;
+        println!(
+            "  verified: no two live buffers overlap ({:.1} ms)",
+            t.elapsed().as_secs_f64() * 1e3
+        );
+    }
+    let write = |path: &Path, text: String| {
+        std::fs::write(path, text).map_err(|source| Error::Io {
+            path: path.display().to_string(),
+            source,
+        })
+    };
+    if let Some(path) = json {
+        write(
+            path,
+            serde_json::to_string_pretty(&plan_json(&graph, &p, &meta)).expect("plans serialise"),
+        )?;
+    }
+    if let Some(path) = html {
+        write(path, plan_html(&graph, &p, &meta))?;
+    }
+    Ok(())
+}
+
+pub fn pack_cmd(file: &Path, out: Option<&Path>, time_limit: f64, align: u64) -> Result<(), Error> {
+    let text = std::fs::read_to_string(file).map_err(|source| Error::Io {
+        path: file.display().to_string(),
+        source,
+    })?;
+    let rows = lowmem_plan::read_csv(&text)
+        .map_err(|e| Error::Usage(format!("{}: {e}", file.display())))?;
+    if !(time_limit.is_finite() && time_limit >= 0.0) {
+        return Err(Error::Usage(format!(
+            "--time-limit {time_limit} is not a number of seconds"
+        )));
+    }
+    if align == 0 {
+        return Err(Error::Usage("--align must be positive".into()));
+    }
+    let (ids, bufs): (Vec<String>, Vec<lowmem_plan::Buffer>) = rows.into_iter().unzip();
+    let lb = lowmem_plan::lower_bound(&bufs);
+    let t = Instant::now();
+    let p = lowmem_plan::pack(&bufs, align, Duration::from_secs_f64(time_limit));
+    let took = t.elapsed();
+    let height = lowmem_plan::verify(&bufs, &p.offsets, align)
+        .map_err(|e| Error::Usage(format!("internal error: the packing does not verify: {e}")))?;
+    println!("{}: {} buffers", file.display(), bufs.len());
+    println!(
+        "height {height}, lower bound {lb}, ratio {:.4} ({}, {:.3} s)",
+        height as f64 / lb.max(1) as f64,
+        p.heuristic,
+        took.as_secs_f64()
+    );
+    if let Some(out) = out {
+        std::fs::write(out, lowmem_plan::write_csv(&ids, &bufs, &p.offsets)).map_err(|source| {
+            Error::Io {
+                path: out.display().to_string(),
+                source,
+            }
+        })?;
+    }
+    Ok(())
+}

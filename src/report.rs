@@ -1,0 +1,224 @@
+//! Plans people can read: the versioned plan JSON (`docs/plan-format.md`) and a
+//! self-contained HTML page with the arena drawn as rectangles over time.
+
+use std::fmt::Write;
+
+use lowmem_ir::Graph;
+use lowmem_plan::{MemoryPlan, PlanBuffer};
+use lowmem_schedule::Kind;
+use serde_json::{Value, json};
+
+use crate::inspect::human_bytes;
+
+pub const PLAN_FORMAT: &str = "lowmem-plan";
+pub const PLAN_VERSION: u32 = 1;
+
+/// What the plan was made of (model file, batch, training or inference).
+pub struct PlanMeta<'a> {
+    pub model: &'a str,
+    pub batch: usize,
+    pub train: bool,
+}
+
+fn kind_name(k: Kind) -> &'static str {
+    match k {
+        Kind::Weight => "weight",
+        Kind::Gradient => "gradient",
+        Kind::OptimizerState => "optimizer_state",
+        Kind::Activation => "activation",
+        Kind::Workspace => "workspace",
+        Kind::Input => "input",
+        Kind::Output => "output",
+    }
+}
+
+fn ratio(p: &MemoryPlan) -> f64 {
+    if p.lower_bound_bytes == 0 {
+        1.0
+    } else {
+        p.arena_bytes as f64 / p.lower_bound_bytes as f64
+    }
+}
+
+pub fn plan_json(g: &Graph, p: &MemoryPlan, meta: &PlanMeta) -> Value {
+    let name_of = |b: &PlanBuffer| b.name.clone();
+    json!({
+        "format": PLAN_FORMAT,
+        "version": PLAN_VERSION,
+        "model": meta.model,
+        "batch": meta.batch,
+        "train": meta.train,
+        "schedule": p.order.iter().enumerate().map(|(s, &n)| json!({"step": s, "node": g.node(n).name, "op": g.node(n).op.name()})).collect::<Vec<_>>(),
+        "buffers": p.buffers.iter().map(|b| json!({
+            "tensor": name_of(b),
+            "bytes": b.bytes,
+            "offset": b.offset,
+            "start": b.start,
+            "end": b.end,
+            "kind": kind_name(b.kind),
+            "shares": b.shares.map(|t| g.tensor(t).name.clone()),
+        })).collect::<Vec<_>>(),
+        "arena_bytes": p.arena_bytes,
+        "lower_bound_bytes": p.lower_bound_bytes,
+        "arena_over_lower_bound": ratio(p),
+        "naive_bytes": p.naive_bytes,
+        "persistent_bytes": p.persistent_bytes,
+        "peak_bytes": p.peak_bytes(),
+        "planner": p.planner,
+        "order": p.order_kind,
+        "heuristics": p.heuristics.iter().map(|(h, b)| json!({"planner": h, "arena_bytes": b})).collect::<Vec<_>>(),
+    })
+}
+
+fn colour(k: Kind) -> &'static str {
+    match k {
+        Kind::Activation => "#4e79a7",
+        Kind::Output => "#59a14f",
+        Kind::Workspace => "#e15759",
+        Kind::Gradient => "#f28e2b",
+        Kind::OptimizerState => "#b07aa1",
+        Kind::Weight => "#9c755f",
+        Kind::Input => "#76b7b2",
+    }
+}
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// One self-contained HTML page: the arena (offset against program point, one rectangle per
+/// buffer, coloured by kind, hover names it), the live-bytes curve against the lower bound,
+/// and the largest tensors.
+pub fn plan_html(g: &Graph, p: &MemoryPlan, meta: &PlanMeta) -> String {
+    let points = (2 * p.order.len()).max(1) as f64;
+    let arena = p.arena_bytes.max(1) as f64;
+    let (w, h, left, top) = (1000.0, 420.0, 70.0, 20.0);
+    let x = |pt: f64| left + pt / points * w;
+    let y = |b: f64| top + h - b / arena * h;
+    let mut svg = String::new();
+    let _ = write!(
+        svg,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{}" height="{}" font-family="sans-serif" font-size="11">"#,
+        w + left + 20.0,
+        h + top + 40.0
+    );
+    let _ = write!(
+        svg,
+        r##"<rect x="{left}" y="{top}" width="{w}" height="{h}" fill="#fafafa" stroke="#999"/>"##
+    );
+    for b in p.buffers.iter().filter(|b| b.offset.is_some()) {
+        let o = b.offset.unwrap_or(0) as f64;
+        let (x0, x1) = (x(b.start as f64), x(b.end as f64));
+        let (y0, y1) = (y(o + b.bytes as f64), y(o));
+        let shares = b
+            .shares
+            .map(|t| format!(", overwrites {}", g.tensor(t).name))
+            .unwrap_or_default();
+        let _ = write!(
+            svg,
+            r#"<rect x="{x0:.2}" y="{y0:.2}" width="{:.2}" height="{:.2}" fill="{}" fill-opacity="0.8" stroke="white" stroke-width="0.3"><title>{} ({}, {}, offset {}, live [{}, {}){})</title></rect>"#,
+            (x1 - x0).max(0.5),
+            (y1 - y0).max(0.5),
+            colour(b.kind),
+            esc(&b.name),
+            kind_name(b.kind),
+            human_bytes(b.bytes),
+            b.offset.unwrap_or(0),
+            b.start,
+            b.end,
+            esc(&shares)
+        );
+    }
+    // Live bytes per program point (aligned as planned) and the lower bound.
+    let mut live = vec![0u64; points as usize + 1];
+    for b in p.buffers.iter().filter(|b| b.offset.is_some()) {
+        for v in &mut live[b.start as usize..(b.end as usize).min(points as usize)] {
+            *v += b.bytes.div_ceil(256) * 256;
+        }
+    }
+    let path: Vec<String> = live
+        .iter()
+        .enumerate()
+        .map(|(i, &v)| format!("{:.2},{:.2}", x(i as f64), y(v as f64)))
+        .collect();
+    let _ = write!(
+        svg,
+        r#"<polyline points="{}" fill="none" stroke="black" stroke-width="1.2"><title>live bytes</title></polyline>"#,
+        path.join(" ")
+    );
+    let lb = y(p.lower_bound_bytes as f64);
+    let _ = write!(
+        svg,
+        r##"<line x1="{left}" x2="{}" y1="{lb:.2}" y2="{lb:.2}" stroke="#d62728" stroke-dasharray="5,3"><title>lower bound {}</title></line>"##,
+        left + w,
+        human_bytes(p.lower_bound_bytes)
+    );
+    let _ = write!(
+        svg,
+        r#"<text x="{}" y="{}" text-anchor="middle">program point (step s reads at 2s, writes at 2s+1)</text>"#,
+        left + w / 2.0,
+        top + h + 30.0
+    );
+    for f in [0.0, 0.25, 0.5, 0.75, 1.0] {
+        let _ = write!(
+            svg,
+            r#"<text x="{}" y="{:.1}" text-anchor="end">{}</text>"#,
+            left - 5.0,
+            y(arena * f) + 4.0,
+            human_bytes((arena * f) as u64)
+        );
+    }
+    svg.push_str("</svg>");
+
+    let mut largest: Vec<&PlanBuffer> = p.buffers.iter().collect();
+    largest.sort_by_key(|b| std::cmp::Reverse(b.bytes));
+    let mut rows = String::new();
+    for b in largest.iter().take(25) {
+        let _ = write!(
+            rows,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>[{}, {})</td></tr>",
+            esc(&b.name),
+            kind_name(b.kind),
+            human_bytes(b.bytes),
+            b.offset.map_or("outside".into(), |o| o.to_string()),
+            b.start,
+            b.end
+        );
+    }
+    let legend: String = [Kind::Activation, Kind::Output, Kind::Workspace, Kind::Gradient, Kind::OptimizerState, Kind::Weight, Kind::Input]
+        .iter()
+        .map(|&k| format!(r#"<span style="display:inline-block;width:12px;height:12px;background:{}"></span> {} &nbsp; "#, colour(k), kind_name(k)))
+        .collect();
+    format!(
+        r#"<!doctype html><html><head><meta charset="utf-8"><title>lowmem plan: {model}</title>
+<style>body{{font-family:sans-serif;margin:20px}} table{{border-collapse:collapse}} td,th{{border:1px solid #ccc;padding:2px 8px;text-align:right}} td:first-child{{text-align:left}}</style></head><body>
+<h1>Memory plan: {model}</h1>
+<p>batch {batch}, {mode}; {nodes} steps; planner <b>{planner}</b> ({order} order)</p>
+<p>arena <b>{arena}</b>, lower bound {lb} (ratio <b>{ratio:.4}</b>); persistent {pers}; peak {peak}; naive {naive}</p>
+<p>{legend}</p>
+{svg}
+<h2>Largest tensors</h2>
+<table><tr><th>tensor</th><th>kind</th><th>bytes</th><th>offset</th><th>live</th></tr>{rows}</table>
+</body></html>
+"#,
+        model = esc(meta.model),
+        batch = meta.batch,
+        mode = if meta.train {
+            "training step"
+        } else {
+            "inference"
+        },
+        nodes = p.order.len(),
+        planner = esc(&p.planner),
+        order = p.order_kind,
+        arena = human_bytes(p.arena_bytes),
+        lb = human_bytes(p.lower_bound_bytes),
+        ratio = ratio(p),
+        pers = human_bytes(p.persistent_bytes),
+        peak = human_bytes(p.peak_bytes()),
+        naive = human_bytes(p.naive_bytes),
+    )
+}
