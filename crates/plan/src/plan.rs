@@ -74,6 +74,7 @@ impl Default for PlanOptions {
 }
 
 /// The packing problem of one order: one buffer per in-place group and per workspace.
+#[derive(Clone)]
 struct Problem {
     live: Liveness,
     bufs: Vec<Buffer>,
@@ -127,35 +128,49 @@ fn problem(g: &Graph, roles: &Roles, order: Vec<NodeId>, in_place: bool) -> Prob
     }
 }
 
-/// Plans `g`: tries program order and a memory-aware order, each heuristic, then searches;
-/// keeps the smallest arena.
+/// Plans `g`. Both orders (program and memory-aware) are scheduled, the one with the lower
+/// lower bound first; heuristics run cheapest first and stop as soon as one reaches the
+/// lower bound (the common case on real graphs); otherwise the improving search runs on the
+/// best placement's order for `search_time`.
 pub fn plan(g: &Graph, roles: &Roles, opts: &PlanOptions) -> MemoryPlan {
-    let mut best: Option<(Problem, Packing, &'static str, u64)> = None;
-    let mut heuristics = Vec::new();
-    for (order_kind, order) in [
+    let mut problems: Vec<(Problem, u64, &'static str)> = [
         ("program", program_order(g)),
         ("memory-aware", memory_aware_order(g, roles)),
-    ] {
+    ]
+    .into_iter()
+    .map(|(kind, order)| {
         let p = problem(g, roles, order, opts.in_place);
         let lb = pack::lower_bound(&p.bufs);
-        let mut tried = vec![
-            pack::greedy_by_size(&p.bufs, ALIGN),
-            pack::greedy_by_breadth(&p.bufs, ALIGN),
-            pack::best_fit_heap(&p.bufs, ALIGN),
-        ];
-        for t in &tried {
-            heuristics.push((format!("{} ({order_kind} order)", t.heuristic), t.height));
-        }
-        tried.sort_by_key(|t| t.height);
-        let first = tried.swap_remove(0);
-        let better = best
-            .as_ref()
-            .is_none_or(|(_, b, _, blb)| (first.height, lb) < (b.height, *blb));
-        if better {
-            best = Some((p, first, order_kind, lb));
+        (p, lb, kind)
+    })
+    .collect();
+    problems.sort_by_key(|(_, lb, _)| *lb);
+    let floor = problems[0].1;
+    type Heuristic = fn(&[Buffer], u64) -> Packing;
+    let heuristics_in_cost_order: [Heuristic; 3] = [
+        pack::best_fit_heap,
+        pack::greedy_by_size,
+        pack::greedy_by_breadth,
+    ];
+    let mut heuristics = Vec::new();
+    let mut best: Option<(usize, Packing)> = None;
+    'search: for (k, (p, _, kind)) in problems.iter().enumerate() {
+        for h in heuristics_in_cost_order {
+            let packing = h(&p.bufs, ALIGN);
+            heuristics.push((
+                format!("{} ({kind} order)", packing.heuristic),
+                packing.height,
+            ));
+            if best.as_ref().is_none_or(|(_, b)| packing.height < b.height) {
+                best = Some((k, packing));
+            }
+            if best.as_ref().is_some_and(|(_, b)| b.height <= floor) {
+                break 'search;
+            }
         }
     }
-    let (p, mut packing, order_kind, lb) = best.expect("two orders tried");
+    let (k, mut packing) = best.expect("at least one heuristic ran");
+    let (p, lb, order_kind) = problems.swap_remove(k);
     if packing.height > lb && !opts.search_time.is_zero() {
         let searched = pack::pack(&p.bufs, ALIGN, opts.search_time);
         if searched.height < packing.height {
@@ -167,6 +182,30 @@ pub fn plan(g: &Graph, roles: &Roles, opts: &PlanOptions) -> MemoryPlan {
         }
     }
     assemble(g, roles, p, packing, order_kind, lb, heuristics)
+}
+
+/// One plan per order and heuristic (no search), for comparing them and checking each.
+pub fn plan_each(g: &Graph, roles: &Roles, in_place: bool) -> Vec<MemoryPlan> {
+    let mut out = Vec::new();
+    for (order_kind, order) in [
+        ("program", program_order(g)),
+        ("memory-aware", memory_aware_order(g, roles)),
+    ] {
+        let p = problem(g, roles, order, in_place);
+        let lb = pack::lower_bound(&p.bufs);
+        for packing in [
+            pack::greedy_by_size(&p.bufs, ALIGN),
+            pack::greedy_by_breadth(&p.bufs, ALIGN),
+            pack::best_fit_heap(&p.bufs, ALIGN),
+        ] {
+            let h = vec![(
+                format!("{} ({order_kind} order)", packing.heuristic),
+                packing.height,
+            )];
+            out.push(assemble(g, roles, p.clone(), packing, order_kind, lb, h));
+        }
+    }
+    out
 }
 
 fn assemble(
