@@ -60,9 +60,12 @@ enum Cmd {
         /// A graph input as an ONNX TensorProto file (repeat for each input).
         #[arg(long = "input", value_name = "NAME=FILE.pb", required = true)]
         inputs: Vec<String>,
-        /// The loss applied to the first graph output.
+        /// The loss applied to the graph output `--output` (default: the first).
         #[arg(long, value_enum, default_value_t = LossArg::Sum)]
         loss: LossArg,
+        /// The graph output the loss reads (default: the first graph output).
+        #[arg(long, value_name = "NAME")]
+        output: Option<String>,
         /// Labels for xent (i64 [N] class indices) or mse (f32 of the output's shape).
         #[arg(long, value_name = "FILE.pb")]
         labels: Option<PathBuf>,
@@ -220,6 +223,7 @@ fn grad(
     model_path: &std::path::Path,
     inputs: &[String],
     loss: LossArg,
+    output: Option<&str>,
     labels: Option<&std::path::Path>,
     output_dir: &std::path::Path,
     batch: Option<usize>,
@@ -253,10 +257,7 @@ fn grad(
         given.push((name.to_string(), model::read_tensor(file.as_ref())?));
     }
     let bound = model::bind_inputs(&g, given)?;
-    let output = *g
-        .outputs
-        .first()
-        .ok_or_else(|| Error::Usage("the model has no outputs".into()))?;
+    let output = model::output(&g, output)?;
     // The labels the loss expects: checked before differentiating, for a clear error.
     let labels_file = match labels {
         Some(path) => {
@@ -493,10 +494,19 @@ fn run(cli: Cli) -> Result<(), Error> {
             model,
             inputs,
             loss,
+            output,
             labels,
             output_dir,
             batch,
-        } => grad(&model, &inputs, loss, labels.as_deref(), &output_dir, batch),
+        } => grad(
+            &model,
+            &inputs,
+            loss,
+            output.as_deref(),
+            labels.as_deref(),
+            &output_dir,
+            batch,
+        ),
         Cmd::Train {
             model,
             steps,

@@ -134,3 +134,33 @@ pub fn bind_inputs(
         .map(|s| s.expect("checked above"))
         .collect())
 }
+
+/// The graph output named `name`, or the first output.
+pub fn output(graph: &Graph, name: Option<&str>) -> Result<lowmem_ir::TensorId, Error> {
+    let names = || {
+        graph
+            .outputs
+            .iter()
+            .map(|&o| graph.tensor(o).name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    match name {
+        None => graph
+            .outputs
+            .first()
+            .copied()
+            .ok_or_else(|| Error::Usage("the model has no outputs".into())),
+        Some(n) => graph
+            .outputs
+            .iter()
+            .copied()
+            .find(|&o| graph.tensor(o).name == n)
+            .ok_or_else(|| {
+                Error::Usage(format!(
+                    "the model has no output '{n}' (its outputs: {})",
+                    names()
+                ))
+            }),
+    }
+}

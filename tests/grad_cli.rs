@@ -51,3 +51,24 @@ fn grad_writes_index_and_one_file_per_weight() {
         assert!(data.to_f64().iter().all(|v| v.is_finite()));
     }
 }
+
+#[test]
+fn a_loss_on_an_output_that_does_not_exist_is_named() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = std::env::temp_dir().join(format!("lowmem-grad-output-{}", std::process::id()));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_lowmem"))
+        .arg("grad")
+        .arg(root.join("ir/examples/mlp.json"))
+        .arg("--input")
+        .arg(format!("x={}", root.join("ir/examples/mlp.x.pb").display()))
+        .args(["--output", "nope", "--output-dir"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no output 'nope'") && err.contains("logp"),
+        "{err}"
+    );
+}
