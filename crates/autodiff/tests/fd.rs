@@ -149,8 +149,28 @@ fn check_with(
         (analytic_loss - fd_loss).abs() <= 1e-4 * (1.0 + fd_loss.abs()),
         "{what}: loss {analytic_loss} vs {fd_loss}"
     );
+    compare_fd(
+        &g,
+        &wrt,
+        &outs[1..],
+        eps,
+        |gp| loss_of(gp, out, loss, labels.as_deref()),
+        what,
+    );
+}
+
+/// Every coordinate of each weight in `wrt`: the analytic gradient `grads[k]` against central
+/// differences of `loss` with step `eps`.
+fn compare_fd(
+    g: &Graph,
+    wrt: &[TensorId],
+    grads: &[TensorData],
+    eps: f32,
+    loss: impl Fn(&Graph) -> f64,
+    what: &str,
+) {
     for (k, &w) in wrt.iter().enumerate() {
-        let grad = outs[1 + k].to_f64();
+        let grad = grads[k].to_f64();
         let base = g.tensor(w).value.clone().unwrap().to_f32();
         for i in 0..base.len() {
             let probe = |delta: f32| {
@@ -158,7 +178,7 @@ fn check_with(
                 let mut v = base.clone();
                 v[i] += delta;
                 gp.tensors[w.index()].value = Some(Arc::new(TensorData::F32(v)));
-                loss_of(&gp, out, loss, labels.as_deref())
+                loss(&gp)
             };
             let fd = (probe(eps) - probe(-eps)) / (2.0 * eps as f64);
             let tol = 5e-3 + 2e-2 * fd.abs().max(grad[i].abs());
@@ -458,24 +478,14 @@ fn batch_norm_inference() {
     let wrt = vec![x, s, b];
     let gg = gradients(&g, out, Loss::Sum, &wrt, Mode::Inference).unwrap();
     let outs = lowmem_exec::run(&gg.graph, &[]).unwrap();
-    for (k, &w) in wrt.iter().enumerate() {
-        let base = g.tensor(w).value.clone().unwrap().to_f32();
-        for i in 0..base.len() {
-            let probe = |d: f32| {
-                let mut gp = g.clone();
-                let mut v = base.clone();
-                v[i] += d;
-                gp.tensors[w.index()].value = Some(Arc::new(TensorData::F32(v)));
-                loss_of(&gp, out, Loss::Sum, None)
-            };
-            let fd = (probe(5e-3) - probe(-5e-3)) / 1e-2;
-            let a = outs[1 + k].to_f64()[i];
-            assert!(
-                (a - fd).abs() <= 5e-3 + 2e-2 * fd.abs(),
-                "bn d{k}[{i}]: {a} vs {fd}"
-            );
-        }
-    }
+    compare_fd(
+        &g,
+        &wrt,
+        &outs[1..],
+        5e-3,
+        |gp| loss_of(gp, out, Loss::Sum, None),
+        "batch norm",
+    );
     let all: Vec<TensorId> = vec![x, s, b, m, v];
     let err = gradients(&g, out, Loss::Sum, &all, Mode::Inference)
         .unwrap_err()
@@ -604,22 +614,12 @@ fn training_mode_batch_norm_and_dropout() {
         let gg = gradients(g, out, Loss::Sum, &[x], Mode::Training).unwrap();
         run(&gg.graph)[0].to_f64()[0]
     };
-    for (k, &w) in wrt.iter().enumerate() {
-        let base = g.tensor(w).value.clone().unwrap().to_f32();
-        for i in 0..base.len() {
-            let probe = |d: f32| {
-                let mut gp = g.clone();
-                let mut vv = base.clone();
-                vv[i] += d;
-                gp.tensors[w.index()].value = Some(Arc::new(TensorData::F32(vv)));
-                loss_only(&gp)
-            };
-            let fd = (probe(5e-3) - probe(-5e-3)) / 1e-2;
-            let a = outs[1 + k].to_f64()[i];
-            assert!(
-                (a - fd).abs() <= 5e-3 + 2e-2 * fd.abs(),
-                "train bn/dropout d{k}[{i}]: {a} vs {fd}"
-            );
-        }
-    }
+    compare_fd(
+        &g,
+        &wrt,
+        &outs[1..],
+        5e-3,
+        loss_only,
+        "training batch norm and dropout",
+    );
 }
