@@ -13,6 +13,7 @@ pub use lowmem_schedule as schedule;
 pub mod data;
 pub mod inspect;
 pub mod model;
+pub mod models;
 pub mod planning;
 pub mod report;
 pub mod train;

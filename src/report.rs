@@ -95,9 +95,11 @@ fn esc(s: &str) -> String {
 pub fn plan_html(g: &Graph, p: &MemoryPlan, meta: &PlanMeta) -> String {
     let points = (2 * p.order.len()).max(1) as f64;
     let arena = p.arena_bytes.max(1) as f64;
+    // Headroom above the arena, so the lower-bound line stays visible when they are equal.
+    let scale = arena.max(p.lower_bound_bytes as f64) * 1.06;
     let (w, h, left, top) = (1000.0, 420.0, 70.0, 20.0);
     let x = |pt: f64| left + pt / points * w;
-    let y = |b: f64| top + h - b / arena * h;
+    let y = |b: f64| top + h - b / scale * h;
     let mut svg = String::new();
     let _ = write!(
         svg,
@@ -158,6 +160,31 @@ pub fn plan_html(g: &Graph, p: &MemoryPlan, meta: &PlanMeta) -> String {
     );
     let _ = write!(
         svg,
+        r##"<text x="{}" y="{:.2}" text-anchor="end" fill="#d62728">lower bound</text>"##,
+        left + w - 4.0,
+        lb - 4.0
+    );
+    // Where the last arena buffer dies: what follows (the optimizer updates) runs outside it.
+    if let Some(last) = p
+        .buffers
+        .iter()
+        .filter(|b| b.offset.is_some())
+        .map(|b| b.end)
+        .max()
+    {
+        if (last as f64) < points * 0.98 {
+            let lx = x(last as f64);
+            let _ = write!(
+                svg,
+                r##"<line x1="{lx:.2}" x2="{lx:.2}" y1="{top}" y2="{}" stroke="#888" stroke-dasharray="2,3"/><text x="{:.2}" y="{}" fill="#555">later steps use no arena memory</text>"##,
+                top + h,
+                lx + 6.0,
+                top + 16.0
+            );
+        }
+    }
+    let _ = write!(
+        svg,
         r#"<text x="{}" y="{}" text-anchor="middle">program point (step s reads at 2s, writes at 2s+1)</text>"#,
         left + w / 2.0,
         top + h + 30.0
@@ -167,13 +194,13 @@ pub fn plan_html(g: &Graph, p: &MemoryPlan, meta: &PlanMeta) -> String {
             svg,
             r#"<text x="{}" y="{:.1}" text-anchor="end">{}</text>"#,
             left - 5.0,
-            y(arena * f) + 4.0,
-            human_bytes((arena * f) as u64)
+            y(scale * f) + 4.0,
+            human_bytes((scale * f) as u64)
         );
     }
     svg.push_str("</svg>");
 
-    let mut largest: Vec<&PlanBuffer> = p.buffers.iter().collect();
+    let mut largest: Vec<&PlanBuffer> = p.buffers.iter().filter(|b| b.offset.is_some()).collect();
     largest.sort_by_key(|b| std::cmp::Reverse(b.bytes));
     let mut rows = String::new();
     for b in largest.iter().take(25) {
@@ -188,20 +215,72 @@ pub fn plan_html(g: &Graph, p: &MemoryPlan, meta: &PlanMeta) -> String {
             b.end
         );
     }
-    let legend: String = [Kind::Activation, Kind::Output, Kind::Workspace, Kind::Gradient, Kind::OptimizerState, Kind::Weight, Kind::Input]
+    // Persistent memory (outside the arena) by kind; state updated in place counts once.
+    let mut persistent = String::new();
+    for k in [
+        Kind::Weight,
+        Kind::Gradient,
+        Kind::OptimizerState,
+        Kind::Input,
+    ] {
+        let of_kind = p
+            .buffers
+            .iter()
+            .filter(|b| b.kind == k && b.offset.is_none() && b.shares.is_none());
+        let (n, bytes) = of_kind.fold((0, 0), |(n, s), b| (n + 1, s + b.bytes));
+        if n > 0 {
+            let _ = write!(
+                persistent,
+                "<tr><td>{}</td><td>{n}</td><td>{}</td></tr>",
+                kind_name(k).replace('_', " "),
+                human_bytes(bytes)
+            );
+        }
+    }
+    let drawn: std::collections::BTreeSet<&str> = p
+        .buffers
         .iter()
-        .map(|&k| format!(r#"<span style="display:inline-block;width:12px;height:12px;background:{}"></span> {} &nbsp; "#, colour(k), kind_name(k)))
+        .filter(|b| b.offset.is_some())
+        .map(|b| kind_name(b.kind))
         .collect();
+    let swatch = |c: &str| {
+        format!(
+            r#"<span style="display:inline-block;width:12px;height:12px;background:{c}"></span>"#
+        )
+    };
+    let mut legend: String = [
+        Kind::Activation,
+        Kind::Output,
+        Kind::Workspace,
+        Kind::Gradient,
+        Kind::OptimizerState,
+        Kind::Weight,
+        Kind::Input,
+    ]
+    .iter()
+    .filter(|&&k| drawn.contains(kind_name(k)))
+    .map(|&k| {
+        format!(
+            "{} {} &nbsp; ",
+            swatch(colour(k)),
+            kind_name(k).replace('_', " ")
+        )
+    })
+    .collect();
+    legend
+        .push_str("&mdash; live bytes &nbsp; <span style=\"color:#d62728\">- - lower bound</span>");
     format!(
         r#"<!doctype html><html><head><meta charset="utf-8"><title>lowmem plan: {model}</title>
-<style>body{{font-family:sans-serif;margin:20px}} table{{border-collapse:collapse}} td,th{{border:1px solid #ccc;padding:2px 8px;text-align:right}} td:first-child{{text-align:left}}</style></head><body>
+<style>body{{font-family:sans-serif;margin:20px}} table{{border-collapse:collapse}} td,th{{border:1px solid #ccc;padding:2px 8px;text-align:right}} td:first-child,th:first-child{{text-align:left}}</style></head><body>
 <h1>Memory plan: {model}</h1>
 <p>batch {batch}, {mode}; {nodes} steps; planner <b>{planner}</b> ({order} order)</p>
 <p>arena <b>{arena}</b>, lower bound {lb} (ratio <b>{ratio:.4}</b>); persistent {pers}; peak {peak}; naive {naive}</p>
 <p>{legend}</p>
 {svg}
-<h2>Largest tensors</h2>
+<h2>Largest arena buffers</h2>
 <table><tr><th>tensor</th><th>kind</th><th>bytes</th><th>offset</th><th>live</th></tr>{rows}</table>
+<h2>Persistent memory (outside the arena)</h2>
+<table><tr><th>kind</th><th>buffers</th><th>bytes</th></tr>{persistent}</table>
 </body></html>
 "#,
         model = esc(meta.model),

@@ -420,6 +420,13 @@ impl Builder {
                 }
             };
             debug_assert!(wanted.contains(&w));
+            // Name each weight's gradient after the weight, where that name is free and the
+            // tensor is the gradient alone (not also a weight's own value).
+            let name = format!("{}.grad", self.g.tensor(w).name);
+            if g != w && !self.names.contains(&name) && self.g.tensor(g).value.is_none() {
+                self.names.insert(name.clone());
+                self.g.rename(g, name)?;
+            }
             out.push((w, g));
         }
         Ok(out)

@@ -217,6 +217,18 @@ impl Graph {
         Ok(ids)
     }
 
+    /// Renames a tensor; the new name must be unused.
+    pub fn rename(&mut self, t: TensorId, name: impl Into<String>) -> Result<(), IrError> {
+        let name = name.into();
+        if self.names.contains_key(&name) {
+            return Err(IrError::DuplicateTensor(name));
+        }
+        let old = std::mem::replace(&mut self.tensors[t.index()].name, name.clone());
+        self.names.remove(&old);
+        self.names.insert(name, t);
+        Ok(())
+    }
+
     pub fn set_outputs(&mut self, outputs: Vec<TensorId>) {
         self.outputs = outputs;
     }
