@@ -165,23 +165,21 @@ pub fn plan_html(g: &Graph, p: &MemoryPlan, meta: &PlanMeta) -> String {
         lb - 4.0
     );
     // Where the last arena buffer dies: what follows (the optimizer updates) runs outside it.
-    if let Some(last) = p
+    let last_arena_use = p
         .buffers
         .iter()
         .filter(|b| b.offset.is_some())
         .map(|b| b.end)
-        .max()
-    {
-        if (last as f64) < points * 0.98 {
-            let lx = x(last as f64);
-            let _ = write!(
-                svg,
-                r##"<line x1="{lx:.2}" x2="{lx:.2}" y1="{top}" y2="{}" stroke="#888" stroke-dasharray="2,3"/><text x="{:.2}" y="{}" fill="#555">later steps use no arena memory</text>"##,
-                top + h,
-                lx + 6.0,
-                top + 16.0
-            );
-        }
+        .max();
+    if let Some(last) = last_arena_use.filter(|&l| (l as f64) < points * 0.98) {
+        let lx = x(last as f64);
+        let _ = write!(
+            svg,
+            r##"<line x1="{lx:.2}" x2="{lx:.2}" y1="{top}" y2="{}" stroke="#888" stroke-dasharray="2,3"/><text x="{:.2}" y="{}" fill="#555">later steps use no arena memory</text>"##,
+            top + h,
+            lx + 6.0,
+            top + 16.0
+        );
     }
     let _ = write!(
         svg,

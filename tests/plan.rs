@@ -154,7 +154,9 @@ fn plan_cli_writes_documented_json_and_html() {
     }
     let page = std::fs::read_to_string(&html).unwrap();
     assert!(
-        page.contains("<svg") && page.contains("lower bound") && page.contains("Largest tensors")
+        page.contains("<svg")
+            && page.contains("lower bound")
+            && page.contains("Largest arena buffers")
     );
 }
 
