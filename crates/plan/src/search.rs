@@ -1,52 +1,29 @@
-//! Exact branch and bound over canonical placements (in the spirit of MiniMalloc, Moffitt 2023).
+//! Exact branch and bound over canonical placements, following MiniMalloc (Moffitt, ASPLOS 2023).
 //!
-//! Time is cut into *sections* (the elementary intervals between consecutive buffer endpoints);
-//! each section has a *floor*, the lowest offset still free in it. A node takes the leftmost
-//! maximal run `R` of sections whose floor is the global minimum `m` and branches on
+//! * Canonical solutions: buffers are placed one at a time, each at its *minimal offset* (the
+//!   highest top among the already placed buffers it overlaps in time, aligned up), in
+//!   non-decreasing order of (offset, priority rank). Every optimal packing with the least sum
+//!   of offsets is produced this way.
+//! * Minimal offsets are maintained incrementally: placing a buffer only raises the minimal
+//!   offsets of the unplaced buffers that overlap it (changes are logged and undone).
+//! * Dominance: a candidate whose minimal offset is at or above `min(min_offset + size)` over
+//!   the unplaced buffers would leave a gap another buffer could drop into; it is skipped.
+//!   Identical buffers (same sections and size) are placed in rank order.
+//! * Section inference: time is cut into sections (elementary intervals between endpoints).
+//!   Each keeps a floor (the top of the placed buffers there, raised to the lowest minimal
+//!   offset of its unplaced buffers) and the bytes of its unplaced buffers. With the monotonic
+//!   floor (nothing later goes below the last placed offset), `max(offset, floor) + bytes` may
+//!   not exceed the height limit.
+//! * Dynamic decomposition: when no unplaced buffer crosses a section boundary any more, the
+//!   two sides are solved independently.
 //!
-//! * placing at `m` an unplaced buffer whose sections all lie in `R` (the buffer then rests on
-//!   the floor), or
-//! * declaring that no buffer sits at level `m` in `R`: `R`'s floor rises to the lower of its
-//!   neighbours' floors. (In a bottom-justified solution a buffer above `m` in `R` rests on a
-//!   chain of buffers that ends in one reaching outside `R`, so nothing lies below that level.)
-//!
-//! Every bottom-justified packing, in particular an optimal one, is reached this way. Symmetry:
-//! placements at the same level go left to right; identical buffers are placed in index order.
-//! Pruning: a section's floor plus the bytes of the unplaced buffers live in it may not exceed
-//! the height limit (placing never changes this sum, so only floor raises can violate it).
-//! Finding a solution lowers the limit below its height and the search continues.
+//! The search answers "is there a packing of height <= limit"; [`improve`] drives it with
+//! round robins over several priority orders and doubling node limits (restarts), first at the
+//! lower bound, then bisecting between the proven bound and the best height found.
 
 use std::time::Instant;
 
 use crate::pack::{Buffer, align_up};
-
-struct Search {
-    start: Vec<u32>,
-    end: Vec<u32>,
-    size: Vec<u64>,
-    /// Per section, the buffers starting there, in candidate priority order.
-    by_start: Vec<Vec<u32>>,
-    /// The previous buffer of identical shape (same sections and size), if any.
-    twin: Vec<u32>,
-    /// Position of each buffer in the candidate priority order.
-    rank: Vec<u32>,
-    floor: Vec<u64>,
-    rem: Vec<u64>,
-    placed: Vec<bool>,
-    solution: Vec<u64>,
-    cross: Vec<i32>,
-    nplaced: usize,
-    /// Every buffer must end at or below this.
-    limit: u64,
-    nodes: u64,
-    node_limit: u64,
-    deadline: Option<Instant>,
-    cands: Vec<Vec<u32>>,
-    /// Scratch: segment trees (size 2 * leaves) for floor maxima and inferred floors.
-    leaves: usize,
-    maxtree: Vec<u64>,
-    mintree: Vec<u64>,
-}
 
 const NONE: u32 = u32::MAX;
 
@@ -57,245 +34,337 @@ enum Status {
     Aborted,
 }
 
-impl Search {
-    /// Section inference: an unplaced buffer cannot go below the highest floor among its
-    /// sections, so no section can be filled below the lowest such bound of the buffers live in
-    /// it. Returns false if some section then cannot hold its unplaced bytes under the limit.
-    fn infer(&mut self) -> bool {
-        let p = self.leaves;
-        let sections = self.floor.len();
-        self.maxtree[p..p + sections].copy_from_slice(&self.floor);
-        for k in (1..p).rev() {
-            self.maxtree[k] = self.maxtree[2 * k].max(self.maxtree[2 * k + 1]);
-        }
-        self.mintree.fill(u64::MAX);
-        for b in 0..self.start.len() {
-            if self.placed[b] {
-                continue;
-            }
-            let (lo, hi) = (self.start[b] as usize + p, self.end[b] as usize + p);
-            let mut c = 0;
-            let (mut l, mut r) = (lo, hi);
-            while l < r {
-                if l & 1 == 1 {
-                    c = c.max(self.maxtree[l]);
-                    l += 1;
-                }
-                if r & 1 == 1 {
-                    r -= 1;
-                    c = c.max(self.maxtree[r]);
-                }
-                l >>= 1;
-                r >>= 1;
-            }
-            if c.saturating_add(self.size[b]) > self.limit {
-                return false;
-            }
-            let (mut l, mut r) = (lo, hi);
-            while l < r {
-                if l & 1 == 1 {
-                    self.mintree[l] = self.mintree[l].min(c);
-                    l += 1;
-                }
-                if r & 1 == 1 {
-                    r -= 1;
-                    self.mintree[r] = self.mintree[r].min(c);
-                }
-                l >>= 1;
-                r >>= 1;
-            }
-        }
-        for k in 2..2 * p {
-            self.mintree[k] = self.mintree[k].min(self.mintree[k / 2]);
-        }
-        for s in 0..sections {
-            let r = self.rem[s];
-            if r > 0 && self.mintree[p + s].max(self.floor[s]).saturating_add(r) > self.limit {
-                return false;
-            }
-        }
-        true
-    }
+struct Solver {
+    align: u64,
+    s0: Vec<u32>,
+    s1: Vec<u32>,
+    size: Vec<u64>,
+    /// Unplaced-or-not buffers overlapping each buffer in time.
+    overlaps: Vec<Vec<u32>>,
+    /// Buffers live in each section.
+    sec_bufs: Vec<Vec<u32>>,
+    /// The priority heuristic, and per buffer its lifetime and area (for the keys).
+    heuristic: u8,
+    length: Vec<u128>,
+    area: Vec<u128>,
+    /// The previous buffer of identical shape in index order.
+    twin: Vec<u32>,
+    placed: Vec<bool>,
+    min_off: Vec<u64>,
+    floor: Vec<u64>,
+    total: Vec<u64>,
+    /// Per boundary `k` (between sections `k` and `k + 1`): unplaced buffers crossing it.
+    cuts: Vec<u32>,
+    limit: u64,
+    solution: Vec<u64>,
+    off_log: Vec<(u32, u64)>,
+    floor_log: Vec<(u32, u64)>,
+    stamp: Vec<u32>,
+    generation: u32,
+    affected: Vec<u32>,
+    orderings: Vec<Vec<(u64, u32, u32)>>,
+    /// Per depth: prefix and suffix maxima of the section totals of the current part.
+    maxima: Vec<(Vec<u64>, Vec<u64>)>,
+    nodes_left: u64,
+    nodes: u64,
+    deadline: Option<Instant>,
+}
 
-    /// Decision search on the sections `lo..=hi` (no unplaced buffer crosses their borders):
-    /// place every unplaced buffer there with its top at most `limit`. On success the offsets
-    /// are in `solution`.
-    fn dfs(
+impl Solver {
+    /// Solves the sections `lo..hi` whose unplaced buffers are those of `prev`.
+    fn search(
         &mut self,
-        depth: usize,
         lo: usize,
         hi: usize,
-        last_level: u64,
-        last_end: u32,
+        prev: &[(u64, u32, u32)],
+        last_off: u64,
+        last_rank: u32,
+        depth: usize,
     ) -> Status {
-        self.nodes += 1;
-        if self.nodes & 255 == 0
-            && (self.nodes >= self.node_limit || self.deadline.is_some_and(|d| Instant::now() >= d))
-        {
+        if self.nodes_left == 0 {
             return Status::Aborted;
         }
-        let mut m = u64::MAX;
-        let mut rs = 0;
-        for s in lo..=hi {
-            let r = self.rem[s];
-            if r > 0 {
-                let f = self.floor[s];
-                if f.saturating_add(r) > self.limit {
-                    return Status::NotFound;
-                }
-                if f < m {
-                    m = f;
-                    rs = s;
-                }
+        self.nodes_left -= 1;
+        self.nodes += 1;
+        if self.nodes & 1023 == 0 && self.deadline.is_some_and(|d| Instant::now() >= d) {
+            self.nodes_left = 0;
+            return Status::Aborted;
+        }
+        if self.orderings.len() <= depth {
+            self.orderings.resize_with(depth + 1, Vec::new);
+        }
+        let mut ord = std::mem::take(&mut self.orderings[depth]);
+        ord.clear();
+        for &(_, r, b) in prev {
+            if !self.placed[b as usize] {
+                ord.push((self.min_off[b as usize], r, b));
             }
         }
-        if m == u64::MAX {
-            return Status::Found; // everything here is placed
-        }
-        if !self.infer() {
-            return Status::NotFound;
-        }
-        // Decomposition: sections joined by no unplaced buffer are independent subproblems.
-        self.cross[lo..=hi].fill(0);
-        for b in 0..self.start.len() {
-            let (s0, s1) = (self.start[b] as usize, self.end[b] as usize);
-            if !self.placed[b] && s0 >= lo && s1 <= hi + 1 && s1 - s0 > 1 {
-                self.cross[s0] += 1;
-                self.cross[s1 - 1] -= 1;
-            }
-        }
-        let mut parts: Vec<(usize, usize)> = Vec::new();
-        let mut acc = 0i32;
-        let mut s = lo;
-        while s <= hi {
-            if self.rem[s] == 0 {
-                s += 1;
-                continue;
-            }
-            let a = s;
-            loop {
-                acc += self.cross[s];
-                if acc == 0 || s == hi {
-                    break;
-                }
-                s += 1;
-            }
-            parts.push((a, s));
-            s += 1;
-        }
-        if parts.len() > 1 {
-            for &(a, b) in &parts {
-                let st = self.dfs(depth + 1, a, b, u64::MAX, 0);
-                if st != Status::Found {
-                    return st;
-                }
-            }
+        if ord.is_empty() {
+            self.orderings[depth] = ord;
             return Status::Found;
         }
-        let mut re = rs;
-        while re < hi && self.rem[re + 1] > 0 && self.floor[re + 1] == m {
-            re += 1;
+        ord.sort(); // nearly sorted already
+        let mut min_height = u64::MAX;
+        for &(o, _, b) in &ord {
+            min_height = min_height.min(o.saturating_add(self.size[b as usize]));
         }
-        let from = if last_level == m {
-            (last_end as usize).max(rs)
-        } else {
-            rs
-        };
-        if self.cands.len() <= depth {
-            self.cands.resize_with(depth + 1, Vec::new);
+        // Monotonic floor: every later buffer goes at or above `o`, so a placement at `o` fails
+        // if a section outside the placed buffer holds more than `limit - o` unplaced bytes.
+        if self.maxima.len() <= depth {
+            self.maxima.resize_with(depth + 1, Default::default);
         }
-        let mut cands = std::mem::take(&mut self.cands[depth]);
-        cands.clear();
-        for s in from..=re {
-            for &b in &self.by_start[s] {
-                let bi = b as usize;
-                if !self.placed[bi]
-                    && self.end[bi] as usize <= re + 1
-                    && (self.twin[bi] == NONE || self.placed[self.twin[bi] as usize])
-                {
-                    cands.push(b);
-                }
-            }
+        let (mut pre, mut suf) = std::mem::take(&mut self.maxima[depth]);
+        pre.clear();
+        suf.clear();
+        pre.push(0);
+        for s in lo..hi {
+            pre.push(pre[s - lo].max(self.total[s]));
         }
-        cands.sort_unstable_by_key(|&b| self.rank[b as usize]);
+        suf.resize(hi - lo + 1, 0);
+        for s in (lo..hi).rev() {
+            suf[s - lo] = suf[s - lo + 1].max(self.total[s]);
+        }
         let mut status = Status::NotFound;
-        for &b in &cands {
-            let bi = b as usize;
-            let (s0, s1, size) = (
-                self.start[bi] as usize,
-                self.end[bi] as usize,
-                self.size[bi],
-            );
-            for s in s0..s1 {
-                self.floor[s] = m + size;
-                self.rem[s] -= size;
+        for k in 0..ord.len() {
+            let (o, r, b) = ord[k];
+            if o >= min_height {
+                break;
             }
-            self.placed[bi] = true;
-            self.nplaced += 1;
-            status = self.dfs(depth + 1, lo, hi, m, s1 as u32);
-            self.nplaced -= 1;
-            self.placed[bi] = false;
-            for s in s0..s1 {
-                self.floor[s] = m;
-                self.rem[s] += size;
+            if o < last_off || (o == last_off && r < last_rank) {
+                continue;
             }
-            if status == Status::Found {
-                self.solution[bi] = m;
+            let b = b as usize;
+            let outside = pre[self.s0[b] as usize - lo].max(suf[self.s1[b] as usize - lo]);
+            if o.saturating_add(outside) > self.limit {
+                continue;
             }
-            if status != Status::NotFound {
+            let t = self.twin[b];
+            if t != NONE && !self.placed[t as usize] {
+                continue;
+            }
+            let st = self.place(lo, hi, &ord, b, o, r, depth);
+            if st == Status::Found {
+                self.solution[b] = o;
+            }
+            if st != Status::NotFound {
+                status = st;
                 break;
             }
         }
-        self.cands[depth] = cands;
-        if status != Status::NotFound {
-            return status;
-        }
-        // Nothing at level m in R: raise R to its lower neighbour.
-        let left = if rs > lo && self.rem[rs - 1] > 0 {
-            self.floor[rs - 1]
-        } else {
-            u64::MAX
-        };
-        let right = if re < hi && self.rem[re + 1] > 0 {
-            self.floor[re + 1]
-        } else {
-            u64::MAX
-        };
-        let level = left.min(right);
-        if level > self.limit {
+        self.orderings[depth] = ord;
+        self.maxima[depth] = (pre, suf);
+        status
+    }
+
+    /// Places buffer `b` at offset `o`, checks, recurses (decomposing if possible) and undoes.
+    #[allow(clippy::too_many_arguments)]
+    fn place(
+        &mut self,
+        lo: usize,
+        hi: usize,
+        ord: &[(u64, u32, u32)],
+        b: usize,
+        o: u64,
+        r: u32,
+        depth: usize,
+    ) -> Status {
+        let top = o.saturating_add(self.size[b]);
+        if top > self.limit {
             return Status::NotFound;
         }
-        // Dominance: a buffer inside R that fits below `level` would rest lower in any packing
-        // of this branch, so this branch holds no bottom-justified packing.
-        for s in rs..=re {
-            for &b in &self.by_start[s] {
-                let bi = b as usize;
-                if !self.placed[bi] && self.end[bi] as usize <= re + 1 && self.size[bi] <= level - m
-                {
-                    return Status::NotFound;
+        let (bs0, bs1) = (self.s0[b] as usize, self.s1[b] as usize);
+        self.placed[b] = true;
+        let off_mark = self.off_log.len();
+        let floor_mark = self.floor_log.len();
+        self.generation = self.generation.wrapping_add(1);
+        if self.generation == 0 {
+            self.stamp.fill(0);
+            self.generation = 1;
+        }
+        let gen_now = self.generation;
+        self.affected.clear();
+        let new_min = align_up(top, self.align);
+        for k in 0..self.overlaps[b].len() {
+            let j = self.overlaps[b][k] as usize;
+            if self.placed[j] || self.min_off[j] >= new_min {
+                continue;
+            }
+            self.off_log.push((j as u32, self.min_off[j]));
+            self.min_off[j] = new_min;
+            for s in self.s0[j] as usize..self.s1[j] as usize {
+                if self.stamp[s] != gen_now {
+                    self.stamp[s] = gen_now;
+                    self.affected.push(s as u32);
                 }
             }
         }
-        for s in rs..=re {
-            self.floor[s] = level;
+        for s in bs0..bs1 {
+            self.floor_log.push((s as u32, self.floor[s]));
+            self.floor[s] = top;
+            self.total[s] -= self.size[b];
         }
-        let status = self.dfs(depth + 1, lo, hi, last_level, last_end);
-        for s in rs..=re {
-            self.floor[s] = m;
+        for k in 0..self.affected.len() {
+            let s = self.affected[k] as usize;
+            // A raised buffer lives here with minimal offset `new_min`, so the lowest minimal
+            // offset here is at most `new_min`; stop early once one is at or below the floor.
+            let f = self.floor[s];
+            if f >= new_min {
+                continue;
+            }
+            let mut m = u64::MAX;
+            for &j in &self.sec_bufs[s] {
+                let j = j as usize;
+                if !self.placed[j] {
+                    m = m.min(self.min_off[j]);
+                    if m <= f {
+                        break;
+                    }
+                }
+            }
+            if m != u64::MAX && f < m {
+                self.floor_log.push((s as u32, self.floor[s]));
+                self.floor[s] = m;
+            }
+        }
+        // Sections without unplaced bytes have their floor at most `limit` already.
+        let ok = self.floor[lo..hi]
+            .iter()
+            .zip(&self.total[lo..hi])
+            .all(|(&f, &t)| f.max(o).saturating_add(t) <= self.limit);
+        let status = if ok {
+            self.decompose(lo, hi, ord, b, o, r, depth)
+        } else {
+            Status::NotFound
+        };
+        while self.floor_log.len() > floor_mark {
+            let (s, f) = self.floor_log.pop().expect("logged");
+            self.floor[s as usize] = f;
+        }
+        for s in bs0..bs1 {
+            self.total[s] += self.size[b];
+        }
+        while self.off_log.len() > off_mark {
+            let (j, m) = self.off_log.pop().expect("logged");
+            self.min_off[j as usize] = m;
+        }
+        self.placed[b] = false;
+        status
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn decompose(
+        &mut self,
+        lo: usize,
+        hi: usize,
+        ord: &[(u64, u32, u32)],
+        b: usize,
+        o: u64,
+        r: u32,
+        depth: usize,
+    ) -> Status {
+        let (bs0, bs1) = (self.s0[b] as usize, self.s1[b] as usize);
+        let mut cutpoints: Vec<usize> = Vec::new();
+        for k in bs0..bs1.saturating_sub(1) {
+            self.cuts[k] -= 1;
+            if self.cuts[k] == 0 {
+                cutpoints.push(k + 1);
+            }
+        }
+        let status = if cutpoints.is_empty() {
+            self.search(lo, hi, ord, o, r, depth + 1)
+        } else {
+            self.solve_parts(lo, hi, &cutpoints, ord, depth + 1)
+        };
+        for k in bs0..bs1.saturating_sub(1) {
+            self.cuts[k] += 1;
         }
         status
     }
+
+    /// Solves the parts of `lo..hi` between the given cut points independently.
+    fn solve_parts(
+        &mut self,
+        lo: usize,
+        hi: usize,
+        cutpoints: &[usize],
+        ord: &[(u64, u32, u32)],
+        depth: usize,
+    ) -> Status {
+        let mut bounds = Vec::with_capacity(cutpoints.len() + 2);
+        bounds.push(lo);
+        bounds.extend(cutpoints.iter().copied().filter(|&c| c > lo && c < hi));
+        bounds.push(hi);
+        for w in bounds.windows(2) {
+            let (a, c) = (w[0], w[1]);
+            // MiniMalloc's static preordering, with the section totals of this moment.
+            let mut keyed: Vec<((u128, u128, u128), u32)> = ord
+                .iter()
+                .filter(|&&(_, _, j)| {
+                    let j = j as usize;
+                    !self.placed[j] && (self.s0[j] as usize) < c && (self.s1[j] as usize) > a
+                })
+                .map(|&(_, _, j)| (self.key(j as usize), j))
+                .collect();
+            if keyed.is_empty() {
+                continue;
+            }
+            keyed.sort_unstable_by(|x, y| y.0.cmp(&x.0).then(x.1.cmp(&y.1)));
+            let sub: Vec<(u64, u32, u32)> = keyed
+                .iter()
+                .enumerate()
+                .map(|(k, &(_, j))| (self.min_off[j as usize], k as u32, j))
+                .collect();
+            let st = self.search(a, c, &sub, 0, 0, depth);
+            if st != Status::Found {
+                return st;
+            }
+        }
+        Status::Found
+    }
+
+    /// The preordering key of buffer `b` (larger first): W = lifetime, A = area, T = the
+    /// largest remaining total of its sections, in the order of the current heuristic.
+    fn key(&self, b: usize) -> (u128, u128, u128) {
+        let t = self.total[self.s0[b] as usize..self.s1[b] as usize]
+            .iter()
+            .copied()
+            .max()
+            .unwrap_or(0) as u128;
+        let (w, a) = (self.length[b], self.area[b]);
+        match self.heuristic {
+            0 => (w, a, t),
+            1 => (t, a, w),
+            _ => (t, w, a),
+        }
+    }
+
+    /// One decision search with the current order: a packing of height <= `limit`?
+    fn run(&mut self, limit: u64, node_limit: u64) -> Status {
+        self.limit = limit;
+        self.nodes_left = node_limit;
+        let sections = self.floor.len();
+        if self.total.iter().any(|&t| t > limit) {
+            return Status::NotFound;
+        }
+        let all: Vec<(u64, u32, u32)> = (0..self.size.len() as u32).map(|b| (0, b, b)).collect();
+        let cutpoints: Vec<usize> = (0..sections.saturating_sub(1))
+            .filter(|&k| self.cuts[k] == 0)
+            .map(|k| k + 1)
+            .collect();
+        self.solve_parts(0, sections, &cutpoints, &all, 0)
+    }
 }
 
-/// Searches for a packing lower than `incumbent` (sizes padded to `align`, so every floor and
-/// offset stays aligned). Returns offsets for all of `bufs` (0 for inactive ones) if it finds
-/// one.
+/// Searches for a packing lower than `incumbent`. Returns offsets for all of `bufs` (0 for
+/// inactive ones) for the lowest packing it finds before `deadline`, if any.
 pub(crate) fn improve(
     bufs: &[Buffer],
     align: u64,
     incumbent: u64,
     deadline: Option<Instant>,
 ) -> Option<Vec<u64>> {
+    let align = align.max(1);
     let ids: Vec<usize> = (0..bufs.len()).filter(|&i| bufs[i].is_active()).collect();
     if ids.is_empty() {
         return None;
@@ -308,137 +377,123 @@ pub(crate) fn improve(
     coords.dedup();
     let sections = coords.len() - 1;
     let n = ids.len();
-    let mut start = Vec::with_capacity(n);
-    let mut end = Vec::with_capacity(n);
+    let mut s0 = Vec::with_capacity(n);
+    let mut s1 = Vec::with_capacity(n);
     let mut size = Vec::with_capacity(n);
-    let mut rem = vec![0u64; sections];
-    for &i in &ids {
-        let b = bufs[i];
-        let s0 = coords.partition_point(|&c| c < b.lower);
-        let s1 = coords.partition_point(|&c| c < b.upper);
-        let sz = align_up(b.size, align);
-        if sz < b.size {
-            return None; // padding overflowed
+    let mut total = vec![0u64; sections];
+    let mut sec_bufs: Vec<Vec<u32>> = vec![Vec::new(); sections];
+    let mut cuts = vec![0u32; sections.saturating_sub(1)];
+    for (b, &i) in ids.iter().enumerate() {
+        let buf = bufs[i];
+        let a = coords.partition_point(|&c| c < buf.lower);
+        let c = coords.partition_point(|&c| c < buf.upper);
+        for s in a..c {
+            total[s] = total[s].checked_add(buf.size)?;
+            sec_bufs[s].push(b as u32);
         }
-        for r in &mut rem[s0..s1] {
-            *r = r.checked_add(sz)?;
+        for cut in &mut cuts[a..c - 1] {
+            *cut += 1;
         }
-        start.push(s0 as u32);
-        end.push(s1 as u32);
-        size.push(sz);
+        s0.push(a as u32);
+        s1.push(c as u32);
+        size.push(buf.size);
     }
-    let lb = rem.iter().copied().max().unwrap_or(0);
-    // Candidate priority orders (MiniMalloc's preorderings): T = the largest total of the
-    // sections the buffer lives in, W = its number of sections, A = its area (bytes x time).
-    let total: Vec<u64> = (0..n)
-        .map(|b| {
-            rem[start[b] as usize..end[b] as usize]
-                .iter()
-                .copied()
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    let width: Vec<u64> = (0..n).map(|b| (end[b] - start[b]) as u64).collect();
-    let area: Vec<u128> = (0..n)
-        .map(|b| size[b] as u128 * (bufs[ids[b]].upper - bufs[ids[b]].lower) as u128)
-        .collect();
-    let orders: Vec<Vec<u32>> = [0, 1, 2]
-        .iter()
-        .map(|&h| {
-            let mut order: Vec<u32> = (0..n as u32).collect();
-            order.sort_by_key(|&b| {
-                let b = b as usize;
-                let (t, w, a) = (total[b] as u128, width[b] as u128, area[b]);
-                let key = match h {
-                    0 => (w, a, t),
-                    1 => (t, a, w),
-                    _ => (t, w, a),
-                };
-                (std::cmp::Reverse(key), b)
-            });
-            order
-        })
-        .collect();
-    let leaves = sections.next_power_of_two();
-    let mut search = Search {
-        start,
-        end,
-        size,
-        by_start: Vec::new(),
-        twin: Vec::new(),
-        rank: vec![0; n],
-        floor: vec![0; sections],
-        rem,
-        placed: vec![false; n],
-        solution: vec![0; n],
-        cross: vec![0; sections],
-        nplaced: 0,
-        limit: incumbent.saturating_sub(1),
-        nodes: 0,
-        node_limit: u64::MAX,
-        deadline,
-        cands: Vec::new(),
-        leaves,
-        maxtree: vec![0; 2 * leaves],
-        mintree: vec![0; 2 * leaves],
-    };
-    let set_order = |search: &mut Search, order: &[u32]| {
-        search.by_start = vec![Vec::new(); sections];
-        search.twin = vec![NONE; n];
-        let mut last_of_shape = std::collections::HashMap::new();
-        for (k, &b) in order.iter().enumerate() {
-            let bi = b as usize;
-            search.rank[bi] = k as u32;
-            search.by_start[search.start[bi] as usize].push(b);
-            if let Some(prev) =
-                last_of_shape.insert((search.start[bi], search.end[bi], search.size[bi]), b)
-            {
-                search.twin[bi] = prev;
-            }
+    let lb = total.iter().copied().max().unwrap_or(0);
+    // Overlaps: a sweep over sections.
+    let mut overlaps: Vec<Vec<u32>> = vec![Vec::new(); n];
+    for (b, ov) in overlaps.iter_mut().enumerate() {
+        let mut seen: Vec<u32> = Vec::new();
+        for live in &sec_bufs[s0[b] as usize..s1[b] as usize] {
+            seen.extend(live.iter().copied().filter(|&j| j as usize != b));
         }
+        seen.sort_unstable();
+        seen.dedup();
+        *ov = seen;
+    }
+    // Identical buffers (same sections and size) are placed in index order.
+    let mut twin = vec![NONE; n];
+    let mut last_of_shape = std::collections::HashMap::new();
+    for b in 0..n {
+        if let Some(prev) = last_of_shape.insert((s0[b], s1[b], size[b]), b as u32) {
+            twin[b] = prev;
+        }
+    }
+    let length: Vec<u128> = (0..n)
+        .map(|b| (bufs[ids[b]].upper - bufs[ids[b]].lower) as u128)
+        .collect();
+    let area: Vec<u128> = (0..n).map(|b| size[b] as u128 * length[b]).collect();
+    let mut solver = Solver {
+        align,
+        s0,
+        s1,
+        size,
+        overlaps,
+        sec_bufs,
+        heuristic: 0,
+        length,
+        area,
+        twin,
+        placed: vec![false; n],
+        min_off: vec![0; n],
+        floor: vec![0; sections],
+        total,
+        cuts,
+        limit: 0,
+        solution: vec![0; n],
+        off_log: Vec::new(),
+        floor_log: Vec::new(),
+        stamp: vec![0; sections],
+        generation: 0,
+        affected: Vec::new(),
+        orderings: Vec::new(),
+        maxima: Vec::new(),
+        nodes_left: 0,
+        nodes: 0,
+        deadline,
     };
-    let frac = 0.6; // share of the time for phase 1
+    let frac = 0.3; // share of the time for phase 1
     let phase1 = deadline.map(|d| {
         let now = Instant::now();
         now + d.saturating_duration_since(now).mul_f64(frac)
     });
     let mut best_height = incumbent;
-    // Deep recursion: run on a thread with a generous stack.
     let result = std::thread::scope(|scope| {
         std::thread::Builder::new()
             .stack_size(256 << 20)
             .spawn_scoped(scope, || {
                 let mut found = None;
-                // Phase 1 looks for a packing at the lower bound (tightest pruning). Phase 2
-                // bisects between the proven bound and the best height so far. Both are round
-                // robins over the candidate orders with doubling node limits (restarts), as in
-                // MiniMalloc.
                 let mut proven = lb; // no packing is lower than this
                 for phase in 0..2 {
-                    search.deadline = if phase == 0 { phase1 } else { deadline };
+                    solver.deadline = if phase == 0 { phase1 } else { deadline };
                     let mut node_limit = n as u64;
                     'rounds: loop {
                         node_limit = node_limit.saturating_mul(2);
                         let mut tried = proven;
-                        for order in &orders {
+                        for k in 0..6u8 {
+                            let h = k / 2;
+                            if phase == 0 && k % 2 == 1 {
+                                continue; // one lower-bound run per heuristic
+                            }
                             if best_height <= proven.max(1) || best_height - 1 <= tried {
                                 tried = proven;
                             }
                             let target = if phase == 0 {
                                 lb
                             } else {
-                                tried + (best_height - 1 - tried).div_ceil(2)
+                                // Alternately bisect and step just below the best height.
+                                let gap = best_height - 1 - tried;
+                                if k % 2 == 0 {
+                                    tried + gap.div_ceil(2)
+                                } else {
+                                    best_height - 1 - gap / 4
+                                }
                             };
-                            set_order(&mut search, order);
-                            search.limit = target;
-                            search.nodes = 0;
-                            search.node_limit = node_limit;
-                            match search.dfs(0, 0, sections - 1, u64::MAX, 0) {
+                            solver.heuristic = h;
+                            match solver.run(target, node_limit) {
                                 Status::Found => {
-                                    let offs = search.solution.clone();
+                                    let offs = solver.solution.clone();
                                     best_height =
-                                        (0..n).map(|b| offs[b] + search.size[b]).max().unwrap_or(0);
+                                        (0..n).map(|b| offs[b] + solver.size[b]).max().unwrap_or(0);
                                     found = Some(offs);
                                     if best_height <= proven {
                                         return found;
@@ -452,7 +507,7 @@ pub(crate) fn improve(
                                 }
                                 Status::Aborted => tried = target,
                             }
-                            if search.deadline.is_some_and(|d| Instant::now() >= d) {
+                            if solver.deadline.is_some_and(|d| Instant::now() >= d) {
                                 break 'rounds;
                             }
                         }
