@@ -1,0 +1,320 @@
+//! Scheduling core of rematerialisation (checkpointing) on a chain of stages.
+//!
+//! Pure algorithms over a cost model, independent of graphs.
+//!
+//! # Model
+//!
+//! A [`Chain`] has `n` stages `0..n`. Stage `i` reads the boundary tensor
+//! `X_i` (`input_bytes[i]`) and produces `X_{i+1}`; `X_n` is the loss input.
+//! Buffers that can be live:
+//!
+//! * `X_j` — a boundary activation, `input_bytes[j]` bytes. `X_0` is live at
+//!   the start (the network input) and counts towards memory.
+//! * `R_i` — the record of stage `i`, `saved_bytes[i]` bytes: everything a
+//!   recording forward keeps for `B_i`, **including the output `X_{i+1}`**
+//!   and **excluding the input `X_i`** (so `saved_bytes[i] >= input_bytes[i+1]`).
+//!   While `R_i` is live, `X_{i+1}` is *available* (inside the record).
+//! * `δ_j` — the gradient of `X_j`, `input_bytes[j]` bytes; at most one live.
+//!
+//! Operations ([`Op`]):
+//!
+//! * `Forward { stage: i, record: false }` (F_i^∅): needs `X_i` available;
+//!   creates the buffer `X_{i+1}` (error if that buffer is already live).
+//!   Transient peak: live + `x_{i+1}` + `fwd_tmp[i]`.
+//! * `Forward { stage: i, record: true }` (F_i^all): needs `X_i` available;
+//!   creates `R_i`. Transient peak: live + `a_i` + `fwd_tmp[i]`.
+//! * `Loss`: needs `X_n` available and no gradient yet; creates `δ_n`.
+//!   Peak: live + `x_n`. Cost 0.
+//! * `Backward { stage: i }` (B_i): needs `R_i`, `δ_{i+1}` and `X_i` available;
+//!   creates `δ_i`, then frees `R_i` and `δ_{i+1}`.
+//!   Transient peak: live + `x_i` + `bwd_tmp[i]`.
+//! * `Free { activation: j }`: frees the buffer `X_j` (must be live).
+//!
+//! A schedule is valid when every op's requirements hold and it ends with
+//! `δ_0` live (so every `B_i` ran exactly once, in order `n-1, …, 0`).
+//! Peak memory = the maximum over time of the bytes of live buffers plus the
+//! current op's transient bytes. Compute = Σ fwd over every forward op
+//! (recomputations included) + Σ bwd over backward ops.
+
+mod rotor;
+mod schemes;
+
+pub use rotor::{InfeasibleError, min_peak_budget, optimal};
+pub use schemes::{
+    chen_sqrt, chen_sqrt_best, log_scheme, revolve, revolve_forward_count, store_all,
+};
+
+/// A chain of `n` stages with its cost model. See the crate docs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Chain {
+    /// Forward cost of each stage (len `n`).
+    pub fwd: Vec<u64>,
+    /// Backward cost of each stage (len `n`).
+    pub bwd: Vec<u64>,
+    /// Bytes of the boundary tensors `x_0..=x_n` (len `n + 1`); `x_n` is the loss input.
+    pub input_bytes: Vec<u64>,
+    /// Bytes `a_i` of the record of stage `i` (len `n`): includes the output
+    /// `x_{i+1}`, excludes the input `x_i`.
+    pub saved_bytes: Vec<u64>,
+    /// Extra transient bytes while a forward of stage `i` runs (len `n`).
+    pub fwd_tmp: Vec<u64>,
+    /// Extra transient bytes while the backward of stage `i` runs (len `n`).
+    pub bwd_tmp: Vec<u64>,
+}
+
+impl Chain {
+    /// A chain without temporaries. Validates lengths and `a_i >= x_{i+1}`.
+    pub fn new(
+        fwd: Vec<u64>,
+        bwd: Vec<u64>,
+        input_bytes: Vec<u64>,
+        saved_bytes: Vec<u64>,
+    ) -> Result<Chain, String> {
+        let n = fwd.len();
+        let c = Chain {
+            fwd,
+            bwd,
+            input_bytes,
+            saved_bytes,
+            fwd_tmp: vec![0; n],
+            bwd_tmp: vec![0; n],
+        };
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// Sets the forward/backward temporaries (validated).
+    pub fn with_temporaries(
+        mut self,
+        fwd_tmp: Vec<u64>,
+        bwd_tmp: Vec<u64>,
+    ) -> Result<Chain, String> {
+        self.fwd_tmp = fwd_tmp;
+        self.bwd_tmp = bwd_tmp;
+        self.validate()?;
+        Ok(self)
+    }
+
+    /// `n` stages, every cost 1, every boundary 1 byte, every record 1 byte
+    /// (the record is just the output).
+    pub fn unit(n: usize) -> Chain {
+        Chain::new(vec![1; n], vec![1; n], vec![1; n + 1], vec![1; n]).expect("valid unit chain")
+    }
+
+    /// Number of stages.
+    pub fn len(&self) -> usize {
+        self.fwd.len()
+    }
+
+    /// Whether the chain has no stage (never valid).
+    pub fn is_empty(&self) -> bool {
+        self.fwd.is_empty()
+    }
+
+    /// Checks lengths, `n >= 1` and `saved_bytes[i] >= input_bytes[i + 1]`.
+    pub fn validate(&self) -> Result<(), String> {
+        let n = self.fwd.len();
+        if n == 0 {
+            return Err("chain has no stage".into());
+        }
+        if self.bwd.len() != n
+            || self.saved_bytes.len() != n
+            || self.fwd_tmp.len() != n
+            || self.bwd_tmp.len() != n
+            || self.input_bytes.len() != n + 1
+        {
+            return Err(format!(
+                "length mismatch: fwd {n}, bwd {}, saved {}, fwd_tmp {}, bwd_tmp {}, input {} (want n + 1)",
+                self.bwd.len(),
+                self.saved_bytes.len(),
+                self.fwd_tmp.len(),
+                self.bwd_tmp.len(),
+                self.input_bytes.len()
+            ));
+        }
+        for i in 0..n {
+            if self.saved_bytes[i] < self.input_bytes[i + 1] {
+                return Err(format!(
+                    "stage {i}: saved_bytes {} < output bytes {} (the record includes the output)",
+                    self.saved_bytes[i],
+                    self.input_bytes[i + 1]
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One operation of a schedule. See the crate docs for semantics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Op {
+    /// Run stage `stage` forward; `record` keeps its record `R_stage`,
+    /// otherwise only its output `X_{stage+1}` is kept.
+    Forward { stage: usize, record: bool },
+    /// Create the loss gradient `δ_n` from `X_n`.
+    Loss,
+    /// Run stage `stage` backward (consumes `R_stage` and `δ_{stage+1}`).
+    Backward { stage: usize },
+    /// Free the boundary buffer `X_activation`.
+    Free { activation: usize },
+}
+
+/// Detailed result of [`Schedule::simulate_detailed`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SimStats {
+    /// Peak bytes (live buffers + transient of the running op).
+    pub peak_bytes: u64,
+    /// Σ forward costs (with recomputation) + Σ backward costs.
+    pub compute: u64,
+    /// Number of non-recording forwards (F^∅, "advances").
+    pub forwards_plain: u64,
+    /// Number of recording forwards (F^all).
+    pub forwards_recorded: u64,
+    /// Largest number of live `X_j` buffers when a forward, loss or backward
+    /// starts (checkpoints + the current boundary; the output being created is
+    /// not counted).
+    pub max_live_activations: usize,
+}
+
+/// A sequence of operations.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Schedule {
+    pub ops: Vec<Op>,
+}
+
+impl Schedule {
+    /// Checks validity; returns `(peak_bytes, compute)`.
+    pub fn simulate(&self, chain: &Chain) -> Result<(u64, u64), String> {
+        self.simulate_detailed(chain)
+            .map(|s| (s.peak_bytes, s.compute))
+    }
+
+    /// Checks validity and returns detailed statistics. The single source of
+    /// truth for memory and compute of every scheme.
+    pub fn simulate_detailed(&self, chain: &Chain) -> Result<SimStats, String> {
+        chain.validate()?;
+        let n = chain.len();
+        let x = &chain.input_bytes;
+        let mut x_live = vec![false; n + 1];
+        let mut r_live = vec![false; n];
+        let mut grad: Option<usize> = None;
+        x_live[0] = true;
+        let mut live_x_count = 1usize;
+        let mut live = x[0];
+        let mut st = SimStats {
+            peak_bytes: live,
+            max_live_activations: 1,
+            ..SimStats::default()
+        };
+        let avail =
+            |j: usize, x_live: &[bool], r_live: &[bool]| x_live[j] || (j > 0 && r_live[j - 1]);
+        for (k, op) in self.ops.iter().enumerate() {
+            let err = |m: String| Err(format!("op {k} ({op:?}): {m}"));
+            if !matches!(op, Op::Free { .. }) {
+                st.max_live_activations = st.max_live_activations.max(live_x_count);
+            }
+            match *op {
+                Op::Forward { stage: i, record } => {
+                    if i >= n {
+                        return err(format!("stage out of range (n = {n})"));
+                    }
+                    if !avail(i, &x_live, &r_live) {
+                        return err(format!("input X_{i} not available"));
+                    }
+                    st.compute += chain.fwd[i];
+                    if record {
+                        if r_live[i] {
+                            return err(format!("R_{i} already live"));
+                        }
+                        st.peak_bytes = st
+                            .peak_bytes
+                            .max(live + chain.saved_bytes[i] + chain.fwd_tmp[i]);
+                        r_live[i] = true;
+                        live += chain.saved_bytes[i];
+                        st.forwards_recorded += 1;
+                    } else {
+                        if x_live[i + 1] {
+                            return err(format!("X_{} already live", i + 1));
+                        }
+                        st.peak_bytes = st.peak_bytes.max(live + x[i + 1] + chain.fwd_tmp[i]);
+                        x_live[i + 1] = true;
+                        live_x_count += 1;
+                        live += x[i + 1];
+                        st.forwards_plain += 1;
+                    }
+                }
+                Op::Loss => {
+                    if grad.is_some() {
+                        return err("a gradient is already live or the loss ran".into());
+                    }
+                    if !avail(n, &x_live, &r_live) {
+                        return err(format!("loss input X_{n} not available"));
+                    }
+                    live += x[n];
+                    st.peak_bytes = st.peak_bytes.max(live);
+                    grad = Some(n);
+                }
+                Op::Backward { stage: i } => {
+                    if i >= n {
+                        return err(format!("stage out of range (n = {n})"));
+                    }
+                    if grad != Some(i + 1) {
+                        return err(format!("needs δ_{}, live gradient is {grad:?}", i + 1));
+                    }
+                    if !r_live[i] {
+                        return err(format!("record R_{i} not live"));
+                    }
+                    if !avail(i, &x_live, &r_live) {
+                        return err(format!("input X_{i} not available"));
+                    }
+                    st.peak_bytes = st.peak_bytes.max(live + x[i] + chain.bwd_tmp[i]);
+                    live = live + x[i] - x[i + 1] - chain.saved_bytes[i];
+                    r_live[i] = false;
+                    grad = Some(i);
+                    st.compute += chain.bwd[i];
+                }
+                Op::Free { activation: j } => {
+                    if j > n || !x_live[j] {
+                        return err(format!("X_{j} not live"));
+                    }
+                    x_live[j] = false;
+                    live_x_count -= 1;
+                    live -= x[j];
+                }
+            }
+        }
+        if grad != Some(0) {
+            return Err(format!(
+                "schedule ends with gradient {grad:?}, expected δ_0"
+            ));
+        }
+        Ok(st)
+    }
+}
+
+/// Appends F_c^∅ … F_{e-1}^∅ starting from the available `X_c`, freeing every
+/// intermediate boundary (but not `X_c` nor the final `X_e`).
+pub(crate) fn advance(ops: &mut Vec<Op>, c: usize, e: usize) {
+    for k in c..e {
+        ops.push(Op::Forward {
+            stage: k,
+            record: false,
+        });
+        if k > c {
+            ops.push(Op::Free { activation: k });
+        }
+    }
+}
+
+/// Appends the "turn" of stage `i`: F_i^all, the loss if `i` is the last
+/// stage, then B_i.
+pub(crate) fn youturn(ops: &mut Vec<Op>, i: usize, n: usize) {
+    ops.push(Op::Forward {
+        stage: i,
+        record: true,
+    });
+    if i + 1 == n {
+        ops.push(Op::Loss);
+    }
+    ops.push(Op::Backward { stage: i });
+}
