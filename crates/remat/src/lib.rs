@@ -1,6 +1,8 @@
-//! Scheduling core of rematerialisation (checkpointing) on a chain of stages.
-//!
-//! Pure algorithms over a cost model, independent of graphs.
+//! Rematerialisation (checkpointing): a forward graph cut into a chain of stages
+//! ([`stages()`], [`chain()`]: the cost model), and schedules over that chain — store-all,
+//! Chen's sqrt and log schemes, Revolve, and Rotor's optimal dynamic programme — as pure
+//! algorithms over the cost model, with [`Schedule::simulate`] the one source of truth for
+//! their memory and compute.
 //!
 //! # Model
 //!
@@ -38,11 +40,13 @@
 
 mod rotor;
 mod schemes;
+mod stages;
 
 pub use rotor::{InfeasibleError, min_peak_budget, optimal};
 pub use schemes::{
     chen_sqrt, chen_sqrt_best, log_scheme, revolve, revolve_forward_count, store_all,
 };
+pub use stages::{Stage, backward_flops, backward_reads, chain, cut_points, stages};
 
 /// A chain of `n` stages with its cost model. See the crate docs.
 #[derive(Clone, Debug, PartialEq, Eq)]
