@@ -249,14 +249,7 @@ fn grad(
         _ => {}
     }
     let g = model::load(model_path, batch)?;
-    let mut given = Vec::new();
-    for spec in inputs {
-        let (name, file) = spec
-            .split_once('=')
-            .ok_or_else(|| Error::Usage(format!("--input '{spec}' should be NAME=FILE.pb")))?;
-        given.push((name.to_string(), model::read_tensor(file.as_ref())?));
-    }
-    let bound = model::bind_inputs(&g, given)?;
+    let bound = model::inputs_from_specs(&g, inputs)?;
     let output = model::output(&g, output)?;
     // The labels the loss expects: checked before differentiating, for a clear error.
     let labels_file = match labels {
@@ -426,14 +419,7 @@ fn run(cli: Cli) -> Result<(), Error> {
             batch,
         } => {
             let g = model::load(&model, batch)?;
-            let mut given = Vec::new();
-            for spec in &inputs {
-                let (name, file) = spec.split_once('=').ok_or_else(|| {
-                    Error::Usage(format!("--input '{spec}' should be NAME=FILE.pb"))
-                })?;
-                given.push((name.to_string(), model::read_tensor(file.as_ref())?));
-            }
-            let bound = model::bind_inputs(&g, given)?;
+            let bound = model::inputs_from_specs(&g, &inputs)?;
             let outputs = lowmem_exec::run(&g, &bound)?;
             std::fs::create_dir_all(&output_dir).map_err(|source| Error::Io {
                 path: output_dir.display().to_string(),

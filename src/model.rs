@@ -71,6 +71,18 @@ pub fn write_tensor(
     })
 }
 
+/// Reads `--input NAME=FILE.pb` specs and binds them to the graph's inputs.
+pub fn inputs_from_specs(graph: &Graph, specs: &[String]) -> Result<Vec<TensorData>, Error> {
+    let mut given = Vec::with_capacity(specs.len());
+    for spec in specs {
+        let (name, file) = spec
+            .split_once('=')
+            .ok_or_else(|| Error::Usage(format!("--input '{spec}' should be NAME=FILE.pb")))?;
+        given.push((name.to_string(), read_tensor(file.as_ref())?));
+    }
+    bind_inputs(graph, given)
+}
+
 /// Orders named input files by the graph's inputs, checking names, dtypes and shapes.
 pub fn bind_inputs(
     graph: &Graph,

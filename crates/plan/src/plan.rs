@@ -133,29 +133,13 @@ fn problem(g: &Graph, roles: &Roles, order: Vec<NodeId>, in_place: bool) -> Prob
 /// lower bound (the common case on real graphs); otherwise the improving search runs on the
 /// best placement's order for `search_time`.
 pub fn plan(g: &Graph, roles: &Roles, opts: &PlanOptions) -> MemoryPlan {
-    let mut problems: Vec<(Problem, u64, &'static str)> = [
-        ("program", program_order(g)),
-        ("memory-aware", memory_aware_order(g, roles)),
-    ]
-    .into_iter()
-    .map(|(kind, order)| {
-        let p = problem(g, roles, order, opts.in_place);
-        let lb = pack::lower_bound(&p.bufs);
-        (p, lb, kind)
-    })
-    .collect();
+    let mut problems = problems(g, roles, opts.in_place);
     problems.sort_by_key(|(_, lb, _)| *lb);
     let floor = problems[0].1;
-    type Heuristic = fn(&[Buffer], u64) -> Packing;
-    let heuristics_in_cost_order: [Heuristic; 3] = [
-        pack::best_fit_heap,
-        pack::greedy_by_size,
-        pack::greedy_by_breadth,
-    ];
     let mut heuristics = Vec::new();
     let mut best: Option<(usize, Packing)> = None;
     'search: for (k, (p, _, kind)) in problems.iter().enumerate() {
-        for h in heuristics_in_cost_order {
+        for h in HEURISTICS {
             let packing = h(&p.bufs, ALIGN);
             heuristics.push((
                 format!("{} ({kind} order)", packing.heuristic),
@@ -184,25 +168,47 @@ pub fn plan(g: &Graph, roles: &Roles, opts: &PlanOptions) -> MemoryPlan {
     assemble(g, roles, p, packing, order_kind, lb, heuristics)
 }
 
+/// The offset-assignment heuristics, cheapest first.
+const HEURISTICS: [fn(&[Buffer], u64) -> Packing; 3] = [
+    pack::best_fit_heap,
+    pack::greedy_by_size,
+    pack::greedy_by_breadth,
+];
+
+/// The packing problem and its lower bound under each order the planner considers.
+fn problems(g: &Graph, roles: &Roles, in_place: bool) -> Vec<(Problem, u64, &'static str)> {
+    [
+        ("program", program_order(g)),
+        ("memory-aware", memory_aware_order(g, roles)),
+    ]
+    .into_iter()
+    .map(|(kind, order)| {
+        let p = problem(g, roles, order, in_place);
+        let lb = pack::lower_bound(&p.bufs);
+        (p, lb, kind)
+    })
+    .collect()
+}
+
 /// One plan per order and heuristic (no search), for comparing them and checking each.
 pub fn plan_each(g: &Graph, roles: &Roles, in_place: bool) -> Vec<MemoryPlan> {
     let mut out = Vec::new();
-    for (order_kind, order) in [
-        ("program", program_order(g)),
-        ("memory-aware", memory_aware_order(g, roles)),
-    ] {
-        let p = problem(g, roles, order, in_place);
-        let lb = pack::lower_bound(&p.bufs);
-        for packing in [
-            pack::greedy_by_size(&p.bufs, ALIGN),
-            pack::greedy_by_breadth(&p.bufs, ALIGN),
-            pack::best_fit_heap(&p.bufs, ALIGN),
-        ] {
-            let h = vec![(
+    for (p, lb, order_kind) in problems(g, roles, in_place) {
+        for h in HEURISTICS {
+            let packing = h(&p.bufs, ALIGN);
+            let tried = vec![(
                 format!("{} ({order_kind} order)", packing.heuristic),
                 packing.height,
             )];
-            out.push(assemble(g, roles, p.clone(), packing, order_kind, lb, h));
+            out.push(assemble(
+                g,
+                roles,
+                p.clone(),
+                packing,
+                order_kind,
+                lb,
+                tried,
+            ));
         }
     }
     out

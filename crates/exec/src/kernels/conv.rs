@@ -94,6 +94,41 @@ pub(crate) fn valid_range(
     (lo, hi.max(lo))
 }
 
+/// The sizes every convolution kernel (forward and both backward passes) works with:
+/// channels per group (`cg` in, `mg` out), batch `n`, channels `c` and `m`, kernel, output
+/// and input spatial sizes `kk`, `p`, `isz`.
+pub(crate) struct ConvDims {
+    pub g: Geo,
+    pub cg: usize,
+    pub mg: usize,
+    pub n: usize,
+    pub c: usize,
+    pub m: usize,
+    pub kk: usize,
+    pub p: usize,
+    pub isz: usize,
+}
+
+impl ConvDims {
+    pub fn new(x_shape: &[usize], w_shape: &[usize], win: &Window, group: usize) -> ConvDims {
+        let g = Geo::new(win);
+        assert_eq!(x_shape.len(), win.kernel.len() + 2, "conv input rank");
+        let (cg, mg) = channels_per_group(x_shape, w_shape, group);
+        let (kk, p, isz) = (g.ksize(), g.osize(), g.isize());
+        ConvDims {
+            g,
+            cg,
+            mg,
+            n: x_shape[0],
+            c: x_shape[1],
+            m: w_shape[0],
+            kk,
+            p,
+            isz,
+        }
+    }
+}
+
 pub(crate) fn channels_per_group(
     x_shape: &[usize],
     w_shape: &[usize],
@@ -202,11 +237,17 @@ pub fn conv(
     out: &mut [f32],
     workspace: &mut [f32],
 ) {
-    let g = Geo::new(win);
-    assert_eq!(x_shape.len(), win.kernel.len() + 2, "conv input rank");
-    let (cg, mg) = channels_per_group(x_shape, w_shape, group);
-    let (n, c, m) = (x_shape[0], x_shape[1], w_shape[0]);
-    let (kk, p, isz) = (g.ksize(), g.osize(), g.isize());
+    let ConvDims {
+        g,
+        cg,
+        mg,
+        n,
+        c,
+        m,
+        kk,
+        p,
+        isz,
+    } = ConvDims::new(x_shape, w_shape, win, group);
     assert_eq!(x.len(), n * c * isz, "conv input length");
     assert_eq!(w.len(), m * cg * kk, "conv weight length");
     assert_eq!(out.len(), n * m * p, "conv output length");

@@ -6,17 +6,9 @@ use lowmem_ir::Window;
 use rayon::prelude::*;
 
 use super::PAR_ELEMS;
-use super::conv::{Geo, channels_per_group, depthwise, im2col_geo};
+// The backward passes unfold the same columns as the forward convolution.
+use super::conv::{ConvDims, Geo, conv_workspace_len, depthwise, im2col_geo};
 use super::matmul::sgemm;
-
-fn workspace_len(x_shape: &[usize], w_shape: &[usize], win: &Window, group: usize) -> usize {
-    let g = Geo::new(win);
-    if depthwise(x_shape, w_shape, group) || g.pointwise() {
-        0
-    } else {
-        (x_shape[1] / group) * g.ksize() * g.osize()
-    }
-}
 
 /// Workspace (f32 elements) [`conv_backward_data`] needs.
 pub fn conv_backward_data_workspace_len(
@@ -25,7 +17,7 @@ pub fn conv_backward_data_workspace_len(
     win: &Window,
     group: usize,
 ) -> usize {
-    workspace_len(x_shape, w_shape, win, group)
+    conv_workspace_len(x_shape, w_shape, win, group)
 }
 
 /// Workspace (f32 elements) [`conv_backward_filter`] needs.
@@ -35,7 +27,7 @@ pub fn conv_backward_filter_workspace_len(
     win: &Window,
     group: usize,
 ) -> usize {
-    workspace_len(x_shape, w_shape, win, group)
+    conv_workspace_len(x_shape, w_shape, win, group)
 }
 
 /// The adjoint of [`super::im2col`]: adds the `[channels * K, P]` column matrix `col` back
@@ -104,11 +96,17 @@ pub fn conv_backward_data(
     dx: &mut [f32],
     workspace: &mut [f32],
 ) {
-    let g = Geo::new(win);
-    assert_eq!(x_shape.len(), win.kernel.len() + 2, "conv input rank");
-    let (cg, mg) = channels_per_group(x_shape, w_shape, group);
-    let (n, c, m) = (x_shape[0], x_shape[1], w_shape[0]);
-    let (kk, p, isz) = (g.ksize(), g.osize(), g.isize());
+    let ConvDims {
+        g,
+        cg,
+        mg,
+        n,
+        c,
+        m,
+        kk,
+        p,
+        isz,
+    } = ConvDims::new(x_shape, w_shape, win, group);
     assert_eq!(dx.len(), n * c * isz, "conv_backward_data dx length");
     assert_eq!(w.len(), m * cg * kk, "conv_backward_data weight length");
     assert_eq!(dy.len(), n * m * p, "conv_backward_data dy length");
@@ -203,11 +201,17 @@ pub fn conv_backward_filter(
     dw: &mut [f32],
     workspace: &mut [f32],
 ) {
-    let g = Geo::new(win);
-    assert_eq!(x_shape.len(), win.kernel.len() + 2, "conv input rank");
-    let (cg, mg) = channels_per_group(x_shape, w_shape, group);
-    let (n, c, m) = (x_shape[0], x_shape[1], w_shape[0]);
-    let (kk, p, isz) = (g.ksize(), g.osize(), g.isize());
+    let ConvDims {
+        g,
+        cg,
+        mg,
+        n,
+        c,
+        m,
+        kk,
+        p,
+        isz,
+    } = ConvDims::new(x_shape, w_shape, win, group);
     assert_eq!(x.len(), n * c * isz, "conv_backward_filter x length");
     assert_eq!(dw.len(), m * cg * kk, "conv_backward_filter dw length");
     assert_eq!(dy.len(), n * m * p, "conv_backward_filter dy length");
