@@ -8,6 +8,7 @@ pub use lowmem_exec as exec;
 pub use lowmem_ir as ir;
 pub use lowmem_onnx as onnx;
 pub use lowmem_plan as plan;
+pub use lowmem_remat as rematerialize;
 pub use lowmem_schedule as schedule;
 
 pub mod data;
@@ -15,6 +16,7 @@ pub mod inspect;
 pub mod model;
 pub mod models;
 pub mod planning;
+pub mod remat;
 pub mod report;
 pub mod train;
 

@@ -1,7 +1,8 @@
 //! Models built directly with the IR's graph API (no file needed), for benchmarks and tests.
 
 use lowmem_ir::{
-    DType, GeluApprox, GemmAttrs, Graph, Op, ReduceAttrs, SoftmaxAttrs, TensorData, TensorId,
+    AutoPad, BatchNormAttrs, ConvAttrs, DType, GeluApprox, GemmAttrs, Graph, Op, PoolAttrs,
+    ReduceAttrs, SoftmaxAttrs, TensorData, TensorId,
 };
 
 /// Deterministic weights: xorshift64 in `[-scale, scale)`.
@@ -197,6 +198,151 @@ pub fn transformer_encoder(
     );
     b.g.set_outputs(vec![logits]);
     b.g
+}
+
+/// A residual MLP: `x [batch, width]`, then `blocks` blocks of
+/// `x + Dropout(Relu(BatchNorm(Gemm(x))))`, then a Gemm to `classes` logits. Small enough to
+/// train bit-exactly in tests; every block is one checkpointing stage.
+pub fn residual_mlp(blocks: usize, width: usize, classes: usize, batch: usize) -> Graph {
+    let mut b = Builder {
+        g: Graph::new(format!("residual_mlp_b{blocks}_w{width}")),
+        rng: Rng(0x2545_F491_4F6C_DD1D),
+    };
+    let mut x =
+        b.g.add_input("x", DType::F32, vec![batch, width])
+            .expect("first tensor");
+    for k in 0..blocks {
+        let p = format!("block{k}");
+        let w = b.random(&format!("{p}.weight"), vec![width, width], width);
+        let bias = b.random(&format!("{p}.bias"), vec![width], width);
+        let h = b.node(
+            &format!("{p}.gemm"),
+            Op::Gemm(GemmAttrs::default()),
+            &[x, w, bias],
+        );
+        let h = b.batch_norm(&format!("{p}.bn"), h, width);
+        let h = b.node(&format!("{p}.relu"), Op::Relu, &[h]);
+        let h = b.node(
+            &format!("{p}.dropout"),
+            Op::Dropout {
+                ratio: 0.2,
+                seed: k as u64 + 1,
+            },
+            &[h],
+        );
+        x = b.node(&format!("{p}.residual"), Op::Add, &[x, h]);
+    }
+    let w = b.random("classifier.weight", vec![width, classes], width);
+    let bias = b.random("classifier.bias", vec![classes], width);
+    let logits = b.node("classifier", Op::Gemm(GemmAttrs::default()), &[x, w, bias]);
+    b.g.set_outputs(vec![logits]);
+    b.g
+}
+
+/// A bottleneck ResNet (He et al. 2016) for `image`x`image` RGB input: a 7x7/2 stem
+/// convolution and 3x3/2 max pool, then four stages of `blocks[i]` bottleneck blocks (1x1,
+/// 3x3, 1x1 convolutions with BatchNorm and Relu, a projection shortcut in each stage's first
+/// block; widths 64-128-256-512, expansion 4, stride 2 from the second stage), global average
+/// pooling and a Gemm to `classes`. `[3, 4, 6, 3]` is ResNet-50; `[3, 8, 319, 3]` has 333
+/// blocks, 1001 weighted layers (Chen et al.'s 1000-layer experiment at ImageNet scale).
+pub fn resnet(blocks: [usize; 4], image: usize, classes: usize, batch: usize) -> Graph {
+    let depth = 3 * blocks.iter().sum::<usize>() + 2;
+    let mut b = Builder {
+        g: Graph::new(format!("resnet{depth}")),
+        rng: Rng(0x5851_F42D_4C95_7F2D),
+    };
+    let x =
+        b.g.add_input("x", DType::F32, vec![batch, 3, image, image])
+            .expect("first tensor");
+    let mut h = b.conv_bn("stem", x, 3, 64, 7, 2, true);
+    h = b.node(
+        "stem.pool",
+        Op::MaxPool(PoolAttrs {
+            kernel_shape: vec![3, 3],
+            strides: vec![2, 2],
+            pads: vec![1, 1, 1, 1],
+            ..PoolAttrs::default()
+        }),
+        &[h],
+    );
+    let mut c_in = 64;
+    for (s, &n) in blocks.iter().enumerate() {
+        let mid = 64 << s;
+        let out = 4 * mid;
+        for k in 0..n {
+            let p = format!("stage{}.block{k}", s + 1);
+            let stride = if k == 0 && s > 0 { 2 } else { 1 };
+            let a = b.conv_bn(&format!("{p}.conv1"), h, c_in, mid, 1, 1, true);
+            let a = b.conv_bn(&format!("{p}.conv2"), a, mid, mid, 3, stride, true);
+            let a = b.conv_bn(&format!("{p}.conv3"), a, mid, out, 1, 1, false);
+            let skip = if k == 0 {
+                b.conv_bn(&format!("{p}.shortcut"), h, c_in, out, 1, stride, false)
+            } else {
+                h
+            };
+            let sum = b.node(&format!("{p}.add"), Op::Add, &[a, skip]);
+            h = b.node(&format!("{p}.relu"), Op::Relu, &[sum]);
+            c_in = out;
+        }
+    }
+    let pooled = b.node("pool", Op::GlobalAveragePool, &[h]);
+    let flat = b.node("flatten", Op::Flatten { axis: 1 }, &[pooled]);
+    let w = b.random("fc.weight", vec![c_in, classes], c_in);
+    let bias = b.random("fc.bias", vec![classes], c_in);
+    let logits = b.node("fc", Op::Gemm(GemmAttrs::default()), &[flat, w, bias]);
+    b.g.set_outputs(vec![logits]);
+    b.g
+}
+
+impl Builder {
+    /// BatchNormalization with scale 1, bias 0, mean 0, variance 1.
+    fn batch_norm(&mut self, name: &str, x: TensorId, c: usize) -> TensorId {
+        let scale = self.filled(&format!("{name}.scale"), vec![c], 1.0);
+        let bias = self.filled(&format!("{name}.bias"), vec![c], 0.0);
+        let mean = self.filled(&format!("{name}.mean"), vec![c], 0.0);
+        let var = self.filled(&format!("{name}.var"), vec![c], 1.0);
+        self.node(
+            name,
+            Op::BatchNormalization(BatchNormAttrs::default()),
+            &[x, scale, bias, mean, var],
+        )
+    }
+
+    /// A bias-free `k`x`k` convolution ("same" padding), BatchNorm, and optionally Relu.
+    #[allow(clippy::too_many_arguments)]
+    fn conv_bn(
+        &mut self,
+        name: &str,
+        x: TensorId,
+        c_in: usize,
+        c_out: usize,
+        k: usize,
+        stride: usize,
+        relu: bool,
+    ) -> TensorId {
+        let w = self.random(
+            &format!("{name}.weight"),
+            vec![c_out, c_in, k, k],
+            c_in * k * k,
+        );
+        let y = self.node(
+            name,
+            Op::Conv(ConvAttrs {
+                kernel_shape: vec![k, k],
+                strides: vec![stride, stride],
+                pads: vec![k / 2; 4],
+                auto_pad: AutoPad::NotSet,
+                ..ConvAttrs::default()
+            }),
+            &[x, w],
+        );
+        let y = self.batch_norm(&format!("{name}.bn"), y, c_out);
+        if relu {
+            self.node(&format!("{name}.relu"), Op::Relu, &[y])
+        } else {
+            y
+        }
+    }
 }
 
 #[cfg(test)]

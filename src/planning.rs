@@ -46,6 +46,7 @@ pub fn make_plan(
         &PlanOptions {
             in_place: req.in_place,
             search_time: req.search,
+            fixed_order: false,
         },
     );
     Ok((graph, roles, p, t.elapsed()))

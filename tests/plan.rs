@@ -241,6 +241,7 @@ fn zoo_training_steps_execute_inside_the_planned_arena() {
             &PlanOptions {
                 in_place: true,
                 search_time: Duration::from_millis(20),
+                fixed_order: false,
             },
         );
         let x = common::read_pb(&dir.join("b4/input_0.pb")).data.to_f32();

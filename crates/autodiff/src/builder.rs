@@ -20,6 +20,8 @@ pub(crate) struct Builder {
     pub running_stats: Vec<(TensorId, TensorId, TensorId, StateKind)>,
     names: HashSet<String>,
     counter: usize,
+    /// Per node of `g`: the forward node whose gradient rule emitted it (set by `backward`).
+    pub backward_of: Vec<Option<NodeId>>,
 }
 
 /// The tensor the loss reads, and whether the output's Softmax was fused into the loss.
@@ -65,6 +67,7 @@ impl Builder {
             running_stats: Vec::new(),
             names: fwd.tensors.iter().map(|t| t.name.clone()).collect(),
             counter: 0,
+            backward_of: Vec::new(),
         }
     }
 
@@ -389,6 +392,7 @@ impl Builder {
             if !node.outputs.iter().any(|o| contrib.contains_key(o)) {
                 continue;
             }
+            let first = self.g.nodes.len();
             let mut dys = Vec::with_capacity(node.outputs.len());
             for o in &node.outputs {
                 dys.push(match contrib.remove(o) {
@@ -400,7 +404,11 @@ impl Builder {
             if !needs.iter().any(|&x| x) {
                 continue;
             }
-            let grads = crate::rules::gradient(self, NodeId(n as u32), &node, &dys, &needs)?;
+            let grads = crate::rules::gradient(self, NodeId(n as u32), &node, &dys, &needs);
+            self.backward_of.resize(first, None);
+            self.backward_of
+                .resize(self.g.nodes.len(), Some(NodeId(n as u32)));
+            let grads = grads?;
             for ((&i, g), &need) in node.inputs.iter().zip(grads).zip(&needs) {
                 if let (Some(g), true) = (g, need) {
                     contrib.entry(i).or_default().push(g);

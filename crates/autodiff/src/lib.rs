@@ -13,7 +13,7 @@ mod rules;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use lowmem_ir::{DType, Graph, IrError, Op, TensorData, TensorId, TensorKind};
+use lowmem_ir::{DType, Graph, IrError, NodeId, Op, TensorData, TensorId, TensorKind};
 use thiserror::Error;
 
 use builder::Builder;
@@ -100,6 +100,10 @@ pub struct GradGraph {
     pub saved: Vec<TensorId>,
     /// Nodes `..backward_start` are the forward pass and loss; the rest the backward pass.
     pub backward_start: usize,
+    /// Per node: the forward node whose gradient rule emitted it (`None` for forward nodes,
+    /// final weight-gradient sums and optimizer updates). Checkpointing runs a stage's
+    /// backward nodes with the stage.
+    pub backward_of: Vec<Option<NodeId>>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -140,6 +144,8 @@ pub struct TrainingGraph {
     pub saved: Vec<TensorId>,
     pub grads: Vec<(TensorId, TensorId)>,
     pub backward_start: usize,
+    /// As [`GradGraph::backward_of`].
+    pub backward_of: Vec<Option<NodeId>>,
 }
 
 /// Gradients of `loss(output)` with respect to the weights `wrt` of `forward`.
@@ -168,6 +174,8 @@ pub fn gradients(
     b.g.set_outputs(outputs);
     b.g.validate()?;
     let saved = b.saved(backward_start);
+    let mut backward_of = std::mem::take(&mut b.backward_of);
+    backward_of.resize(b.g.nodes.len(), None);
     Ok(GradGraph {
         graph: b.g,
         loss: loss_t,
@@ -176,6 +184,7 @@ pub fn gradients(
         grads,
         saved,
         backward_start,
+        backward_of,
     })
 }
 
@@ -336,6 +345,8 @@ pub fn training_step(
     b.g.set_outputs(outputs);
     b.g.validate()?;
     let data = forward.inputs.iter().map(|&i| b.map(i)).collect();
+    let mut backward_of = std::mem::take(&mut b.backward_of);
+    backward_of.resize(b.g.nodes.len(), None);
     Ok(TrainingGraph {
         graph: b.g,
         loss: loss_t,
@@ -346,6 +357,7 @@ pub fn training_step(
         saved,
         grads,
         backward_start,
+        backward_of,
     })
 }
 

@@ -130,6 +130,24 @@ impl Graph {
         Ok(id)
     }
 
+    /// Appends a tensor that a node pushed by the caller onto `nodes` will produce (graph
+    /// rewrites that reorder or clone nodes); [`Graph::validate`] re-checks the result.
+    pub fn add_activation(
+        &mut self,
+        name: impl Into<String>,
+        dtype: DType,
+        shape: Vec<usize>,
+    ) -> Result<TensorId, IrError> {
+        let name = name.into();
+        shape::bytes(&shape, dtype.size(), &name)?;
+        self.new_tensor(Tensor {
+            name,
+            dtype,
+            shape,
+            value: None,
+        })
+    }
+
     pub fn add_input(
         &mut self,
         name: impl Into<String>,

@@ -62,6 +62,9 @@ pub struct PlanOptions {
     pub in_place: bool,
     /// Time for the improving search after the heuristics (zero: heuristics only).
     pub search_time: Duration,
+    /// Plan the graph's own node order only. A rematerialised step's order places each
+    /// recomputation just before the backward that needs it; reordering would undo that.
+    pub fixed_order: bool,
 }
 
 impl Default for PlanOptions {
@@ -69,6 +72,7 @@ impl Default for PlanOptions {
         PlanOptions {
             in_place: true,
             search_time: Duration::from_millis(200),
+            fixed_order: false,
         }
     }
 }
@@ -133,7 +137,7 @@ fn problem(g: &Graph, roles: &Roles, order: Vec<NodeId>, in_place: bool) -> Prob
 /// lower bound (the common case on real graphs); otherwise the improving search runs on the
 /// best placement's order for `search_time`.
 pub fn plan(g: &Graph, roles: &Roles, opts: &PlanOptions) -> MemoryPlan {
-    let mut problems = problems(g, roles, opts.in_place);
+    let mut problems = problems(g, roles, opts.in_place, opts.fixed_order);
     problems.sort_by_key(|(_, lb, _)| *lb);
     let floor = problems[0].1;
     let mut heuristics = Vec::new();
@@ -176,24 +180,30 @@ const HEURISTICS: [fn(&[Buffer], u64) -> Packing; 3] = [
 ];
 
 /// The packing problem and its lower bound under each order the planner considers.
-fn problems(g: &Graph, roles: &Roles, in_place: bool) -> Vec<(Problem, u64, &'static str)> {
-    [
-        ("program", program_order(g)),
-        ("memory-aware", memory_aware_order(g, roles)),
-    ]
-    .into_iter()
-    .map(|(kind, order)| {
-        let p = problem(g, roles, order, in_place);
-        let lb = pack::lower_bound(&p.bufs);
-        (p, lb, kind)
-    })
-    .collect()
+fn problems(
+    g: &Graph,
+    roles: &Roles,
+    in_place: bool,
+    fixed_order: bool,
+) -> Vec<(Problem, u64, &'static str)> {
+    let mut orders = vec![("program", program_order(g))];
+    if !fixed_order {
+        orders.push(("memory-aware", memory_aware_order(g, roles)));
+    }
+    orders
+        .into_iter()
+        .map(|(kind, order)| {
+            let p = problem(g, roles, order, in_place);
+            let lb = pack::lower_bound(&p.bufs);
+            (p, lb, kind)
+        })
+        .collect()
 }
 
 /// One plan per order and heuristic (no search), for comparing them and checking each.
 pub fn plan_each(g: &Graph, roles: &Roles, in_place: bool) -> Vec<MemoryPlan> {
     let mut out = Vec::new();
-    for (p, lb, order_kind) in problems(g, roles, in_place) {
+    for (p, lb, order_kind) in problems(g, roles, in_place, false) {
         for h in HEURISTICS {
             let packing = h(&p.bufs, ALIGN);
             let tried = vec![(

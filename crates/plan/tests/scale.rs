@@ -48,6 +48,7 @@ fn plans_100k_nodes() {
         &PlanOptions {
             in_place: true,
             search_time: Duration::ZERO,
+            fixed_order: false,
         },
     );
     let took = t.elapsed();

@@ -1,41 +1,104 @@
-//! Planning times on a 1000-stage unit chain: `cargo run --release -p lowmem-remat --example timing`.
+//! Planning times on 1000-stage chains (a unit chain and a heterogeneous one
+//! resembling a deep ResNet):
+//! `cargo run --release -p lowmem-remat --example timing [n]`.
 use lowmem_remat::*;
 use std::time::Instant;
+
+/// Small seeded PRNG (xorshift64*).
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    fn range(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.next() % (hi - lo + 1)
+    }
+}
+
+/// Random costs and sizes of the order of a deep ResNet's stages: forward
+/// 1e9..4e9 FLOPs, backward about twice that, boundaries 1e7..1e8 bytes,
+/// records 3..6 times the input, temporaries about the input size.
+fn resnet_like(n: usize, seed: u64) -> Chain {
+    let mut rng = Rng(seed);
+    let fwd: Vec<u64> = (0..n)
+        .map(|_| rng.range(1_000_000_000, 4_000_000_000))
+        .collect();
+    let bwd = fwd.iter().map(|&f| f * 2 + rng.range(0, f / 4)).collect();
+    let x: Vec<u64> = (0..=n)
+        .map(|_| rng.range(10_000_000, 100_000_000))
+        .collect();
+    let a = (0..n)
+        .map(|i| x[i + 1].max(x[i] * rng.range(30, 60) / 10))
+        .collect();
+    let ft = (0..n).map(|i| x[i] * rng.range(5, 15) / 10).collect();
+    let bt = (0..n).map(|i| x[i] * rng.range(5, 15) / 10).collect();
+    Chain::new(fwd, bwd, x, a)
+        .and_then(|c| c.with_temporaries(ft, bt))
+        .expect("valid chain")
+}
+
+fn time_optimal(c: &Chain) {
+    let t = Instant::now();
+    let min = min_peak_budget(c);
+    let t_min = t.elapsed();
+    let (sa_peak, sa_compute) = store_all(c).simulate(c).unwrap();
+    println!("  min_peak_budget {min} in {t_min:?}; store-all peak {sa_peak} compute {sa_compute}");
+    for frac in [0.1f64, 0.3, 0.6] {
+        let budget = min + ((sa_peak - min) as f64 * frac) as u64;
+        for g in [100usize, 200, 500] {
+            let t = Instant::now();
+            let o = optimal(c, budget, g).unwrap();
+            let el = t.elapsed();
+            let (p, k) = o.simulate(c).unwrap();
+            assert!(p <= budget);
+            println!(
+                "  optimal(budget {budget} = min + {frac} (store-all - min), g={g}): peak {p} compute {k} (+{:.2}%) in {el:?}",
+                (k - sa_compute) as f64 * 100.0 / sa_compute as f64
+            );
+        }
+    }
+}
 
 fn main() {
     let n: usize = std::env::args().nth(1).map_or(1000, |s| s.parse().unwrap());
     let c = Chain::unit(n);
+    println!("unit chain, {n} stages");
     let t = Instant::now();
     let s = chen_sqrt_best(&c);
     let (p, k) = s.simulate(&c).unwrap();
-    println!("chen_sqrt_best: peak {p} compute {k} in {:?}", t.elapsed());
+    println!(
+        "  chen_sqrt_best: peak {p} compute {k} in {:?}",
+        t.elapsed()
+    );
     let t = Instant::now();
     let s = log_scheme(&c);
     let (p, k) = s.simulate(&c).unwrap();
-    println!("log_scheme: peak {p} compute {k} in {:?}", t.elapsed());
-    for slots in [10usize, 20, 32] {
+    println!("  log_scheme: peak {p} compute {k} in {:?}", t.elapsed());
+    for slots in [10usize, 32] {
         let t = Instant::now();
         let s = revolve(n, slots);
         let st = s.simulate_detailed(&c).unwrap();
         println!(
-            "revolve({slots}): peak {} compute {} advances {} in {:?}",
+            "  revolve({slots}): peak {} compute {} advances {} in {:?}",
             st.peak_bytes,
             st.compute,
             st.forwards_plain,
             t.elapsed()
         );
-        for g in [16usize, 32, 64] {
-            let t = Instant::now();
-            let o = optimal(&c, st.peak_bytes, g).unwrap();
-            let (p, k) = o.simulate(&c).unwrap();
-            println!(
-                "  optimal(budget {}, g={g}): peak {p} compute {k} in {:?}",
-                st.peak_bytes,
-                t.elapsed()
-            );
-        }
+        let t = Instant::now();
+        let o = optimal(&c, st.peak_bytes, st.peak_bytes as usize).unwrap();
+        let (p, k) = o.simulate(&c).unwrap();
+        println!(
+            "    optimal(budget {}, exact): peak {p} compute {k} in {:?}",
+            st.peak_bytes,
+            t.elapsed()
+        );
     }
-    let t = Instant::now();
-    let m = min_peak_budget(&c);
-    println!("min_peak_budget: {m} in {:?}", t.elapsed());
+    time_optimal(&c);
+    let c = resnet_like(n, 0x5eed_1234_abcd_0001);
+    println!("heterogeneous (ResNet-like) chain, {n} stages");
+    time_optimal(&c);
 }

@@ -38,15 +38,20 @@
 //! current op's transient bytes. Compute = Σ fwd over every forward op
 //! (recomputations included) + Σ bwd over backward ops.
 
+mod rewrite;
 mod rotor;
 mod schemes;
 mod stages;
 
+pub use rewrite::{Remat, checkpoints, rematerialize};
 pub use rotor::{InfeasibleError, min_peak_budget, optimal};
 pub use schemes::{
-    chen_sqrt, chen_sqrt_best, log_scheme, revolve, revolve_forward_count, store_all,
+    chen_sqrt, chen_sqrt_best, chen_sqrt_thresholds, log_scheme, revolve, revolve_forward_count,
+    store_all,
 };
-pub use stages::{Stage, backward_flops, backward_reads, chain, cut_points, stages};
+pub use stages::{
+    Stage, backward_flops, backward_reads, chain, chain_with, cut_points, stages, stages_from,
+};
 
 /// A chain of `n` stages with its cost model. See the crate docs.
 #[derive(Clone, Debug, PartialEq, Eq)]

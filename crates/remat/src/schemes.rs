@@ -71,11 +71,10 @@ pub fn chen_sqrt(chain: &Chain, b: u64) -> Schedule {
     segments_schedule(n, &ckpts)
 }
 
-/// [`chen_sqrt`] with `b` searched as Chen does: around `sqrt(x·y/2)` with `x`
-/// the mean boundary size and `y` the total record size (a grid of factors
-/// `2^(k/4)`, `k = -12..=12`), plus a geometric grid over `[min a_i, Σ a_i]`.
-/// Returns the plan with the lowest simulated peak (ties: lowest compute).
-pub fn chen_sqrt_best(chain: &Chain) -> Schedule {
+/// The thresholds `b` Chen searches: around `sqrt(x·y/2)` with `x` the mean boundary size
+/// and `y` the total record size (a grid of factors `2^(k/4)`, `k = -12..=12`), plus a
+/// geometric grid over `[min a_i, Σ a_i]`; sorted, distinct.
+pub fn chen_sqrt_thresholds(chain: &Chain) -> Vec<u64> {
     let n = chain.len();
     let total: u64 = chain.saved_bytes.iter().sum();
     let mean_x = chain.input_bytes.iter().sum::<u64>() as f64 / (n + 1) as f64;
@@ -90,8 +89,14 @@ pub fn chen_sqrt_best(chain: &Chain) -> Schedule {
     }
     cands.sort_unstable();
     cands.dedup();
+    cands
+}
+
+/// [`chen_sqrt`] over [`chen_sqrt_thresholds`]: the plan with the lowest simulated peak
+/// (ties: lowest compute).
+pub fn chen_sqrt_best(chain: &Chain) -> Schedule {
     let mut best: Option<((u64, u64), Schedule)> = None;
-    for b in cands {
+    for b in chen_sqrt_thresholds(chain) {
         let s = chen_sqrt(chain, b);
         let key = s.simulate(chain).expect("chen_sqrt schedule is valid");
         if best.as_ref().is_none_or(|(k, _)| key < *k) {

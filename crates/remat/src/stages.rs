@@ -90,7 +90,7 @@ struct Paths {
     dep: Vec<bool>,
 }
 
-fn paths(g: &Graph, output: TensorId) -> Option<Paths> {
+fn paths(g: &Graph, output: TensorId, primary: Option<TensorId>) -> Option<Paths> {
     let mut t_needed = vec![false; g.tensors.len()];
     t_needed[output.index()] = true;
     let mut needed = vec![false; g.nodes.len()];
@@ -102,10 +102,14 @@ fn paths(g: &Graph, output: TensorId) -> Option<Paths> {
             }
         }
     }
-    let primary = *g
-        .inputs
-        .iter()
-        .find(|i| t_needed[i.index()] && g.tensor(**i).value.is_none())?;
+    let primary = match primary {
+        Some(p) if t_needed[p.index()] => p,
+        Some(_) => return None,
+        None => *g
+            .inputs
+            .iter()
+            .find(|i| t_needed[i.index()] && g.tensor(**i).value.is_none())?,
+    };
     let mut dep = vec![false; g.tensors.len()];
     dep[primary.index()] = true;
     for (n, node) in g.nodes.iter().enumerate() {
@@ -133,7 +137,7 @@ fn is_main(g: &Graph, p: &Paths, n: usize) -> bool {
 /// topological order: the primary input first, `output` last. Empty when `output` depends on
 /// no graph input or is one.
 pub fn cut_points(g: &Graph, output: TensorId) -> Vec<TensorId> {
-    match paths(g, output) {
+    match paths(g, output, None) {
         Some(p) => raw_cuts(g, &p, output).0,
         None => Vec::new(),
     }
@@ -201,7 +205,17 @@ fn heavy(op: &Op) -> bool {
 /// Cuts the forward graph into stages towards `output` (see the module docs). Empty when
 /// `output` depends on no graph input or is one.
 pub fn stages(g: &Graph, output: TensorId) -> Vec<Stage> {
-    let Some(p) = paths(g, output) else {
+    stages_inner(g, output, None)
+}
+
+/// [`stages`] with an explicit primary input: in a training step, the data input (parameters
+/// are graph inputs there too). Empty when `output` does not depend on `primary`.
+pub fn stages_from(g: &Graph, primary: TensorId, output: TensorId) -> Vec<Stage> {
+    stages_inner(g, output, Some(primary))
+}
+
+fn stages_inner(g: &Graph, output: TensorId, primary: Option<TensorId>) -> Vec<Stage> {
+    let Some(p) = paths(g, output, primary) else {
         return Vec::new();
     };
     let (cuts, at) = raw_cuts(g, &p, output);
@@ -422,6 +436,12 @@ fn backward_workspace(op: &Op, ins: &[&[usize]], outs: &[&[usize]], needs: &[boo
 /// The cost model of `stages` (from [`stages`]) as a [`Chain`]; see the module docs for the
 /// rules. Panics if `stages` is empty.
 pub fn chain(g: &Graph, stages: &[Stage]) -> Chain {
+    chain_with(g, stages, &g.trainable_weights())
+}
+
+/// [`chain`] with the tensors that require a gradient given: in a training step the
+/// parameters are state inputs, not weights.
+pub fn chain_with(g: &Graph, stages: &[Stage], trainable: &[TensorId]) -> Chain {
     assert!(!stages.is_empty(), "a chain needs at least one stage");
     let nt = g.tensors.len();
     let bytes = |t: TensorId| g.tensor(t).bytes() as u64;
@@ -429,7 +449,7 @@ pub fn chain(g: &Graph, stages: &[Stage]) -> Chain {
         |ts: &[TensorId]| -> Vec<&[usize]> { ts.iter().map(|&t| &g.tensor(t).shape[..]).collect() };
     // Requires-gradient flags and main-path (depends on the first stage's input) flags.
     let mut requires = vec![false; nt];
-    for w in g.trainable_weights() {
+    for w in trainable {
         requires[w.index()] = true;
     }
     let mut stage_of = vec![usize::MAX; g.nodes.len()];

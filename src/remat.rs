@@ -1,0 +1,580 @@
+//! Checkpointing a training step under a memory budget (`--remat`, `--budget`,
+//! `lowmem frontier`), every figure measured on a real plan.
+//!
+//! The step's forward pass is cut into a chain of stages ([`lowmem_remat::stages_from`]); a
+//! scheme picks a schedule over the chain using the chain's cost model; the schedule is
+//! turned into a rewritten step with recompute nodes ([`lowmem_remat::rematerialize`]); and
+//! that step is planned in its own order. The planned peak (persistent bytes plus the
+//! arena) is what is compared with the budget. The chain model leaves out what every
+//! schedule holds (weights, gradients, optimizer state, inputs) and only approximates
+//! liveness inside a stage, so `optimal` first offsets the budget by the difference between
+//! the planned and the modelled store-all peaks, then tightens by the excess and retries
+//! while the real plan is over the budget.
+
+use std::cell::OnceCell;
+use std::time::Instant;
+
+use lowmem_autodiff::TrainingGraph;
+use lowmem_ir::{Graph, TensorId};
+use lowmem_plan::{MemoryPlan, PlanOptions, plan};
+use lowmem_remat::{Chain, Schedule, Stage};
+use lowmem_schedule::{Kind, Roles};
+
+use crate::Error;
+use crate::inspect::human_bytes;
+
+/// Memory slots of the optimal scheme's dynamic programme.
+pub const GRANULARITY: usize = 500;
+
+/// Retries of `optimal` when the real plan exceeds the budget.
+const TRIES: usize = 10;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scheme {
+    /// Store every activation the backward pass reads.
+    None,
+    /// Chen et al. 2016, Algorithm 3, threshold searched around `sqrt(x·y/2)`.
+    Sqrt,
+    /// Chen's recursive scheme, `O(log n)` checkpoints.
+    Log,
+    /// Griewank's binomial checkpointing with `s` slots.
+    Revolve,
+    /// The Rotor dynamic programme: least recomputation under the budget.
+    Optimal,
+}
+
+impl Scheme {
+    pub const ALL: [Scheme; 5] = [
+        Scheme::None,
+        Scheme::Sqrt,
+        Scheme::Log,
+        Scheme::Revolve,
+        Scheme::Optimal,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Scheme::None => "none",
+            Scheme::Sqrt => "sqrt",
+            Scheme::Log => "log",
+            Scheme::Revolve => "revolve",
+            Scheme::Optimal => "optimal",
+        }
+    }
+}
+
+/// Parses a byte count: plain bytes (`1048576`), binary units (`512MiB`, `4GiB`, `1.5GiB`,
+/// also `K`/`M`/`G`/`T`) or decimal ones (`500MB`, `2GB`). Case-insensitive; spaces allowed
+/// between number and unit.
+pub fn parse_budget(s: &str) -> Result<u64, Error> {
+    let bad = |why: &str| {
+        Error::Usage(format!(
+            "budget '{s}' {why}: give bytes (e.g. 1073741824) or a size such as 512MiB, 4GiB, 2GB"
+        ))
+    };
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = (&t[..split], t[split..].trim());
+    if num.is_empty() {
+        return Err(bad("has no number"));
+    }
+    let mult: u64 = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kib" => 1 << 10,
+        "m" | "mib" => 1 << 20,
+        "g" | "gib" => 1 << 30,
+        "t" | "tib" => 1 << 40,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        "tb" => 1_000_000_000_000,
+        _ => return Err(bad(&format!("has an unknown unit '{unit}'"))),
+    };
+    if let Ok(v) = num.parse::<u64>() {
+        return v.checked_mul(mult).ok_or_else(|| bad("overflows 64 bits"));
+    }
+    let v: f64 = num.parse().map_err(|_| bad("is not a number"))?;
+    let bytes = (v * mult as f64).round();
+    if !(bytes.is_finite() && bytes >= 0.0 && bytes < u64::MAX as f64) {
+        return Err(bad("is out of range"));
+    }
+    Ok(bytes as u64)
+}
+
+/// A planned step (with or without rematerialisation) and its figures.
+#[derive(Debug)]
+pub struct Outcome {
+    pub scheme: Scheme,
+    /// What the scheme chose (threshold, slots, chain budget), for people.
+    pub detail: String,
+    pub budget: Option<u64>,
+    pub graph: Graph,
+    pub roles: Roles,
+    pub plan: MemoryPlan,
+    /// Names of the stage boundaries held when the loss runs.
+    pub checkpoints: Vec<String>,
+    pub recomputed_nodes: usize,
+    pub recompute_flops: u64,
+    /// The schedule over the stages (`None` for the unrewritten step).
+    pub schedule: Option<Schedule>,
+}
+
+impl Outcome {
+    pub fn peak(&self) -> u64 {
+        self.plan.peak_bytes()
+    }
+}
+
+/// A frontier point.
+#[derive(Clone, Debug)]
+pub struct Point {
+    pub scheme: Scheme,
+    pub detail: String,
+    pub peak: u64,
+    pub recompute_flops: u64,
+    pub overhead: f64,
+    pub checkpoints: usize,
+}
+
+/// A training step cut into stages, ready to be rematerialised and planned.
+pub struct Step<'a> {
+    pub tg: &'a TrainingGraph,
+    pub roles: Roles,
+    pub stages: Vec<Stage>,
+    pub chain: Chain,
+    /// FLOPs of the forward pass and loss (nodes before `backward_start`).
+    pub forward_flops: u64,
+    /// FLOPs of the backward pass and the optimizer update.
+    pub backward_flops: u64,
+    pub opts: PlanOptions,
+    none: OnceCell<(u64, u64)>,
+    min_feasible: OnceCell<(u64, Option<Schedule>)>,
+}
+
+fn node_flops(g: &Graph, v: usize) -> u64 {
+    let node = &g.nodes[v];
+    let shapes =
+        |ts: &[TensorId]| -> Vec<&[usize]> { ts.iter().map(|&t| &g.tensor(t).shape[..]).collect() };
+    node.op.flops(&shapes(&node.inputs), &shapes(&node.outputs))
+}
+
+impl<'a> Step<'a> {
+    /// Cuts `tg`'s forward pass into stages, from its first data input to the loss.
+    pub fn new(tg: &'a TrainingGraph, opts: PlanOptions) -> Result<Step<'a>, Error> {
+        let g = &tg.graph;
+        let stages = tg
+            .data
+            .iter()
+            .map(|&d| lowmem_remat::stages_from(g, d, tg.loss))
+            .find(|s| !s.is_empty())
+            .ok_or_else(|| {
+                Error::Usage("checkpointing: the loss depends on no data input".into())
+            })?;
+        let params: Vec<TensorId> = tg
+            .state
+            .iter()
+            .filter(|s| s.kind == lowmem_autodiff::StateKind::Parameter)
+            .map(|s| s.input)
+            .collect();
+        let chain = lowmem_remat::chain_with(g, &stages, &params);
+        let (mut fwd, mut bwd) = (0u64, 0u64);
+        for v in 0..g.nodes.len() {
+            let f = node_flops(g, v);
+            if v < tg.backward_start {
+                fwd = fwd.saturating_add(f);
+            } else {
+                bwd = bwd.saturating_add(f);
+            }
+        }
+        Ok(Step {
+            tg,
+            roles: Roles::training(tg),
+            stages,
+            chain,
+            forward_flops: fwd,
+            backward_flops: bwd,
+            opts,
+            none: OnceCell::new(),
+            min_feasible: OnceCell::new(),
+        })
+    }
+
+    pub fn overhead(&self, recompute_flops: u64) -> f64 {
+        recompute_flops as f64 / (self.forward_flops + self.backward_flops).max(1) as f64
+    }
+
+    pub fn point(&self, o: &Outcome) -> Point {
+        Point {
+            scheme: o.scheme,
+            detail: o.detail.clone(),
+            peak: o.peak(),
+            recompute_flops: o.recompute_flops,
+            overhead: self.overhead(o.recompute_flops),
+            checkpoints: o.checkpoints.len(),
+        }
+    }
+
+    fn boundary_names(&self, js: &[usize]) -> Vec<String> {
+        js.iter()
+            .map(|&j| self.tg.graph.tensor(self.stages[j].input).name.clone())
+            .collect()
+    }
+
+    /// The step as built, planned with the planner's free choice of order.
+    pub fn none(&self) -> Outcome {
+        let p = plan(&self.tg.graph, &self.roles, &self.opts);
+        let _ = self.none.set((
+            p.peak_bytes(),
+            self.chain_peak(&lowmem_remat::store_all(&self.chain)),
+        ));
+        let n = self.stages.len();
+        Outcome {
+            scheme: Scheme::None,
+            detail: format!("{n} stages, all activations kept"),
+            budget: None,
+            graph: self.tg.graph.clone(),
+            roles: self.roles.clone(),
+            plan: p,
+            checkpoints: self.boundary_names(&(1..n).collect::<Vec<_>>()),
+            recomputed_nodes: 0,
+            recompute_flops: 0,
+            schedule: None,
+        }
+    }
+
+    /// (planned peak, modelled peak) of the step without rematerialisation.
+    fn none_peaks(&self) -> (u64, u64) {
+        if let Some(&v) = self.none.get() {
+            return v;
+        }
+        let _ = self.none();
+        *self.none.get().expect("set by none()")
+    }
+
+    fn chain_peak(&self, s: &Schedule) -> u64 {
+        s.simulate(&self.chain)
+            .expect("schemes produce valid schedules")
+            .0
+    }
+
+    /// Rewrites the step for `schedule` and plans it in its own order.
+    pub fn realise(
+        &self,
+        scheme: Scheme,
+        schedule: Schedule,
+        detail: String,
+    ) -> Result<Outcome, Error> {
+        let r = lowmem_remat::rematerialize(
+            &self.tg.graph,
+            &self.tg.backward_of,
+            &self.stages,
+            &schedule,
+        )
+        .map_err(|e| Error::Usage(format!("internal error: rematerialisation: {e}")))?;
+        let mut roles = self.roles.clone();
+        roles.kind.resize(r.graph.tensors.len(), Kind::Activation);
+        roles.state_alias.resize(r.graph.tensors.len(), None);
+        let opts = PlanOptions {
+            fixed_order: true,
+            ..self.opts.clone()
+        };
+        let p = plan(&r.graph, &roles, &opts);
+        let ck = lowmem_remat::checkpoints(&schedule, self.stages.len());
+        Ok(Outcome {
+            scheme,
+            detail,
+            budget: None,
+            graph: r.graph,
+            roles,
+            plan: p,
+            checkpoints: self.boundary_names(&ck),
+            recomputed_nodes: r.recomputed_nodes,
+            recompute_flops: r.recompute_flops,
+            schedule: Some(schedule),
+        })
+    }
+
+    /// Chen's sqrt scheme for each threshold, the `keep` lowest modelled peaks, planned;
+    /// sorted by planned peak (ties: less recomputation).
+    pub fn sqrt_candidates(&self, keep: usize) -> Result<Vec<Outcome>, Error> {
+        let mut cands: Vec<(u64, u64, u64, Schedule)> = Vec::new();
+        for b in lowmem_remat::chen_sqrt_thresholds(&self.chain) {
+            let s = lowmem_remat::chen_sqrt(&self.chain, b);
+            let (p, c) = s.simulate(&self.chain).expect("valid");
+            if !cands.iter().any(|k| k.3 == s) {
+                cands.push((p, c, b, s));
+            }
+        }
+        cands.sort_by_key(|k| (k.0, k.1));
+        cands.truncate(keep.max(1));
+        let mut out = Vec::new();
+        for (_, _, b, s) in cands {
+            let segs = lowmem_remat::checkpoints(&s, self.stages.len()).len() + 1;
+            out.push(self.realise(
+                Scheme::Sqrt,
+                s,
+                format!("threshold {}, {segs} segments", human_bytes(b)),
+            )?);
+        }
+        out.sort_by_key(|o| (o.peak(), o.recompute_flops));
+        Ok(out)
+    }
+
+    pub fn log(&self) -> Result<Outcome, Error> {
+        let s = lowmem_remat::log_scheme(&self.chain);
+        self.realise(Scheme::Log, s, "recursive halving".into())
+    }
+
+    pub fn revolve(&self, slots: usize) -> Result<Outcome, Error> {
+        let s = lowmem_remat::revolve(self.stages.len(), slots);
+        self.realise(Scheme::Revolve, s, format!("{slots} slots"))
+    }
+
+    /// The optimal schedule whose real plan fits `budget`, if the retries find one.
+    fn optimal_within(&self, budget: u64) -> Result<Option<Outcome>, Error> {
+        let (planned, modelled) = self.none_peaks();
+        let offset = planned.saturating_sub(modelled);
+        let chain_min = lowmem_remat::min_peak_budget(&self.chain);
+        let mut cb = budget.saturating_sub(offset).max(chain_min);
+        for attempt in 1..=TRIES {
+            let s = lowmem_remat::optimal(&self.chain, cb, GRANULARITY)
+                .expect("at least the chain's minimum");
+            let o = self.realise(
+                Scheme::Optimal,
+                s,
+                format!("chain budget {}, try {attempt}", human_bytes(cb)),
+            )?;
+            if o.peak() <= budget {
+                return Ok(Some(o));
+            }
+            if cb == chain_min {
+                break;
+            }
+            let over = o.peak() - budget;
+            cb = cb.saturating_sub(over.max(cb / 200).max(1)).max(chain_min);
+        }
+        let (min, s) = self.min_schedule()?;
+        if min <= budget {
+            let detail = "the least-memory schedule".to_string();
+            return Ok(Some(match s {
+                Some(s) => self.realise(Scheme::Optimal, s, detail)?,
+                None => self.none(),
+            }));
+        }
+        Ok(None)
+    }
+
+    /// The planned peak of the least-memory schedule lowmem finds (the smallest feasible
+    /// budget), and that schedule (`None`: the step without rematerialisation).
+    fn min_schedule(&self) -> Result<(u64, Option<Schedule>), Error> {
+        if let Some(v) = self.min_feasible.get() {
+            return Ok(v.clone());
+        }
+        let m = lowmem_remat::min_peak_budget(&self.chain);
+        let mut best = (self.none_peaks().0, None);
+        let cands = [
+            lowmem_remat::optimal(&self.chain, m, GRANULARITY)
+                .expect("the minimum budget is feasible"),
+            lowmem_remat::revolve(self.stages.len(), 1),
+        ];
+        for s in cands {
+            let p = self
+                .realise(Scheme::Optimal, s.clone(), String::new())?
+                .peak();
+            if p < best.0 {
+                best = (p, Some(s));
+            }
+        }
+        let _ = self.min_feasible.set(best.clone());
+        Ok(best)
+    }
+
+    /// The smallest feasible budget: the planned peak of the least-memory schedule found.
+    pub fn min_feasible(&self) -> Result<u64, Error> {
+        Ok(self.min_schedule()?.0)
+    }
+
+    /// What every schedule holds: (weights, gradients, optimizer state, inputs) bytes.
+    pub fn persistent(&self) -> (u64, u64, u64, u64) {
+        let g = &self.tg.graph;
+        let mut v = (0, 0, 0, 0);
+        for t in g.tensor_ids() {
+            if self.roles.state_alias[t.index()].is_some() {
+                continue;
+            }
+            let b = g.tensor(t).bytes() as u64;
+            match self.roles.kind[t.index()] {
+                Kind::Weight => v.0 += b,
+                Kind::Gradient => v.1 += b,
+                Kind::OptimizerState => v.2 += b,
+                Kind::Input => v.3 += b,
+                _ => {}
+            }
+        }
+        v
+    }
+
+    fn too_small(&self, budget: u64, scheme: Scheme, best: Option<u64>) -> Result<Error, Error> {
+        let (w, gr, o, i) = self.persistent();
+        let fixed = w + gr + o + i;
+        let min = self.min_feasible()?;
+        let b = |v: u64| format!("{} ({v} bytes)", human_bytes(v));
+        Ok(Error::Usage(if budget < fixed {
+            format!(
+                "budget {} is below what the step holds throughout: weights {}, gradients {}, \
+                 optimizer state {}, inputs {} = {}; the smallest feasible budget is {}",
+                b(budget),
+                human_bytes(w),
+                human_bytes(gr),
+                human_bytes(o),
+                human_bytes(i),
+                b(fixed),
+                b(min)
+            )
+        } else {
+            let reached = best.map_or(String::new(), |p| {
+                format!(" (its lowest planned peak is {})", b(p))
+            });
+            format!(
+                "budget {}: no '{}' schedule fits{reached}; the smallest feasible budget is {}{}",
+                b(budget),
+                scheme.name(),
+                b(min),
+                if scheme == Scheme::Optimal {
+                    String::new()
+                } else {
+                    " (with --remat optimal)".into()
+                }
+            )
+        }))
+    }
+
+    /// Plans the step with `scheme` under `budget`. Without a budget: `none`, `sqrt` (lowest
+    /// planned peak over Chen's thresholds), `log`, and `revolve` with `ceil(sqrt(n))` slots;
+    /// `optimal` needs one. With a budget: `sqrt` keeps the least recomputation among the
+    /// thresholds that fit, `revolve` the most slots that fit, `optimal` the least
+    /// recomputation the dynamic programme finds under it.
+    pub fn run(&self, scheme: Scheme, budget: Option<u64>) -> Result<Outcome, Error> {
+        let n = self.stages.len();
+        let (w, gr, o, i) = self.persistent();
+        if let Some(b) = budget
+            && b < w + gr + o + i
+        {
+            return Err(self.too_small(b, scheme, None)?);
+        }
+        let mut out = match (scheme, budget) {
+            (Scheme::None, _) => self.none(),
+            (Scheme::Sqrt, None) => self.sqrt_candidates(8)?.swap_remove(0),
+            (Scheme::Sqrt, Some(b)) => {
+                let c = self.sqrt_candidates(8)?;
+                let lowest = c[0].peak();
+                match c
+                    .into_iter()
+                    .filter(|o| o.peak() <= b)
+                    .min_by_key(|o| (o.recompute_flops, o.peak()))
+                {
+                    Some(o) => o,
+                    None => return Err(self.too_small(b, scheme, Some(lowest))?),
+                }
+            }
+            (Scheme::Log, _) => self.log()?,
+            (Scheme::Revolve, None) => self.revolve((n as f64).sqrt().ceil() as usize)?,
+            (Scheme::Revolve, Some(b)) => {
+                // Most slots (least recomputation) whose plan fits; peaks grow with slots.
+                let first = self.revolve(1)?;
+                if first.peak() > b {
+                    return Err(self.too_small(b, scheme, Some(first.peak()))?);
+                }
+                let (mut lo, mut hi, mut best) = (1usize, n.max(1), first);
+                while lo < hi {
+                    let mid = (lo + hi).div_ceil(2);
+                    let o = self.revolve(mid)?;
+                    if o.peak() <= b {
+                        lo = mid;
+                        best = o;
+                    } else {
+                        hi = mid - 1;
+                    }
+                }
+                best
+            }
+            (Scheme::Optimal, None) => {
+                let (planned, _) = self.none_peaks();
+                return Err(Error::Usage(format!(
+                    "--remat optimal needs --budget: the step peaks at {} without \
+                     rematerialisation; the smallest feasible budget is {}",
+                    human_bytes(planned),
+                    human_bytes(self.min_feasible()?)
+                )));
+            }
+            (Scheme::Optimal, Some(b)) => {
+                if self.none_peaks().0 <= b {
+                    let mut o = self.none();
+                    o.scheme = Scheme::Optimal;
+                    o.detail = "the budget holds every activation: nothing recomputed".into();
+                    o
+                } else {
+                    match self.optimal_within(b)? {
+                        Some(o) => o,
+                        None => return Err(self.too_small(b, scheme, None)?),
+                    }
+                }
+            }
+        };
+        if let Some(b) = budget
+            && out.peak() > b
+        {
+            return Err(self.too_small(b, scheme, Some(out.peak()))?);
+        }
+        out.budget = budget;
+        Ok(out)
+    }
+
+    /// Peak against overhead for every scheme: `none`, Chen's thresholds, `log`, Revolve
+    /// over a range of slots, and `optimal` at `levels` budgets from the smallest feasible
+    /// to the no-rematerialisation peak.
+    pub fn frontier(&self, levels: usize) -> Result<(Vec<Point>, f64), Error> {
+        let t = Instant::now();
+        let n = self.stages.len();
+        let none = self.none();
+        let top = none.peak();
+        let mut pts = vec![self.point(&none)];
+        drop(none);
+        for o in self.sqrt_candidates(12)? {
+            pts.push(self.point(&o));
+        }
+        pts.push(self.point(&self.log()?));
+        let mut s = 1usize;
+        let mut seen = Vec::new();
+        while s <= n {
+            let o = self.revolve(s)?;
+            if !seen.contains(&o.recompute_flops) {
+                seen.push(o.recompute_flops);
+                pts.push(self.point(&o));
+            }
+            s = if s < 4 { s + 1 } else { s * 3 / 2 };
+        }
+        let lo = self.min_feasible()?;
+        let levels = levels.max(2);
+        for k in 0..levels {
+            let b = lo + (top - lo.min(top)) * k as u64 / (levels - 1) as u64;
+            if let Ok(o) = self.run(Scheme::Optimal, Some(b)) {
+                let mut p = self.point(&o);
+                p.detail = format!("budget {}", human_bytes(b));
+                pts.push(p);
+            }
+        }
+        Ok((pts, t.elapsed().as_secs_f64()))
+    }
+}
+
+/// For each scheme, the frontier point with the least overhead among those whose peak is at
+/// most `target`.
+pub fn first_fit(points: &[Point], scheme: Scheme, target: u64) -> Option<&Point> {
+    points
+        .iter()
+        .filter(|p| p.scheme == scheme && p.peak <= target)
+        .min_by(|a, b| a.overhead.total_cmp(&b.overhead).then(a.peak.cmp(&b.peak)))
+}

@@ -1,0 +1,219 @@
+//! Checkpointing end to end: every scheme's rewritten step, run in its planned arena, trains
+//! to bitwise the same weights (and BatchNorm running statistics) as the step without
+//! rematerialisation, and its plan verifies and fits the budget.
+
+mod common;
+
+use lowmem::remat::{Outcome, Scheme, Step, parse_budget};
+use lowmem_autodiff::{Loss, Optimizer, TrainingGraph, training_step};
+use lowmem_exec::{Layout, run, run_planned};
+use lowmem_ir::{Graph, TensorData};
+use lowmem_plan::PlanOptions;
+
+fn sgd() -> Optimizer {
+    Optimizer::Sgd {
+        lr: 0.05,
+        momentum: 0.9,
+        weight_decay: 1e-4,
+    }
+}
+
+fn opts() -> PlanOptions {
+    PlanOptions {
+        search_time: std::time::Duration::ZERO,
+        ..PlanOptions::default()
+    }
+}
+
+/// Deterministic data: `x` of the data input's shape, labels in `0..classes`.
+fn batch(tg: &TrainingGraph, step: usize, classes: usize) -> (TensorData, TensorData) {
+    let xt = tg.graph.tensor(tg.data[0]);
+    let n = xt.numel();
+    let x = (0..n)
+        .map(|i| ((i * 7919 + step * 104_729) % 1000) as f32 / 500.0 - 1.0)
+        .collect();
+    let rows = xt.shape[0];
+    let y = (0..rows).map(|r| ((r + step) % classes) as i64).collect();
+    (TensorData::F32(x), TensorData::I64(y))
+}
+
+/// Runs `steps` training steps of `graph` (the step `tg` or its rewrite, with the same
+/// inputs), planned when `outcome` is given; returns the losses and the final state.
+fn train(
+    tg: &TrainingGraph,
+    graph: &Graph,
+    outcome: Option<&Outcome>,
+    steps: usize,
+    classes: usize,
+) -> (Vec<TensorData>, Vec<TensorData>) {
+    let mut state: Vec<TensorData> = tg.state.iter().map(|s| (*s.init).clone()).collect();
+    let mut losses = Vec::new();
+    for step in 1..=steps {
+        let (x, y) = batch(tg, step, classes);
+        let inputs: Vec<TensorData> = graph
+            .inputs
+            .iter()
+            .map(|&i| {
+                if i == tg.data[0] {
+                    x.clone()
+                } else if Some(i) == tg.labels {
+                    y.clone()
+                } else if i == tg.step {
+                    TensorData::I64(vec![step as i64])
+                } else {
+                    let k = tg.state.iter().position(|s| s.input == i).expect("state");
+                    state[k].clone()
+                }
+            })
+            .collect();
+        let outs = match outcome {
+            Some(o) => {
+                let p = &o.plan;
+                let layout = Layout {
+                    order: &p.order,
+                    tensor_offset: &p.tensor_offset,
+                    workspace: &p.workspace,
+                    arena_bytes: p.arena_bytes,
+                };
+                run_planned(graph, &layout, inputs).expect("planned run").0
+            }
+            None => run(graph, &inputs).expect("run"),
+        };
+        let mut outs = outs.into_iter();
+        losses.push(outs.next().expect("loss"));
+        state = outs.collect();
+    }
+    (losses, state)
+}
+
+fn check_scheme(tg: &TrainingGraph, step: &Step, scheme: Scheme, budget: Option<u64>, n: usize) {
+    let o = step
+        .run(scheme, budget)
+        .unwrap_or_else(|e| panic!("{}: {e}", scheme.name()));
+    if let Some(b) = budget {
+        assert!(
+            o.peak() <= b,
+            "{}: peak {} > budget {b}",
+            scheme.name(),
+            o.peak()
+        );
+    }
+    lowmem::planning::verify(&o.graph, &o.roles, &o.plan)
+        .unwrap_or_else(|e| panic!("{}: {e}", scheme.name()));
+    o.graph.validate().expect("valid rewritten graph");
+    let (want_l, want_s) = train(tg, &tg.graph, None, 3, n);
+    let (got_l, got_s) = train(tg, &o.graph, Some(&o), 3, n);
+    for (k, (a, b)) in want_l.iter().zip(&got_l).enumerate() {
+        assert!(
+            a.bit_eq(b),
+            "{}: loss of step {} differs",
+            scheme.name(),
+            k + 1
+        );
+    }
+    for (s, (a, b)) in tg.state.iter().zip(want_s.iter().zip(&got_s)) {
+        assert!(
+            a.bit_eq(b),
+            "{}: state '{}' differs after 3 steps",
+            scheme.name(),
+            s.name
+        );
+    }
+}
+
+#[test]
+fn residual_mlp_trains_bitwise_identically_under_every_scheme() {
+    let classes = 4;
+    let g = lowmem::models::residual_mlp(8, 32, classes, 16);
+    let tg = training_step(&g, g.outputs[0], Loss::CrossEntropy, &sgd()).unwrap();
+    let step = Step::new(&tg, opts()).unwrap();
+    assert_eq!(step.stages.len(), 9, "8 blocks and the classifier");
+    let none = step.run(Scheme::None, None).unwrap();
+    let min = step.min_feasible().unwrap();
+    assert!(min < none.peak(), "min {min} vs none {}", none.peak());
+    for scheme in [Scheme::None, Scheme::Sqrt, Scheme::Log, Scheme::Revolve] {
+        check_scheme(&tg, &step, scheme, None, classes);
+    }
+    let mid = min + (none.peak() - min) / 2;
+    check_scheme(&tg, &step, Scheme::Optimal, Some(mid), classes);
+    check_scheme(&tg, &step, Scheme::Optimal, Some(min), classes);
+    check_scheme(&tg, &step, Scheme::Revolve, Some(mid), classes);
+    // Recomputation happens and buys memory.
+    let log = step.run(Scheme::Log, None).unwrap();
+    assert!(log.recomputed_nodes > 0 && log.recompute_flops > 0);
+    assert!(log.peak() < none.peak());
+    // BatchNorm running statistics are step outputs of the original nodes only.
+    let bn_updates = log
+        .graph
+        .nodes
+        .iter()
+        .filter(|n| matches!(n.op, lowmem_ir::Op::BatchNormTrain(_)))
+        .count();
+    assert!(
+        bn_updates > 8,
+        "recomputed BatchNorms are present ({bn_updates})"
+    );
+}
+
+#[test]
+fn squeezenet_trains_bitwise_identically_with_rematerialisation() {
+    let path = common::data_dir().join("models").join("squeezenet.onnx");
+    let g = lowmem::model::load(&path, Some(1)).unwrap();
+    let tg = training_step(&g, g.outputs[0], Loss::CrossEntropy, &sgd()).unwrap();
+    let step = Step::new(&tg, opts()).unwrap();
+    assert!(step.stages.len() >= 8, "{} stages", step.stages.len());
+    let classes = 1000;
+    let none = step.run(Scheme::None, None).unwrap();
+    let min = step.min_feasible().unwrap();
+    let mid = min + (none.peak() - min) / 2;
+    check_scheme(&tg, &step, Scheme::Sqrt, None, classes);
+    check_scheme(&tg, &step, Scheme::Optimal, Some(mid), classes);
+}
+
+#[test]
+fn budgets_parse_and_bad_ones_are_named() {
+    assert_eq!(parse_budget("4GiB").unwrap(), 4 << 30);
+    assert_eq!(parse_budget("512MiB").unwrap(), 512 << 20);
+    assert_eq!(parse_budget("1048576").unwrap(), 1 << 20);
+    assert_eq!(parse_budget("2 GB").unwrap(), 2_000_000_000);
+    assert_eq!(parse_budget("1.5gib").unwrap(), 3 << 29);
+    for bad in [
+        "",
+        "GiB",
+        "12XB",
+        "1.2.3MiB",
+        "-5",
+        "99999999999999999999TiB",
+    ] {
+        let e = parse_budget(bad).unwrap_err().to_string();
+        assert!(e.contains("budget"), "{bad}: {e}");
+    }
+}
+
+#[test]
+fn too_small_budgets_say_why_and_the_minimum() {
+    let g = lowmem::models::residual_mlp(6, 32, 4, 16);
+    let tg = training_step(&g, g.outputs[0], Loss::CrossEntropy, &sgd()).unwrap();
+    let step = Step::new(&tg, opts()).unwrap();
+    let min = step.min_feasible().unwrap();
+    let (w, gr, o, i) = step.persistent();
+    let fixed = w + gr + o + i;
+    // Below what every step holds.
+    let e = step
+        .run(Scheme::Optimal, Some(fixed - 1))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("weights") && e.contains("gradients"), "{e}");
+    assert!(e.contains(&format!("{min} bytes")), "{e}");
+    // Above that but below the smallest schedule.
+    for scheme in [Scheme::Optimal, Scheme::Sqrt, Scheme::Revolve, Scheme::None] {
+        let e = step.run(scheme, Some(min - 1)).unwrap_err().to_string();
+        assert!(e.contains(&format!("smallest feasible budget is")), "{e}");
+        assert!(e.contains(&format!("{min} bytes")), "{e}");
+    }
+    // The minimum itself fits.
+    assert!(step.run(Scheme::Optimal, Some(min)).unwrap().peak() <= min);
+    // Optimal without a budget asks for one.
+    let e = step.run(Scheme::Optimal, None).unwrap_err().to_string();
+    assert!(e.contains("--budget"), "{e}");
+}
