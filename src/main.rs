@@ -136,6 +136,36 @@ enum Cmd {
         /// Milliseconds for the improving search after the heuristics.
         #[arg(long, default_value_t = 200)]
         search_ms: u64,
+        /// Checkpointing scheme for the training step (needs --train).
+        #[arg(long, value_enum, value_name = "SCHEME")]
+        remat: Option<RematArg>,
+        /// Memory budget of the whole step (planned peak): bytes, or e.g. 512MiB, 4GiB, 2GB.
+        #[arg(long, value_name = "BYTES")]
+        budget: Option<String>,
+    },
+    /// Peak memory against recomputation overhead for every checkpointing scheme on a
+    /// training step: a table, the budget where each scheme first fits 50% and 25% of the
+    /// peak without rematerialisation, and (--html) the frontier plotted.
+    Frontier {
+        model: PathBuf,
+        /// Sweep the training step (the only mode; accepted for symmetry with `plan`).
+        #[arg(long)]
+        train: bool,
+        #[arg(long, value_name = "N")]
+        batch: Option<usize>,
+        #[arg(long, value_enum, default_value_t = LossArg::Xent)]
+        loss: LossArg,
+        #[arg(long, value_enum, default_value_t = OptimizerArg::Sgd)]
+        optimizer: OptimizerArg,
+        /// Budgets tried for the optimal scheme.
+        #[arg(long, default_value_t = 16)]
+        levels: usize,
+        /// Write the points as JSON.
+        #[arg(long, value_name = "FILE")]
+        json: Option<PathBuf>,
+        /// Write an HTML page with the frontier as SVG.
+        #[arg(long, value_name = "FILE")]
+        html: Option<PathBuf>,
     },
     /// Solve an offset-assignment problem alone (MiniMalloc CSV: id,lower,upper,size).
     Pack {
@@ -196,6 +226,53 @@ enum OptimizerArg {
     Sgd,
     Adam,
     Adamw,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum RematArg {
+    /// Keep every activation.
+    None,
+    /// Chen et al. 2016: sqrt(n) segments.
+    Sqrt,
+    /// Chen et al. 2016: recursive, O(log n) memory.
+    Log,
+    /// Griewank's binomial checkpointing.
+    Revolve,
+    /// Least recomputation under --budget (Rotor dynamic programme).
+    Optimal,
+}
+
+impl RematArg {
+    fn scheme(self) -> lowmem::remat::Scheme {
+        use lowmem::remat::Scheme;
+        match self {
+            RematArg::None => Scheme::None,
+            RematArg::Sqrt => Scheme::Sqrt,
+            RematArg::Log => Scheme::Log,
+            RematArg::Revolve => Scheme::Revolve,
+            RematArg::Optimal => Scheme::Optimal,
+        }
+    }
+}
+
+impl OptimizerArg {
+    /// The optimizer `plan` and `frontier` assume (its state is what matters there).
+    fn for_planning(self) -> Optimizer {
+        match self {
+            OptimizerArg::Sgd => Optimizer::Sgd {
+                lr: 0.1,
+                momentum: 0.9,
+                weight_decay: 0.0,
+            },
+            OptimizerArg::Adam | OptimizerArg::Adamw => Optimizer::Adam {
+                lr: 1e-3,
+                beta1: 0.9,
+                beta2: 0.999,
+                epsilon: 1e-8,
+                weight_decay: 0.0,
+            },
+        }
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -552,30 +629,46 @@ fn run(cli: Cli) -> Result<(), Error> {
             verify,
             no_in_place,
             search_ms,
+            remat,
+            budget,
         } => {
-            let optimizer = match optimizer {
-                OptimizerArg::Sgd => Optimizer::Sgd {
-                    lr: 0.1,
-                    momentum: 0.9,
-                    weight_decay: 0.0,
-                },
-                OptimizerArg::Adam | OptimizerArg::Adamw => Optimizer::Adam {
-                    lr: 1e-3,
-                    beta1: 0.9,
-                    beta2: 0.999,
-                    epsilon: 1e-8,
-                    weight_decay: 0.0,
-                },
-            };
+            let budget = budget
+                .as_deref()
+                .map(lowmem::remat::parse_budget)
+                .transpose()?;
             let opts = lowmem::planning::PlanRequest {
                 train,
                 batch,
                 loss: loss.loss(),
-                optimizer,
+                optimizer: optimizer.for_planning(),
                 in_place: !no_in_place,
                 search: std::time::Duration::from_millis(search_ms),
+                remat: remat.map(RematArg::scheme),
+                budget,
             };
             lowmem::planning::plan_cmd(&model, &opts, json.as_deref(), html.as_deref(), verify)
+        }
+        Cmd::Frontier {
+            model,
+            train: _,
+            batch,
+            loss,
+            optimizer,
+            levels,
+            json,
+            html,
+        } => {
+            let req = lowmem::planning::PlanRequest {
+                train: true,
+                batch,
+                loss: loss.loss(),
+                optimizer: optimizer.for_planning(),
+                in_place: true,
+                search: std::time::Duration::ZERO,
+                remat: None,
+                budget: None,
+            };
+            lowmem::planning::frontier_cmd(&model, &req, levels, json.as_deref(), html.as_deref())
         }
         Cmd::Pack {
             file,

@@ -7,8 +7,9 @@ use lowmem_autodiff::{Loss, Optimizer, training_step};
 use lowmem_plan::{Claim, MemoryPlan, PlanOptions, plan, verify_plan};
 use lowmem_schedule::Roles;
 
-use crate::inspect::human_bytes;
-use crate::report::{PlanMeta, plan_html, plan_json};
+use crate::inspect::{grouped, human_bytes};
+use crate::remat::{Scheme, Step, first_fit};
+use crate::report::{PlanMeta, RematInfo, frontier_html, frontier_json, plan_html, plan_json};
 use crate::{Error, model};
 
 pub struct PlanRequest {
@@ -18,6 +19,10 @@ pub struct PlanRequest {
     pub optimizer: Optimizer,
     pub in_place: bool,
     pub search: Duration,
+    /// Checkpointing scheme (training only); `None` with a budget means `none`.
+    pub remat: Option<Scheme>,
+    /// Budget of the planned peak in bytes (training only).
+    pub budget: Option<u64>,
 }
 
 /// The graph to plan (forward, or a whole training step), its roles, its plan, and the time
@@ -26,6 +31,69 @@ pub fn make_plan(
     model: &Path,
     req: &PlanRequest,
 ) -> Result<(lowmem_ir::Graph, Roles, MemoryPlan, Duration), Error> {
+    let (g, roles, p, took, _) = make_plan_remat(model, req)?;
+    Ok((g, roles, p, took))
+}
+
+fn plan_options(req: &PlanRequest) -> PlanOptions {
+    PlanOptions {
+        in_place: req.in_place,
+        search_time: req.search,
+        fixed_order: false,
+    }
+}
+
+fn training_graph(
+    model: &Path,
+    req: &PlanRequest,
+) -> Result<lowmem_autodiff::TrainingGraph, Error> {
+    let forward = model::load(model, req.batch)?;
+    let out = *forward
+        .outputs
+        .first()
+        .ok_or_else(|| Error::Usage("the model has no outputs".into()))?;
+    Ok(training_step(&forward, out, req.loss, &req.optimizer)?)
+}
+
+/// [`make_plan`], rematerialising the training step when `req` asks for a scheme or budget.
+pub fn make_plan_remat(
+    model: &Path,
+    req: &PlanRequest,
+) -> Result<
+    (
+        lowmem_ir::Graph,
+        Roles,
+        MemoryPlan,
+        Duration,
+        Option<RematInfo>,
+    ),
+    Error,
+> {
+    if req.remat.is_some() || req.budget.is_some() {
+        if !req.train {
+            return Err(Error::Usage(
+                "--remat and --budget apply to a training step: add --train".into(),
+            ));
+        }
+        let tg = training_graph(model, req)?;
+        let t = Instant::now();
+        let step = Step::new(&tg, plan_options(req))?;
+        let o = step.run(req.remat.unwrap_or(Scheme::None), req.budget)?;
+        let took = t.elapsed();
+        let info = RematInfo {
+            scheme: o.scheme.name(),
+            detail: o.detail.clone(),
+            budget: req.budget,
+            stages: step.stages.len(),
+            checkpoints: o.checkpoints.clone(),
+            recomputed_nodes: o.recomputed_nodes,
+            forward_flops: step.forward_flops,
+            backward_flops: step.backward_flops,
+            recompute_flops: o.recompute_flops,
+            overhead: step.overhead(o.recompute_flops),
+        };
+        return Ok((o.graph, o.roles, o.plan, took, Some(info)));
+    }
     let forward = model::load(model, req.batch)?;
     let (graph, roles) = if req.train {
         let out = *forward
@@ -40,16 +108,8 @@ pub fn make_plan(
         (forward, roles)
     };
     let t = Instant::now();
-    let p = plan(
-        &graph,
-        &roles,
-        &PlanOptions {
-            in_place: req.in_place,
-            search_time: req.search,
-            fixed_order: false,
-        },
-    );
-    Ok((graph, roles, p, t.elapsed()))
+    let p = plan(&graph, &roles, &plan_options(req));
+    Ok((graph, roles, p, t.elapsed(), None))
 }
 
 pub fn verify(graph: &lowmem_ir::Graph, roles: &Roles, p: &MemoryPlan) -> Result<(), Error> {
@@ -70,7 +130,7 @@ pub fn plan_cmd(
     html: Option<&Path>,
     check: bool,
 ) -> Result<(), Error> {
-    let (graph, roles, p, took) = make_plan(model, req)?;
+    let (graph, roles, p, took, remat) = make_plan_remat(model, req)?;
     let batch = graph
         .inputs
         .first()
@@ -80,6 +140,7 @@ pub fn plan_cmd(
         model: &model.display().to_string(),
         batch,
         train: req.train,
+        remat: remat.as_ref(),
     };
     println!(
         "{} ({}, batch {batch}): {} steps, {} tensors",
@@ -118,6 +179,26 @@ pub fn plan_cmd(
             *b as f64 / p.lower_bound_bytes.max(1) as f64
         );
     }
+    if let Some(r) = &remat {
+        println!(
+            "  remat        {} ({}), {} stages, checkpoints: {}",
+            r.scheme,
+            r.detail,
+            r.stages,
+            r.checkpoints.len()
+        );
+        if let Some(b) = r.budget {
+            println!("  budget       {:>12}  ({b} bytes)", human_bytes(b));
+        }
+        println!(
+            "  recompute    {} nodes, {} FLOPs = {:.1}% of forward + backward ({} + {})",
+            r.recomputed_nodes,
+            grouped(r.recompute_flops),
+            100.0 * r.overhead,
+            grouped(r.forward_flops),
+            grouped(r.backward_flops)
+        );
+    }
     if check {
         let t = Instant::now();
         verify(&graph, &roles, &p)?;
@@ -140,6 +221,89 @@ pub fn plan_cmd(
     }
     if let Some(path) = html {
         write(path, plan_html(&graph, &p, &meta))?;
+    }
+    Ok(())
+}
+
+fn write_file(path: &Path, text: String) -> Result<(), Error> {
+    std::fs::write(path, text).map_err(|source| Error::Io {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
+/// `lowmem frontier`: every scheme's points, the first fit at 50% and 25% of the peak
+/// without rematerialisation, and optionally JSON and an HTML page with the plot.
+pub fn frontier_cmd(
+    model: &Path,
+    req: &PlanRequest,
+    levels: usize,
+    json: Option<&Path>,
+    html: Option<&Path>,
+) -> Result<(), Error> {
+    let tg = training_graph(model, req)?;
+    let step = Step::new(&tg, plan_options(req))?;
+    let (points, secs) = step.frontier(levels)?;
+    let none = points
+        .iter()
+        .find(|p| p.scheme == Scheme::None)
+        .expect("the frontier has the no-remat point")
+        .peak;
+    let batch = tg
+        .graph
+        .tensor(tg.data[0])
+        .shape
+        .first()
+        .copied()
+        .unwrap_or(1);
+    println!(
+        "{} (training step, batch {batch}): {} stages, {} points in {secs:.1} s",
+        tg.graph.name,
+        step.stages.len(),
+        points.len()
+    );
+    println!(
+        "  {:<8} {:>12} {:>9} {:>10}  detail",
+        "scheme", "peak", "of none", "overhead"
+    );
+    for p in &points {
+        println!(
+            "  {:<8} {:>12} {:>8.1}% {:>9.1}%  {}",
+            p.scheme.name(),
+            human_bytes(p.peak),
+            100.0 * p.peak as f64 / none as f64,
+            100.0 * p.overhead,
+            p.detail
+        );
+    }
+    let min = step.min_feasible()?;
+    println!(
+        "  no remat: {}; smallest feasible budget: {} ({:.1}%)",
+        human_bytes(none),
+        human_bytes(min),
+        100.0 * min as f64 / none as f64
+    );
+    for frac in [0.5, 0.25] {
+        let target = (none as f64 * frac) as u64;
+        print!("  fits {:.0}% ({}):", frac * 100.0, human_bytes(target));
+        for s in Scheme::ALL {
+            match first_fit(&points, s, target) {
+                Some(p) => print!("  {} {:.1}%", s.name(), 100.0 * p.overhead),
+                None => print!("  {} -", s.name()),
+            }
+        }
+        println!();
+    }
+    let title = format!("{} (batch {batch})", tg.graph.name);
+    if let Some(path) = json {
+        write_file(
+            path,
+            serde_json::to_string_pretty(&frontier_json(&title, &points, none, min))
+                .expect("points serialise"),
+        )?;
+    }
+    if let Some(path) = html {
+        write_file(path, frontier_html(&title, &points, none, min))?;
     }
     Ok(())
 }

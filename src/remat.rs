@@ -332,38 +332,72 @@ impl<'a> Step<'a> {
         self.realise(Scheme::Revolve, s, format!("{slots} slots"))
     }
 
-    /// The optimal schedule whose real plan fits `budget`, if the retries find one.
+    /// The optimal schedule whose real plan fits `budget`: the DP under the budget less the
+    /// model's offset; where the real plan is over, the chain budget is bisected between
+    /// the chain's minimum and that first try for the largest one whose plan fits.
     fn optimal_within(&self, budget: u64) -> Result<Option<Outcome>, Error> {
         let (planned, modelled) = self.none_peaks();
         let offset = planned.saturating_sub(modelled);
         let chain_min = lowmem_remat::min_peak_budget(&self.chain);
-        let mut cb = budget.saturating_sub(offset).max(chain_min);
-        for attempt in 1..=TRIES {
+        let mut tries = 0;
+        let mut attempt = |cb: u64| -> Result<Outcome, Error> {
+            tries += 1;
             let s = lowmem_remat::optimal(&self.chain, cb, GRANULARITY)
                 .expect("at least the chain's minimum");
-            let o = self.realise(
+            self.realise(
                 Scheme::Optimal,
                 s,
-                format!("chain budget {}, try {attempt}", human_bytes(cb)),
-            )?;
-            if o.peak() <= budget {
-                return Ok(Some(o));
-            }
-            if cb == chain_min {
+                format!("chain budget {}, try {tries}", human_bytes(cb)),
+            )
+        };
+        let top = self.chain_peak(&lowmem_remat::store_all(&self.chain));
+        let first = budget.saturating_sub(offset).clamp(chain_min, top);
+        let o = attempt(first)?;
+        let mut best: Option<Outcome> = None;
+        // Bisect for the largest chain budget whose real plan fits: `lo` fits (or is the
+        // chain's minimum), `hi` does not (or is the store-all peak).
+        let (mut lo, mut hi) = if o.peak() <= budget {
+            best = Some(o);
+            (first, top)
+        } else {
+            (chain_min, first)
+        };
+        let resolution = (top / 1000).max(1);
+        for _ in 0..TRIES {
+            if hi - lo <= resolution {
                 break;
             }
-            let over = o.peak() - budget;
-            cb = cb.saturating_sub(over.max(cb / 200).max(1)).max(chain_min);
+            let mid = lo + (hi - lo) / 2;
+            let o = attempt(mid)?;
+            if o.peak() <= budget {
+                lo = mid;
+                if best
+                    .as_ref()
+                    .is_none_or(|b| o.recompute_flops < b.recompute_flops)
+                {
+                    best = Some(o);
+                }
+            } else {
+                hi = mid;
+            }
         }
-        let (min, s) = self.min_schedule()?;
-        if min <= budget {
-            let detail = "the least-memory schedule".to_string();
-            return Ok(Some(match s {
-                Some(s) => self.realise(Scheme::Optimal, s, detail)?,
-                None => self.none(),
-            }));
+        if best.is_none() {
+            let o = attempt(chain_min)?;
+            if o.peak() <= budget {
+                best = Some(o);
+            }
         }
-        Ok(None)
+        if best.is_none() {
+            let (min, s) = self.min_schedule()?;
+            if min <= budget {
+                let detail = "the least-memory schedule".to_string();
+                best = Some(match s {
+                    Some(s) => self.realise(Scheme::Optimal, s, detail)?,
+                    None => self.none(),
+                });
+            }
+        }
+        Ok(best)
     }
 
     /// The planned peak of the least-memory schedule lowmem finds (the smallest feasible
@@ -516,8 +550,31 @@ impl<'a> Step<'a> {
                     o.detail = "the budget holds every activation: nothing recomputed".into();
                     o
                 } else {
-                    match self.optimal_within(b)? {
-                        Some(o) => o,
+                    // The classic schedules lie in the DP's family; where the chain model's
+                    // error makes the DP's pick miss on the real plan, one of them may fit
+                    // with less recomputation, and then it is the answer.
+                    let mut cands: Vec<Outcome> = self.optimal_within(b)?.into_iter().collect();
+                    cands.extend(self.sqrt_candidates(8)?);
+                    cands.push(self.log()?);
+                    if let Ok(o) = self.run(Scheme::Revolve, Some(b)) {
+                        cands.push(o);
+                    }
+                    match cands
+                        .into_iter()
+                        .filter(|o| o.peak() <= b)
+                        .min_by_key(|o| (o.recompute_flops, o.peak()))
+                    {
+                        Some(mut o) => {
+                            if o.scheme != Scheme::Optimal {
+                                o.detail = format!(
+                                    "{} schedule ({}), verified best on the real plan",
+                                    o.scheme.name(),
+                                    o.detail
+                                );
+                                o.scheme = Scheme::Optimal;
+                            }
+                            o
+                        }
                         None => return Err(self.too_small(b, scheme, None)?),
                     }
                 }

@@ -9,6 +9,7 @@ use lowmem_schedule::Kind;
 use serde_json::{Value, json};
 
 use crate::inspect::human_bytes;
+use crate::remat::{Point, Scheme};
 
 pub const PLAN_FORMAT: &str = "lowmem-plan";
 pub const PLAN_VERSION: u32 = 1;
@@ -18,6 +19,25 @@ pub struct PlanMeta<'a> {
     pub model: &'a str,
     pub batch: usize,
     pub train: bool,
+    /// The checkpointing applied, when `--remat` or `--budget` was given.
+    pub remat: Option<&'a RematInfo>,
+}
+
+/// What checkpointing did to a planned training step (plan JSON fields).
+#[derive(Clone, Debug)]
+pub struct RematInfo {
+    pub scheme: &'static str,
+    pub detail: String,
+    pub budget: Option<u64>,
+    pub stages: usize,
+    /// Stage boundaries held when the loss runs.
+    pub checkpoints: Vec<String>,
+    pub recomputed_nodes: usize,
+    pub forward_flops: u64,
+    pub backward_flops: u64,
+    pub recompute_flops: u64,
+    /// `recompute_flops / (forward_flops + backward_flops)`.
+    pub overhead: f64,
 }
 
 fn kind_name(k: Kind) -> &'static str {
@@ -42,7 +62,7 @@ fn ratio(p: &MemoryPlan) -> f64 {
 
 pub fn plan_json(g: &Graph, p: &MemoryPlan, meta: &PlanMeta) -> Value {
     let name_of = |b: &PlanBuffer| b.name.clone();
-    json!({
+    let mut v = json!({
         "format": PLAN_FORMAT,
         "version": PLAN_VERSION,
         "model": meta.model,
@@ -67,7 +87,178 @@ pub fn plan_json(g: &Graph, p: &MemoryPlan, meta: &PlanMeta) -> Value {
         "planner": p.planner,
         "order": p.order_kind,
         "heuristics": p.heuristics.iter().map(|(h, b)| json!({"planner": h, "arena_bytes": b})).collect::<Vec<_>>(),
+    });
+    if let (Some(r), Some(obj)) = (meta.remat, v.as_object_mut()) {
+        for (k, val) in [
+            ("remat", json!(r.scheme)),
+            ("remat_detail", json!(r.detail)),
+            ("budget_bytes", json!(r.budget)),
+            ("stages", json!(r.stages)),
+            ("checkpoints", json!(r.checkpoints)),
+            ("recomputed_nodes", json!(r.recomputed_nodes)),
+            ("forward_flops", json!(r.forward_flops)),
+            ("backward_flops", json!(r.backward_flops)),
+            ("recompute_flops", json!(r.recompute_flops)),
+            ("overhead", json!(r.overhead)),
+        ] {
+            obj.insert(k.into(), val);
+        }
+    }
+    v
+}
+
+fn scheme_colour(s: Scheme) -> &'static str {
+    match s {
+        Scheme::None => "#333333",
+        Scheme::Sqrt => "#4e79a7",
+        Scheme::Log => "#e15759",
+        Scheme::Revolve => "#f28e2b",
+        Scheme::Optimal => "#59a14f",
+    }
+}
+
+/// The frontier points as JSON (`lowmem frontier --json`).
+pub fn frontier_json(title: &str, points: &[Point], none: u64, min: u64) -> Value {
+    json!({
+        "format": "lowmem-frontier",
+        "version": 1,
+        "model": title,
+        "no_remat_peak_bytes": none,
+        "min_feasible_bytes": min,
+        "points": points.iter().map(|p| json!({
+            "scheme": p.scheme.name(),
+            "detail": p.detail,
+            "peak_bytes": p.peak,
+            "recompute_flops": p.recompute_flops,
+            "overhead": p.overhead,
+            "checkpoints": p.checkpoints,
+        })).collect::<Vec<_>>(),
     })
+}
+
+/// An HTML page with the frontier (peak bytes against recompute overhead) as SVG: one
+/// colour per scheme, each scheme's Pareto points joined, 50% and 25% of the peak without
+/// rematerialisation marked.
+pub fn frontier_html(title: &str, points: &[Point], none: u64, min: u64) -> String {
+    let (w, h, left, top) = (820.0, 440.0, 80.0, 20.0);
+    let max_o = points
+        .iter()
+        .map(|p| p.overhead)
+        .fold(0.0f64, f64::max)
+        .max(0.01)
+        * 1.08;
+    let max_b = points.iter().map(|p| p.peak).max().unwrap_or(1).max(1) as f64 * 1.05;
+    let x = |b: f64| left + b / max_b * w;
+    let y = |o: f64| top + h - o / max_o * h;
+    let mut svg = String::new();
+    let _ = write!(
+        svg,
+        r##"<svg xmlns="http://www.w3.org/2000/svg" width="{}" height="{}" font-family="sans-serif" font-size="11"><rect x="{left}" y="{top}" width="{w}" height="{h}" fill="#fafafa" stroke="#999"/>"##,
+        w + left + 160.0,
+        h + top + 50.0
+    );
+    for (frac, label) in [(1.0, "no remat"), (0.5, "50%"), (0.25, "25%")] {
+        let bx = x(none as f64 * frac);
+        let _ = write!(
+            svg,
+            r##"<line x1="{bx:.1}" x2="{bx:.1}" y1="{top}" y2="{}" stroke="#bbb" stroke-dasharray="4,3"/><text x="{:.1}" y="{}" fill="#777">{label}</text>"##,
+            top + h,
+            bx + 3.0,
+            top + 12.0
+        );
+    }
+    let mx = x(min as f64);
+    let _ = write!(
+        svg,
+        r##"<line x1="{mx:.1}" x2="{mx:.1}" y1="{top}" y2="{}" stroke="#d62728" stroke-dasharray="2,2"/><text x="{:.1}" y="{}" fill="#d62728">smallest feasible</text>"##,
+        top + h,
+        mx + 3.0,
+        top + 26.0
+    );
+    for (k, s) in Scheme::ALL.iter().enumerate() {
+        let mut pts: Vec<&Point> = points.iter().filter(|p| p.scheme == *s).collect();
+        pts.sort_by(|a, b| a.peak.cmp(&b.peak).then(a.overhead.total_cmp(&b.overhead)));
+        // The scheme's Pareto front: points no other of its points beats on both axes.
+        let mut front: Vec<&Point> = Vec::new();
+        for p in &pts {
+            if front.last().is_none_or(|q| p.overhead < q.overhead) {
+                front.push(p);
+            }
+        }
+        if front.len() > 1 {
+            let line: Vec<String> = front
+                .iter()
+                .map(|p| format!("{:.1},{:.1}", x(p.peak as f64), y(p.overhead)))
+                .collect();
+            let _ = write!(
+                svg,
+                r#"<polyline points="{}" fill="none" stroke="{}" stroke-width="1.5"/>"#,
+                line.join(" "),
+                scheme_colour(*s)
+            );
+        }
+        for p in &pts {
+            let _ = write!(
+                svg,
+                r#"<circle cx="{:.1}" cy="{:.1}" r="3.5" fill="{}"><title>{}: peak {}, overhead {:.1}% ({})</title></circle>"#,
+                x(p.peak as f64),
+                y(p.overhead),
+                scheme_colour(*s),
+                s.name(),
+                human_bytes(p.peak),
+                100.0 * p.overhead,
+                esc(&p.detail)
+            );
+        }
+        let ly = top + 14.0 + 18.0 * k as f64;
+        let _ = write!(
+            svg,
+            r#"<circle cx="{:.1}" cy="{ly:.1}" r="4" fill="{}"/><text x="{:.1}" y="{:.1}">{}</text>"#,
+            left + w + 20.0,
+            scheme_colour(*s),
+            left + w + 30.0,
+            ly + 4.0,
+            s.name()
+        );
+    }
+    for f in [0.0, 0.25, 0.5, 0.75, 1.0] {
+        let _ = write!(
+            svg,
+            r#"<text x="{}" y="{:.1}" text-anchor="end">{:.0}%</text><text x="{:.1}" y="{}" text-anchor="middle">{}</text>"#,
+            left - 5.0,
+            y(max_o * f) + 4.0,
+            100.0 * max_o * f,
+            x(max_b * f),
+            top + h + 16.0,
+            human_bytes((max_b * f) as u64)
+        );
+    }
+    let _ = write!(
+        svg,
+        r#"<text x="{}" y="{}" text-anchor="middle">planned peak of the training step</text><text x="14" y="{}" transform="rotate(-90 14 {})" text-anchor="middle">recompute FLOPs / (forward + backward)</text></svg>"#,
+        left + w / 2.0,
+        top + h + 40.0,
+        top + h / 2.0,
+        top + h / 2.0
+    );
+    let mut rows = String::new();
+    for p in points {
+        let _ = write!(
+            rows,
+            "<tr><td>{}</td><td>{}</td><td>{:.1}%</td><td>{:.1}%</td><td>{}</td></tr>",
+            p.scheme.name(),
+            human_bytes(p.peak),
+            100.0 * p.peak as f64 / none.max(1) as f64,
+            100.0 * p.overhead,
+            esc(&p.detail)
+        );
+    }
+    format!(
+        r#"<!DOCTYPE html><html><head><meta charset="utf-8"><title>lowmem frontier: {t}</title><style>body{{font-family:sans-serif;margin:20px}}table{{border-collapse:collapse}}td,th{{padding:2px 10px;border-bottom:1px solid #ddd;text-align:right}}</style></head><body><h1>Memory against recomputation: {t}</h1><p>Every point is a real plan of the rewritten training step. Without rematerialisation the step peaks at {none}; the smallest feasible budget is {min}.</p>{svg}<table><tr><th>scheme</th><th>peak</th><th>of no remat</th><th>overhead</th><th>detail</th></tr>{rows}</table></body></html>"#,
+        t = esc(title),
+        none = human_bytes(none),
+        min = human_bytes(min),
+    )
 }
 
 fn colour(k: Kind) -> &'static str {

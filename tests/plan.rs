@@ -24,6 +24,8 @@ fn request() -> PlanRequest {
         },
         in_place: true,
         search: Duration::from_millis(50),
+        remat: None,
+        budget: None,
     }
 }
 

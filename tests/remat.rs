@@ -208,7 +208,7 @@ fn too_small_budgets_say_why_and_the_minimum() {
     // Above that but below the smallest schedule.
     for scheme in [Scheme::Optimal, Scheme::Sqrt, Scheme::Revolve, Scheme::None] {
         let e = step.run(scheme, Some(min - 1)).unwrap_err().to_string();
-        assert!(e.contains(&format!("smallest feasible budget is")), "{e}");
+        assert!(e.contains("smallest feasible budget is"), "{e}");
         assert!(e.contains(&format!("{min} bytes")), "{e}");
     }
     // The minimum itself fits.
@@ -216,4 +216,32 @@ fn too_small_budgets_say_why_and_the_minimum() {
     // Optimal without a budget asks for one.
     let e = step.run(Scheme::Optimal, None).unwrap_err().to_string();
     assert!(e.contains("--budget"), "{e}");
+}
+
+/// At every classic schedule's planned peak, `optimal` fits with no more recomputation.
+#[test]
+fn optimal_is_never_worse_than_sqrt_log_or_revolve() {
+    let path = common::data_dir().join("models").join("resnet50.onnx");
+    let g = lowmem::model::load(&path, Some(32)).unwrap();
+    let tg = training_step(&g, g.outputs[0], Loss::CrossEntropy, &sgd()).unwrap();
+    let step = Step::new(&tg, opts()).unwrap();
+    let mut classic = step.sqrt_candidates(12).unwrap();
+    for s in [1, 2, 3, 4, 6, 9, 13, 18] {
+        classic.push(step.revolve(s).unwrap());
+    }
+    classic.push(step.log().unwrap());
+    for c in &classic {
+        let o = step.run(Scheme::Optimal, Some(c.peak())).unwrap();
+        assert!(
+            o.peak() <= c.peak() && o.recompute_flops <= c.recompute_flops,
+            "{} ({}): peak {} recompute {}; optimal: peak {} recompute {} ({})",
+            c.scheme.name(),
+            c.detail,
+            c.peak(),
+            c.recompute_flops,
+            o.peak(),
+            o.recompute_flops,
+            o.detail
+        );
+    }
 }
