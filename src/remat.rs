@@ -27,7 +27,7 @@ use crate::inspect::human_bytes;
 pub const GRANULARITY: usize = 500;
 
 /// Retries of `optimal` when the real plan exceeds the budget.
-const TRIES: usize = 10;
+const TRIES: usize = 8;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Scheme {
@@ -351,26 +351,19 @@ impl<'a> Step<'a> {
             )
         };
         let top = self.chain_peak(&lowmem_remat::store_all(&self.chain));
-        let first = budget.saturating_sub(offset).clamp(chain_min, top);
-        let o = attempt(first)?;
+        // Search the chain budget whose real plan fits with the least recomputation: `lo`
+        // fits (or is the chain's minimum), `hi` does not (or is the store-all peak). The
+        // next try moves by the real plan's slack or excess (the model is off by a roughly
+        // constant amount nearby), falling back to bisection when that leaves the bracket.
+        let (mut lo, mut hi) = (chain_min, top);
         let mut best: Option<Outcome> = None;
-        // Bisect for the largest chain budget whose real plan fits: `lo` fits (or is the
-        // chain's minimum), `hi` does not (or is the store-all peak).
-        let (mut lo, mut hi) = if o.peak() <= budget {
-            best = Some(o);
-            (first, top)
-        } else {
-            (chain_min, first)
-        };
+        let mut cb = budget.saturating_sub(offset).clamp(chain_min, top);
         let resolution = (top / 1000).max(1);
         for _ in 0..TRIES {
-            if hi - lo <= resolution {
-                break;
-            }
-            let mid = lo + (hi - lo) / 2;
-            let o = attempt(mid)?;
-            if o.peak() <= budget {
-                lo = mid;
+            let o = attempt(cb)?;
+            let peak = o.peak();
+            if peak <= budget {
+                lo = lo.max(cb);
                 if best
                     .as_ref()
                     .is_none_or(|b| o.recompute_flops < b.recompute_flops)
@@ -378,8 +371,21 @@ impl<'a> Step<'a> {
                     best = Some(o);
                 }
             } else {
-                hi = mid;
+                hi = hi.min(cb);
             }
+            if hi <= lo + resolution || (peak <= budget && budget - peak <= resolution) {
+                break;
+            }
+            let step = if peak <= budget {
+                cb.saturating_add(budget - peak)
+            } else {
+                cb.saturating_sub(peak - budget)
+            };
+            cb = if step > lo && step < hi {
+                step
+            } else {
+                lo + (hi - lo) / 2
+            };
         }
         if best.is_none() {
             let o = attempt(chain_min)?;

@@ -245,3 +245,166 @@ fn optimal_is_never_worse_than_sqrt_log_or_revolve() {
         );
     }
 }
+
+fn lowmem_cli(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_lowmem"))
+        .args(args)
+        .output()
+        .expect("lowmem runs")
+}
+
+#[test]
+fn plan_cli_reports_remat_fields_and_frontier_plots() {
+    let dir = std::env::temp_dir().join(format!("lowmem-remat-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let model = common::data_dir().join("models").join("squeezenet.onnx");
+    let model = model.to_str().unwrap();
+    let json = dir.join("plan.json");
+    let base = ["plan", model, "--train", "--batch", "4", "--search-ms", "0"];
+    let none = lowmem_cli(
+        &[
+            &base[..],
+            &["--remat", "none", "--json", json.to_str().unwrap()],
+        ]
+        .concat(),
+    );
+    assert!(
+        none.status.success(),
+        "{}",
+        String::from_utf8_lossy(&none.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let none_peak = v["peak_bytes"].as_u64().unwrap();
+    assert_eq!(v["remat"], "none");
+    assert_eq!(v["recomputed_nodes"], 0);
+    let budget = (none_peak * 3 / 4).to_string();
+    let out = lowmem_cli(
+        &[
+            &base[..],
+            &[
+                "--remat",
+                "optimal",
+                "--budget",
+                &budget,
+                "--verify",
+                "--json",
+                json.to_str().unwrap(),
+            ],
+        ]
+        .concat(),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("verified"), "{stdout}");
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    assert_eq!(v["remat"], "optimal");
+    assert_eq!(v["budget_bytes"].as_u64(), Some(none_peak * 3 / 4));
+    assert!(v["peak_bytes"].as_u64().unwrap() <= none_peak * 3 / 4);
+    assert!(v["recomputed_nodes"].as_u64().unwrap() > 0);
+    let (f, b, r) = (
+        v["forward_flops"].as_u64().unwrap(),
+        v["backward_flops"].as_u64().unwrap(),
+        v["recompute_flops"].as_u64().unwrap(),
+    );
+    assert!(r > 0 && r <= f, "recompute {r} of forward {f}");
+    let overhead = v["overhead"].as_f64().unwrap();
+    assert!((overhead - r as f64 / (f + b) as f64).abs() < 1e-12);
+    let ck = v["checkpoints"].as_array().unwrap();
+    assert!(!ck.is_empty() && ck.len() < v["stages"].as_u64().unwrap() as usize);
+    // Every checkpoint names a tensor of the plan.
+    let names: Vec<&str> = v["buffers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|b| b["tensor"].as_str())
+        .collect();
+    for c in ck {
+        assert!(names.contains(&c.as_str().unwrap()), "{c}");
+    }
+    // The recomputed nodes appear in the schedule.
+    let remat_steps = v["schedule"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["node"].as_str().unwrap().contains(".remat"))
+        .count();
+    assert_eq!(remat_steps as u64, v["recomputed_nodes"].as_u64().unwrap());
+
+    // Frontier: a table with every scheme and an HTML page with an SVG plot.
+    let html = dir.join("frontier.html");
+    let fj = dir.join("frontier.json");
+    let out = lowmem_cli(&[
+        "frontier",
+        model,
+        "--train",
+        "--batch",
+        "4",
+        "--levels",
+        "6",
+        "--html",
+        html.to_str().unwrap(),
+        "--json",
+        fj.to_str().unwrap(),
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for s in [
+        "none", "sqrt", "log", "revolve", "optimal", "fits 50%", "fits 25%",
+    ] {
+        assert!(stdout.contains(s), "{s} missing: {stdout}");
+    }
+    let page = std::fs::read_to_string(&html).unwrap();
+    assert!(page.contains("<svg") && page.contains("<polyline") && page.contains("optimal"));
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&fj).unwrap()).unwrap();
+    let pts = v["points"].as_array().unwrap();
+    assert!(pts.len() >= 8);
+    assert!(pts.iter().any(|p| p["scheme"] == "optimal"));
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn plan_cli_budget_errors_are_clear() {
+    let model = common::data_dir().join("models").join("squeezenet.onnx");
+    let model = model.to_str().unwrap();
+    let fails = |args: &[&str], needles: &[&str]| {
+        let out = lowmem_cli(args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(!err.contains("panicked"), "{err}");
+        for n in needles {
+            assert!(err.contains(n), "'{n}' missing: {err}");
+        }
+    };
+    fails(
+        &[
+            "plan", model, "--train", "--remat", "optimal", "--budget", "lots",
+        ],
+        &["budget 'lots'", "512MiB"],
+    );
+    fails(&["plan", model, "--remat", "sqrt"], &["--train"]);
+    fails(
+        &[
+            "plan", model, "--train", "--batch", "4", "--remat", "optimal", "--budget", "1MiB",
+        ],
+        &[
+            "weights",
+            "gradients",
+            "optimizer state",
+            "smallest feasible budget",
+        ],
+    );
+    fails(
+        &[
+            "plan", model, "--train", "--batch", "4", "--remat", "optimal",
+        ],
+        &["--budget", "smallest feasible budget"],
+    );
+}

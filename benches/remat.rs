@@ -1,0 +1,209 @@
+//! Checkpointing benchmark: `cargo bench --bench remat [deep] [zoo] [NAME...]`.
+//!
+//! * `deep`: Chen et al.'s experiment in the planner: a 1001-layer bottleneck ResNet
+//!   (`[3, 8, 319, 3]` blocks) at ImageNet scale, batch 32 — the planned peak without
+//!   rematerialisation, with `sqrt`, `log`, `revolve` and `optimal` (at the sqrt peak and at
+//!   the smallest feasible budget), their overheads, and the time each scheme takes (the
+//!   schedule alone, and with the rewrite and the real plan).
+//! * `zoo`: resnet50, inception_v1, vgg19 (`data/models/`, fetched by `scripts/test.sh`) and
+//!   a BERT-base-like encoder at batch 32: the frontier of every scheme, and where each
+//!   first fits 50% and 25% of the no-remat peak, with its overhead.
+//!
+//! Every figure is a real plan of the rewritten training step (SGD with momentum,
+//! softmax cross-entropy). Nothing is asserted: read the ratios.
+
+use std::path::Path;
+use std::time::Instant;
+
+use lowmem::autodiff::{Loss, Optimizer, TrainingGraph, training_step};
+use lowmem::inspect::human_bytes;
+use lowmem::ir::Graph;
+use lowmem::plan::PlanOptions;
+use lowmem::remat::{GRANULARITY, Outcome, Scheme, Step, first_fit};
+
+const BATCH: usize = 32;
+
+fn step_of(g: &Graph) -> TrainingGraph {
+    let sgd = Optimizer::Sgd {
+        lr: 0.1,
+        momentum: 0.9,
+        weight_decay: 0.0,
+    };
+    training_step(g, g.outputs[0], Loss::CrossEntropy, &sgd).expect("training step")
+}
+
+fn opts() -> PlanOptions {
+    PlanOptions {
+        search_time: std::time::Duration::ZERO,
+        ..PlanOptions::default()
+    }
+}
+
+fn row(step: &Step, o: &Outcome, none: u64, secs: f64) {
+    println!(
+        "  {:<8} {:>11} {:>7.1}% {:>8.1}% {:>8.2} s  {}",
+        o.scheme.name(),
+        human_bytes(o.peak()),
+        100.0 * o.peak() as f64 / none as f64,
+        100.0 * step.overhead(o.recompute_flops),
+        secs,
+        o.detail
+    );
+}
+
+fn deep() {
+    let t = Instant::now();
+    let g = lowmem::models::resnet([3, 8, 319, 3], 224, 1000, BATCH);
+    let tg = step_of(&g);
+    println!(
+        "{}: {} forward nodes, {} training-step nodes, {} parameters (built in {:.1} s)",
+        g.name,
+        g.nodes.len(),
+        tg.graph.nodes.len(),
+        g.trainable_weights()
+            .iter()
+            .map(|&w| g.tensor(w).numel())
+            .sum::<usize>(),
+        t.elapsed().as_secs_f64()
+    );
+    drop(g);
+    let t = Instant::now();
+    let step = Step::new(&tg, opts()).expect("stages");
+    let n = step.stages.len();
+    println!(
+        "  {n} stages (cut and costed in {:.2} s)",
+        t.elapsed().as_secs_f64()
+    );
+    let c = &step.chain;
+    let time = |f: &dyn Fn() -> lowmem::rematerialize::Schedule| {
+        let t = Instant::now();
+        let s = f();
+        (s, t.elapsed().as_secs_f64())
+    };
+    let (_, t_sqrt) = time(&|| lowmem::rematerialize::chen_sqrt_best(c));
+    let (_, t_log) = time(&|| lowmem::rematerialize::log_scheme(c));
+    let slots = (n as f64).sqrt().ceil() as usize;
+    let (_, t_rev) = time(&|| lowmem::rematerialize::revolve(n, slots));
+    println!(
+        "  schedule only: sqrt (all thresholds) {:.3} s, log {:.3} s, revolve({slots}) {:.3} s",
+        t_sqrt, t_log, t_rev
+    );
+    println!(
+        "  {:<8} {:>11} {:>8} {:>9} {:>10}  detail",
+        "scheme", "peak", "of none", "overhead", "time"
+    );
+    let t = Instant::now();
+    let none = step.run(Scheme::None, None).expect("none");
+    let none_peak = none.peak();
+    row(&step, &none, none_peak, t.elapsed().as_secs_f64());
+    drop(none);
+    let mut sqrt_peak = 0;
+    for scheme in [Scheme::Sqrt, Scheme::Log, Scheme::Revolve] {
+        let t = Instant::now();
+        let o = step.run(scheme, None).expect("scheme");
+        if scheme == Scheme::Sqrt {
+            sqrt_peak = o.peak();
+        }
+        row(&step, &o, none_peak, t.elapsed().as_secs_f64());
+    }
+    let t = Instant::now();
+    let m = lowmem::rematerialize::min_peak_budget(c);
+    let top = lowmem::rematerialize::store_all(c).simulate(c).unwrap().0;
+    let (_, t_dp) = time(&|| {
+        lowmem::rematerialize::optimal(c, m + (top - m) / 4, GRANULARITY).expect("feasible")
+    });
+    println!(
+        "  optimal DP alone ({n} stages, {GRANULARITY} slots): {t_dp:.2} s (measured after {:.2} s of setup)",
+        t.elapsed().as_secs_f64() - t_dp
+    );
+    for (label, b) in [
+        ("at the sqrt peak", sqrt_peak),
+        ("at 50% of none", none_peak / 2),
+        ("at 25% of none", none_peak / 4),
+        ("at 15% of none", none_peak * 15 / 100),
+    ] {
+        let t = Instant::now();
+        match step.run(Scheme::Optimal, Some(b)) {
+            Ok(o) => {
+                print!("  [{label}] ");
+                row(&step, &o, none_peak, t.elapsed().as_secs_f64());
+            }
+            Err(e) => println!("  [{label}] optimal: {e}"),
+        }
+    }
+    let t = Instant::now();
+    let min = step.min_feasible().expect("min");
+    println!(
+        "  smallest feasible budget: {} ({:.1}% of none), found in {:.2} s",
+        human_bytes(min),
+        100.0 * min as f64 / none_peak as f64,
+        t.elapsed().as_secs_f64()
+    );
+    if let Ok(o) = step.run(Scheme::Optimal, Some(min)) {
+        print!("  [at the smallest feasible] ");
+        row(&step, &o, none_peak, 0.0);
+    }
+}
+
+fn frontier(name: &str, g: &Graph) {
+    let tg = step_of(g);
+    let step = Step::new(&tg, opts()).expect("stages");
+    let (pts, secs) = step.frontier(16).expect("frontier");
+    let none = pts
+        .iter()
+        .find(|p| p.scheme == Scheme::None)
+        .expect("none point")
+        .peak;
+    let min = step.min_feasible().expect("min");
+    println!(
+        "{name} (batch {BATCH}): {} stages, no remat {}, smallest feasible {} ({:.1}%), {} points planned in {secs:.1} s",
+        step.stages.len(),
+        human_bytes(none),
+        human_bytes(min),
+        100.0 * min as f64 / none as f64,
+        pts.len()
+    );
+    for frac in [0.5, 0.25] {
+        let target = (none as f64 * frac) as u64;
+        print!("  fits {:>2.0}%:", 100.0 * frac);
+        for s in Scheme::ALL {
+            match first_fit(&pts, s, target) {
+                Some(p) => print!(
+                    "  {} {} +{:.1}%",
+                    s.name(),
+                    human_bytes(p.peak),
+                    100.0 * p.overhead
+                ),
+                None => print!("  {} -", s.name()),
+            }
+        }
+        println!();
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    let want = |s: &str| args.is_empty() || args.iter().any(|a| a == s);
+    if want("deep") {
+        deep();
+    }
+    let zoo = ["resnet50", "inception_v1", "vgg19"];
+    for m in zoo {
+        if want("zoo") || want(m) {
+            let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("data/models")
+                .join(format!("{m}.onnx"));
+            match lowmem::model::load(&path, Some(BATCH)) {
+                Ok(g) => frontier(m, &g),
+                Err(e) => println!("{m}: skipped ({e})"),
+            }
+        }
+    }
+    if want("zoo") || want("bert_base") {
+        let g = lowmem::models::transformer_encoder(12, 768, 12, 128, 3072, 2, BATCH);
+        frontier("bert_base (encoder, seq 128)", &g);
+    }
+}
