@@ -523,22 +523,24 @@ impl<'a> Step<'a> {
             (Scheme::Revolve, None) => self.revolve((n as f64).sqrt().ceil() as usize)?,
             (Scheme::Revolve, Some(b)) => {
                 // Most slots (least recomputation) whose plan fits; peaks grow with slots.
-                let first = self.revolve(1)?;
-                if first.peak() > b {
-                    return Err(self.too_small(b, scheme, Some(first.peak()))?);
-                }
-                let (mut lo, mut hi, mut best) = (1usize, n.max(1), first);
+                // Few slots mean long rewritten graphs (about n²/2s recomputed stages), so
+                // they are planned only when the search gets there.
+                let (mut lo, mut hi) = (0usize, n.max(1)); // lo fits (0: none known)
+                let mut best: Option<Outcome> = None;
                 while lo < hi {
                     let mid = (lo + hi).div_ceil(2);
                     let o = self.revolve(mid)?;
                     if o.peak() <= b {
                         lo = mid;
-                        best = o;
+                        best = Some(o);
                     } else {
                         hi = mid - 1;
                     }
                 }
-                best
+                match best {
+                    Some(o) => o,
+                    None => return Err(self.too_small(b, scheme, None)?),
+                }
             }
             (Scheme::Optimal, None) => {
                 let (planned, _) = self.none_peaks();

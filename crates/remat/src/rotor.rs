@@ -22,9 +22,59 @@
 //! schemes and Revolve all lie in this family. Memory sizes are rounded **up**
 //! to slots of `unit = ceil(budget / granularity)` bytes and the budget down
 //! to `floor(budget / unit)` slots, so a plan found is always within the real
-//! budget. Time `O(n³·G)`, memory `O(n²·G)` (≈ 9·n²·G bytes) with `G` the number of slots.
+//! budget.
+//!
+//! # The programme
+//!
+//! Every backward runs once, so the DP minimises the *extra* compute
+//! `e(s, t, m)` (recomputed forwards; compute = `e` + Σ fwd + Σ bwd). With
+//! `fs(s, s')` the forward cost of stages `s..s'`:
+//!
+//! `e(s, t, m) = min( e(s+1, t, m − a_s),  min_{s'} fs(s, s') + e(s', t, m − x_{s'}) + e(s, s', m) )`
+//!
+//! over `G` slots (`m < G`) and the `~n²/2` pairs `(s, t)`: `O(n³·G)` work in
+//! the worst case. What makes long chains tractable, all exact:
+//!
+//! * **Windows.** A row `e(s, t, ·)` is non-increasing in `m`, infinite below
+//!   the pair's smallest peak and 0 from the memory where the whole segment
+//!   can be recorded; only the window in between is stored. There is no
+//!   decision table: [`optimal`] re-derives each choice of the final schedule
+//!   from the rows (`O(n)` per emitted sub-problem).
+//! * **Shared rows.** Two pairs whose sub-chains are identical (stage by
+//!   stage: slot sizes and forward cost; and the end boundary) have the same
+//!   row; it is computed and stored once. Chains of repeated blocks (a unit
+//!   chain, the blocks of a ResNet stage) then need `O(n)` rows, not `O(n²)`.
+//! * **Block filter.** Slots are cut into blocks (4 to 16 slots). For each pair
+//!   and block, the row's value at the block's last slot is kept, rounded
+//!   down to 29 bits, in two transposed tables (one contiguous along `s'`
+//!   for the left parts `(s, s')`, one for the right parts `(s', t)`). Both
+//!   parts of a split are non-increasing in `m`, so their sum at the block's
+//!   last slot bounds the split from below over the whole block; the split is
+//!   evaluated on the block only if that bound is below the pair's current
+//!   value at the block's first slot, an upper bound of the optimum over the
+//!   block. Per pair: the bounds of all splits on all blocks (streamed), the
+//!   split of smallest bound relaxed first on each block, then the splits
+//!   that pass the filter, over runs of consecutive blocks, prefetched.
+//! * **u32 costs**, in units of the gcd `g` of the forward costs, when the
+//!   largest possible extra cost fits (`(n + 2) · Σ fwd / g < 2^30`), else u64.
+//! * **Order and threads.** Rows `s` are processed in bands of 16 swept
+//!   over `t`, for cache reuse, one band per thread, each band following the
+//!   band above it column by column (see `Dp::run`).
+//!
+//! The filter prunes most of the `O(n³·G)` split evaluations but not all
+//! (near-optimal splits survive), and the rows are the memory: `≤ n²/2 · G`
+//! entries of 4 or 8 bytes (far fewer with shared rows), plus the filter
+//! tables (`n² · G / block` u32). Measured on 1000-stage chains, two cores
+//! (`examples/timing.rs`): a unit chain (shared rows, u32) 0.1–0.4 s and
+//! under 200 MB at `G` up to 500; a chain of random heterogeneous stages
+//! (u64, nothing shared) 8–12 s and 0.5 GB at `G = 100`, 13–16 s at
+//! `G = 200`, 17–27 s and 1.5–1.9 GB at `G = 500`.
 
 use crate::{Chain, Op, Schedule, store_all};
+use std::cell::UnsafeCell;
+use std::collections::HashMap;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// The budget is below the smallest peak of any schedule in the family.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
@@ -34,21 +84,60 @@ pub struct InfeasibleError {
     pub min_budget: u64,
 }
 
-/// "Infeasible" in the tables. Costs stay below it (checked), and any sum of
-/// two table entries and a forward cost cannot overflow.
+/// "Infeasible" in the min-peak table.
 const INF: u64 = 1 << 62;
 
-/// `row[m] = min(row[m], fs + right[m] + left[m])`, recording `k` where it
-/// improves. The hot loop of the DP (bound by memory traffic on long chains).
-#[inline]
-fn relax(row: &mut [u64], drow: &mut [u64], right: &[u64], left: &[u64], fs: u64, k: u64) {
-    let n = row.len();
-    let (drow, right, left) = (&mut drow[..n], &right[..n], &left[..n]);
-    for m in 0..n {
-        let c = fs + right[m] + left[m];
-        let better = c < row[m];
-        row[m] = if better { c } else { row[m] };
-        drow[m] = if better { k } else { drow[m] };
+/// Rows `s` per band of the sweep in `Dp::run`.
+const BAND: usize = 16;
+/// Block width (slots) of the split filter: about `G / 32`, within
+/// `[MIN_BLOCK, MAX_BLOCK]`.
+const MIN_BLOCK: usize = 4;
+const MAX_BLOCK: usize = 16;
+
+/// Filter tables: finite bounds are `< QFIN`, infinite ones are `QINF`, so
+/// the sum of two entries stays below `2^31`.
+const QFIN: u32 = 1 << 29;
+const QINF: u32 = 1 << 30;
+
+/// Cost type of the DP rows. `INF` marks "infeasible"; every finite value
+/// (and every forward-cost sum) is below it, and `3 · INF` does not overflow,
+/// so `fs + l + r` never wraps and is `>= INF` exactly when a part is.
+trait Cost: Copy + Ord + Default + Send + Sync + std::fmt::Debug + 'static {
+    const INF: Self;
+    fn from_u64(v: u64) -> Self;
+    fn to_u64(self) -> u64;
+    fn add(self, o: Self) -> Self;
+}
+
+impl Cost for u32 {
+    const INF: u32 = 1 << 30;
+    #[inline]
+    fn from_u64(v: u64) -> u32 {
+        v.min(Self::INF as u64) as u32
+    }
+    #[inline]
+    fn to_u64(self) -> u64 {
+        self as u64
+    }
+    #[inline]
+    fn add(self, o: u32) -> u32 {
+        self + o
+    }
+}
+
+impl Cost for u64 {
+    const INF: u64 = INF;
+    #[inline]
+    fn from_u64(v: u64) -> u64 {
+        v.min(Self::INF)
+    }
+    #[inline]
+    fn to_u64(self) -> u64 {
+        self
+    }
+    #[inline]
+    fn add(self, o: u64) -> u64 {
+        self + o
     }
 }
 
@@ -100,6 +189,18 @@ impl Sizes {
         let x = &self.x;
         x[t] + if k > s { x[k] } else { 0 } + x[k + 1] + self.ft[k]
     }
+
+    /// `fp[j]` = the smallest `m` for which the forwards of the checkpoint
+    /// choice `s' = s + j` on `(s, t)` fit (`j >= 1`; `fp[0]` unused).
+    fn fwd_peaks(&self, s: usize, t: usize, fp: &mut Vec<u64>) {
+        fp.clear();
+        fp.push(0);
+        let mut p = 0;
+        for sp in s + 1..t {
+            p = p.max(self.fwd_peak(s, t, sp - 1));
+            fp.push(p);
+        }
+    }
 }
 
 #[inline]
@@ -108,34 +209,49 @@ fn idx(s: usize, t: usize) -> usize {
 }
 
 /// Minimum-peak DP over the family: per pair `(s, t)`, the smallest peak and
-/// the choice (0 = record, `k > 0` = checkpoint at `s + k`). `O(n³)`.
+/// the choice (0 = record, `k > 0` = checkpoint at `s + k`). `O(n³)` time in
+/// the worst case, `O(n²)` memory. Pairs are visited with `s` descending and
+/// `t` ascending so that both operands of the split loop are contiguous.
 fn min_peak_table(z: &Sizes) -> (Vec<u64>, Vec<u32>) {
     let nn = z.n + 1;
-    let mut pk = vec![INF; idx(0, nn + 1)];
-    let mut ch = vec![0u32; idx(0, nn + 1)];
-    for len in 1..=nn {
-        for s in 0..=nn - len {
-            let t = s + len;
-            if len == 1 {
-                pk[idx(s, t)] = z.single(s);
-                continue;
-            }
-            let mut best = z.record_need(s, t).max(z.a[s] + pk[idx(s + 1, t)]);
-            let mut choice = 0u32;
-            let mut fp = 0u64;
-            for sp in s + 1..t {
-                fp = fp.max(z.fwd_peak(s, t, sp - 1));
-                if fp >= best {
-                    break;
+    let np = idx(0, nn + 1);
+    // `pk` is t-major (column t = pairs (·, t), contiguous); `pk_s` holds
+    // row s (pairs (s, ·)).
+    let mut pk = vec![INF; np];
+    let mut ch = vec![0u32; np];
+    let mut pk_s = Vec::with_capacity(nn);
+    let mut g = Vec::with_capacity(nn);
+    for s in (0..nn).rev() {
+        pk_s.clear();
+        // forward peak of stage k = s + j, without the x_t term
+        g.clear();
+        for k in s..nn.min(z.n) {
+            g.push(if k > s { z.x[k] } else { 0 } + z.x[k + 1] + z.ft[k]);
+        }
+        for t in s + 1..=nn {
+            let (best, choice) = if t == s + 1 {
+                (z.single(s), 0)
+            } else {
+                let mut best = z.record_need(s, t).max(z.a[s] + pk[idx(s + 1, t)]);
+                let mut choice = 0u32;
+                let col = &pk[idx(0, t)..idx(0, t) + t];
+                let mut fp = 0u64;
+                for sp in s + 1..t {
+                    fp = fp.max(z.x[t] + g[sp - 1 - s]);
+                    if fp >= best {
+                        break;
+                    }
+                    let p = fp.max(z.x[sp] + col[sp]).max(pk_s[sp - s - 1]);
+                    if p < best {
+                        best = p;
+                        choice = (sp - s) as u32;
+                    }
                 }
-                let p = fp.max(z.x[sp] + pk[idx(sp, t)]).max(pk[idx(s, sp)]);
-                if p < best {
-                    best = p;
-                    choice = (sp - s) as u32;
-                }
-            }
+                (best, choice)
+            };
             pk[idx(s, t)] = best;
             ch[idx(s, t)] = choice;
+            pk_s.push(best);
         }
     }
     (pk, ch)
@@ -198,6 +314,681 @@ fn min_peak_schedule(chain: &Chain) -> Schedule {
     Schedule { ops }
 }
 
+/// One stored row `e(s, t, ·)`: `INF` below `lo`, `vals[m − lo]` on
+/// `[lo, zero)`, 0 from `zero` on.
+struct Row<T> {
+    lo: usize,
+    zero: usize,
+    vals: Box<[T]>,
+}
+
+impl<T: Cost> Row<T> {
+    #[inline]
+    fn get(&self, m: usize) -> T {
+        if m < self.lo {
+            T::INF
+        } else if m >= self.zero {
+            T::default()
+        } else {
+            self.vals[m - self.lo]
+        }
+    }
+}
+
+/// Where a row's values are, for the tables of [`Dp`] (a [`Row`] without
+/// ownership: `vals` is `len` values from slot `lo`, 0 after).
+struct RowRef<T> {
+    ptr: *const T,
+    lo: u32,
+    len: u32,
+}
+
+impl<T> Clone for RowRef<T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<T> Copy for RowRef<T> {}
+
+// SAFETY: a `RowRef` is a shared view of an immutable row, like `&[T]`.
+unsafe impl<T: Sync> Send for RowRef<T> {}
+
+impl<T> RowRef<T> {
+    const NONE: RowRef<T> = RowRef {
+        ptr: std::ptr::null(),
+        lo: 0,
+        len: 0,
+    };
+
+    fn new(r: &Row<T>) -> Self {
+        RowRef {
+            ptr: r.vals.as_ptr(),
+            lo: r.lo as u32,
+            len: r.vals.len() as u32,
+        }
+    }
+}
+
+/// A checkpoint choice `s'` of a pair `(s, t)`: its left row `(s, s')`
+/// (`ll`, `lv`: first slot and values, 0 after), right row `(s', t)` (`rl`,
+/// `rv`), `x_{s'}`, the first slot where it is defined and `fs(s, s')`.
+struct Split<'r, T> {
+    ll: usize,
+    lv: &'r [T],
+    rl: usize,
+    rv: &'r [T],
+    x: usize,
+    start: usize,
+    fs: T,
+}
+
+/// Prefetches the values [`relax`] reads on `[m1, m2)`.
+#[inline]
+fn prefetch<T: Cost>(sp: &Split<'_, T>, m1: usize, m2: usize) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+        let m1 = m1.max(sp.start);
+        let sz = std::mem::size_of::<T>();
+        let touch = |vals: &[T], from: usize, to: usize| {
+            let to = to.min(vals.len());
+            let mut i = from;
+            while i < to {
+                // SAFETY: prefetching an in-bounds address has no effect on memory.
+                unsafe { _mm_prefetch(vals.as_ptr().add(i) as *const i8, _MM_HINT_T0) };
+                i += 64 / sz;
+            }
+        };
+        if m1 < m2 {
+            let x = sp.x;
+            touch(sp.lv, m1.saturating_sub(sp.ll), m2.saturating_sub(sp.ll));
+            touch(
+                sp.rv,
+                (m1 - x).saturating_sub(sp.rl),
+                (m2 - x).saturating_sub(sp.rl),
+            );
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (sp, m1, m2);
+}
+
+/// `row[m − off] = min(row[m − off], fs + l[m] + r[m − x])` on `[m1, m2)`.
+#[inline]
+fn relax<T: Cost>(row: &mut [T], off: usize, sp: &Split<'_, T>, m1: usize, m2: usize) {
+    let mut m = m1.max(sp.start);
+    let (ll, lv, rl, rv, x, fs) = (sp.ll, sp.lv, sp.rl, sp.rv, sp.x, sp.fs);
+    let lend = ll + lv.len();
+    let rend = rl + rv.len() + x;
+    while m < m2 {
+        // segment [m, e) where each side is either stored values or zero
+        let le = if m < lend { lend } else { usize::MAX };
+        let re = if m < rend { rend } else { usize::MAX };
+        let e = m2.min(le).min(re);
+        let dst = &mut row[m - off..e - off];
+        match (m < lend, m < rend) {
+            (true, true) => {
+                let ls = &lv[m - ll..e - ll];
+                let rs = &rv[m - x - rl..e - x - rl];
+                for ((d, &a), &b) in dst.iter_mut().zip(ls).zip(rs) {
+                    let c = fs.add(a).add(b);
+                    if c < *d {
+                        *d = c;
+                    }
+                }
+            }
+            (true, false) => {
+                for (d, &a) in dst.iter_mut().zip(&lv[m - ll..e - ll]) {
+                    let c = fs.add(a);
+                    if c < *d {
+                        *d = c;
+                    }
+                }
+            }
+            (false, true) => {
+                for (d, &b) in dst.iter_mut().zip(&rv[m - x - rl..e - x - rl]) {
+                    let c = fs.add(b);
+                    if c < *d {
+                        *d = c;
+                    }
+                }
+            }
+            (false, false) => {
+                for d in dst.iter_mut() {
+                    if fs < *d {
+                        *d = fs;
+                    }
+                }
+            }
+        }
+        m = e;
+    }
+}
+
+/// A table written by several threads, each place once, before any read of
+/// it; reads are ordered after the write by the band protocol of
+/// [`Dp::run`] (a release/acquire pair on the band's progress).
+struct SharedTable<V> {
+    cells: Box<[UnsafeCell<V>]>,
+}
+
+// SAFETY: see the type's docs: no place is written while it is read, and a
+// place is written by one thread only.
+unsafe impl<V: Send> Sync for SharedTable<V> {}
+
+impl<V: Copy> SharedTable<V> {
+    fn new(len: usize, v: V) -> Self {
+        SharedTable {
+            cells: (0..len).map(|_| UnsafeCell::new(v)).collect(),
+        }
+    }
+
+    /// # Safety
+    /// No other thread reads or writes place `i` concurrently.
+    #[inline]
+    unsafe fn write(&self, i: usize, v: V) {
+        // SAFETY: exclusive access to place `i` (caller's contract).
+        unsafe { *self.cells[i].get() = v }
+    }
+
+    /// # Safety
+    /// No thread writes `range` while the slice lives.
+    #[inline]
+    unsafe fn slice(&self, range: std::ops::Range<usize>) -> &[V] {
+        let cells = &self.cells[range];
+        // SAFETY: `UnsafeCell<V>` has the layout of `V`; no concurrent writes
+        // (caller's contract).
+        unsafe { std::slice::from_raw_parts(cells.as_ptr() as *const V, cells.len()) }
+    }
+}
+
+/// Per-thread buffers of [`Dp::compute`].
+#[derive(Default)]
+struct Scratch<T> {
+    row: Vec<T>,
+    fp: Vec<u64>,
+    v: Vec<u32>,
+    guess: Vec<usize>,
+    masks: Vec<u64>,
+    runs: Vec<(u32, u32, u32)>,
+}
+
+/// Discretised problem and its DP tables.
+struct Dp<'a, T> {
+    z: &'a Sizes,
+    nn: usize,
+    /// Slots `0..w` (`w = m0 + 1`).
+    w: usize,
+    /// Block width of the filter, and number of blocks.
+    block: usize,
+    nblocks: usize,
+    /// Forward-cost prefix sums divided by the gcd of the forward costs.
+    fsum: Vec<u64>,
+    /// Right shift of the filter tables.
+    shift: u32,
+    /// Row id of each pair `idx(s, t)`; pairs with identical sub-chains
+    /// share their row.
+    class: Vec<u32>,
+    rows: Vec<OnceLock<Row<T>>>,
+    /// The row of each pair, column `t` contiguous (at `idx(s, t)`) and row
+    /// `s` contiguous (at `sl_off[s] / nblocks + t − s − 1`).
+    ref_t: SharedTable<RowRef<T>>,
+    ref_s: SharedTable<RowRef<T>>,
+    /// Left table: for row `s`, block `k`, split `s'`:
+    /// `q(e(s, s', end_k) + fs(s, s'))` at `sl_off[s] + k·(nn − s) + (s' − s − 1)`.
+    sl: SharedTable<u32>,
+    sl_off: Vec<usize>,
+    /// Right table: for column `t`, block `k`, split `s'`:
+    /// `q(e(s', t, end_k − x_{s'}))` at `sr_off[t] + k·t + s'`.
+    sr: SharedTable<u32>,
+    sr_off: Vec<usize>,
+}
+
+impl<'a, T: Cost> Dp<'a, T> {
+    fn new(z: &'a Sizes, w: usize, fsum: Vec<u64>, bound: u64) -> Self {
+        let nn = z.n + 1;
+        let block = (w / 32).clamp(MIN_BLOCK, MAX_BLOCK);
+        let nblocks = w.div_ceil(block);
+        let bits = 64 - bound.leading_zeros();
+        let shift = bits.saturating_sub(29);
+        let mut sl_off = vec![0usize; nn + 1];
+        for s in 0..nn {
+            sl_off[s + 1] = sl_off[s] + (nn - s) * nblocks;
+        }
+        let mut sr_off = vec![0usize; nn + 2];
+        for t in 1..=nn {
+            sr_off[t + 1] = sr_off[t] + t * nblocks;
+        }
+        let mut dp = Dp {
+            z,
+            nn,
+            w,
+            block,
+            nblocks,
+            fsum,
+            shift,
+            class: vec![u32::MAX; idx(0, nn + 1)],
+            rows: Vec::new(),
+            ref_t: SharedTable::new(idx(0, nn + 1), RowRef::NONE),
+            ref_s: SharedTable::new(sl_off[nn] / nblocks, RowRef::NONE),
+            sl: SharedTable::new(sl_off[nn], QINF),
+            sl_off,
+            sr: SharedTable::new(sr_off[nn + 1], QINF),
+            sr_off,
+        };
+        dp.classes();
+        dp
+    }
+
+    /// Assigns a row id to each pair: one per distinct sub-chain (stage by
+    /// stage: slot sizes and forward cost; and the end boundary).
+    fn classes(&mut self) {
+        let z = self.z;
+        let (n, nn) = (z.n, self.nn);
+        let mut types: HashMap<(u64, u64, u64, u64, u64), u32> = HashMap::new();
+        let ty: Vec<u32> = (0..nn)
+            .map(|s| {
+                let f = if s < n {
+                    self.fsum[s + 1] - self.fsum[s]
+                } else {
+                    u64::MAX // the loss pseudo-stage
+                };
+                let key = (z.x[s], z.a[s], z.ft[s], z.bt[s], f);
+                let k = types.len() as u32;
+                *types.entry(key).or_insert(k)
+            })
+            .collect();
+        // Per length: ids of the stage-type sequences s..t (from those of
+        // s..t−1), then of the keys (sequence, x_t).
+        let mut seq = vec![u32::MAX; nn];
+        let mut seqs: HashMap<(u32, u32), u32> = HashMap::new();
+        let mut keys: HashMap<(u32, u64), u32> = HashMap::new();
+        let mut nclasses = 0usize;
+        for len in 1..=nn {
+            seqs.clear();
+            keys.clear();
+            for (s, sq) in seq.iter_mut().enumerate().take(nn - len + 1) {
+                let t = s + len;
+                let k = seqs.len() as u32;
+                *sq = *seqs.entry((*sq, ty[t - 1])).or_insert(k);
+                let k = (nclasses + keys.len()) as u32;
+                let c = *keys.entry((*sq, z.x[t])).or_insert(k);
+                self.class[idx(s, t)] = c;
+            }
+            nclasses += keys.len();
+        }
+        self.rows = (0..nclasses).map(|_| OnceLock::new()).collect();
+    }
+
+    #[inline]
+    fn row(&self, s: usize, t: usize) -> &Row<T> {
+        self.rows[self.class[idx(s, t)] as usize]
+            .get()
+            .expect("row computed before use")
+    }
+
+    /// Rounds a bound down to the filter tables' scale.
+    #[inline]
+    fn q(&self, v: T) -> u32 {
+        if v >= T::INF {
+            QINF
+        } else {
+            ((v.to_u64() >> self.shift) as u32).min(QFIN - 1)
+        }
+    }
+
+    /// Fills every pair's row.
+    ///
+    /// Rows `s` are cut into bands of [`BAND`] (from the last), each swept over
+    /// `t` ascending with `s` descending inside a column: pair `(s, t)` then
+    /// finds its rows `(s, s')` (same band, earlier columns) and `(s', t)`
+    /// (same column: this band, or a band above that has passed column `t`)
+    /// ready. The rows `(s, ·)` of a band stay in cache along its sweep, and the
+    /// rows `(s', t)` above it are read by all the rows of the band while in
+    /// cache. Threads take bands in order and follow each other: a band waits
+    /// for the band above to have finished the column it needs.
+    fn run(&self) {
+        let nn = self.nn;
+        let nbands = nn.div_ceil(BAND);
+        let band = |i: usize| {
+            let top = nn - 1 - i * BAND;
+            (top.saturating_sub(BAND - 1), top)
+        };
+        // progress[i]: the last column band i has finished (columns up to its
+        // first row need nothing from it).
+        let progress: Vec<AtomicUsize> = (0..nbands).map(|i| AtomicUsize::new(band(i).0)).collect();
+        let next = AtomicUsize::new(0);
+        let worker = || {
+            let mut scratch = Scratch::default();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= nbands {
+                    break;
+                }
+                let (lo, top) = band(i);
+                for t in lo + 1..=nn {
+                    if i > 0 {
+                        let mut spins = 0u32;
+                        while progress[i - 1].load(Ordering::Acquire) < t {
+                            spins += 1;
+                            if spins < 64 {
+                                std::hint::spin_loop();
+                            } else {
+                                std::thread::yield_now();
+                            }
+                        }
+                    }
+                    for s in (lo..=top.min(t - 1)).rev() {
+                        let c = self.class[idx(s, t)] as usize;
+                        self.rows[c].get_or_init(|| self.compute(s, t, &mut scratch));
+                        // SAFETY: the places of pair (s, t) are written by this
+                        // thread only, and read by pairs processed after this
+                        // one in this band or after `progress[i]` reaches t.
+                        unsafe { self.fill_samples(s, t) };
+                    }
+                    progress[i].store(t, Ordering::Release);
+                }
+            }
+        };
+        let threads = if nn < 64 {
+            1
+        } else {
+            std::thread::available_parallelism().map_or(1, |p| p.get().min(nbands))
+        };
+        if threads <= 1 {
+            worker();
+        } else {
+            std::thread::scope(|sc| {
+                for _ in 1..threads {
+                    sc.spawn(worker);
+                }
+                worker();
+            });
+        }
+    }
+
+    /// Fills the filter tables of pair `(s, t)` from its row.
+    ///
+    /// # Safety
+    /// See [`SharedTable`]: the caller has exclusive access to the places of
+    /// pair `(s, t)`.
+    unsafe fn fill_samples(&self, s: usize, t: usize) {
+        let nn = self.nn;
+        let fs = self.fsum[t] - self.fsum[s];
+        let xs = self.z.x[s] as usize;
+        let r = self.row(s, t);
+        // SAFETY: caller's contract.
+        unsafe {
+            self.ref_t.write(idx(s, t), RowRef::new(r));
+            self.ref_s
+                .write(self.sl_off[s] / self.nblocks + (t - s - 1), RowRef::new(r));
+        }
+        for k in 0..self.nblocks {
+            let end = ((k + 1) * self.block).min(self.w) - 1;
+            let l = r.get(end);
+            let vl = if l >= T::INF {
+                QINF
+            } else {
+                self.q(T::from_u64(l.to_u64() + fs))
+            };
+            let vr = if end >= xs {
+                self.q(r.get(end - xs))
+            } else {
+                QINF
+            };
+            // SAFETY: caller's contract.
+            unsafe {
+                self.sl
+                    .write(self.sl_off[s] + k * (nn - s) + (t - s - 1), vl);
+                self.sr.write(self.sr_off[t] + k * t + s, vr);
+            }
+        }
+    }
+
+    /// Computes the row of pair `(s, t)` from the rows of shorter pairs.
+    fn compute(&self, s: usize, t: usize, sc: &mut Scratch<T>) -> Row<T> {
+        let z = self.z;
+        let w = self.w;
+        let empty = |lo: usize| Row {
+            lo,
+            zero: lo,
+            vals: Box::new([]),
+        };
+        if t == s + 1 {
+            return empty((z.single(s) as usize).min(w));
+        }
+        let row = &mut sc.row;
+        row.clear();
+        row.resize(w, T::INF);
+        // record s
+        let need = z.record_need(s, t) as usize;
+        let a = z.a[s] as usize;
+        let sub = self.row(s + 1, t);
+        let mut first = w;
+        let from = need.max(sub.lo + a);
+        if from < w {
+            first = from;
+            for (m, r) in row.iter_mut().enumerate().skip(from) {
+                *r = sub.get(m - a);
+            }
+        }
+        // checkpoints s' = s + j: rows, forward cost, first slot where defined
+        let fp = &mut sc.fp;
+        z.fwd_peaks(s, t, fp);
+        // SAFETY: the refs of pairs (s, s') for s' < t and (s', t) for s' > s
+        // are final (see `run`).
+        let (lref, rref) = unsafe {
+            let o = self.sl_off[s] / self.nblocks;
+            (
+                self.ref_s.slice(o..o + (t - s - 1)),
+                self.ref_t.slice(idx(s + 1, t)..idx(t, t)),
+            )
+        };
+        let view = |r: &RowRef<T>| -> (usize, &[T]) {
+            let vals = if r.len == 0 {
+                &[][..]
+            } else {
+                // SAFETY: `r` views a row of `self.rows`, immutable and alive
+                // as long as `self`.
+                unsafe { std::slice::from_raw_parts(r.ptr, r.len as usize) }
+            };
+            (r.lo as usize, vals)
+        };
+        let splits: Vec<Split<T>> = (s + 1..t)
+            .zip(lref.iter().zip(rref))
+            .map(|(sp, (l, r))| {
+                let (ll, lv) = view(l);
+                let (rl, rv) = view(r);
+                let x = z.x[sp] as usize;
+                let start = (fp[sp - s] as usize).max(ll).max(rl + x);
+                first = first.min(start);
+                Split {
+                    ll,
+                    lv,
+                    rl,
+                    rv,
+                    x,
+                    start,
+                    fs: T::from_u64(self.fsum[sp] - self.fsum[s]),
+                }
+            })
+            .collect();
+        if first < w {
+            self.blocks(s, t, &splits, first / self.block, sc);
+        }
+        let row = &sc.row;
+        let lo = row.iter().position(|&v| v < T::INF).unwrap_or(w);
+        let zero = row[lo..]
+            .iter()
+            .position(|&v| v == T::default())
+            .map_or(w, |p| lo + p);
+        Row {
+            lo,
+            zero,
+            vals: row[lo..zero].into(),
+        }
+    }
+
+    /// The checkpoint choices of pair `(s, t)` on the blocks from `k0` on.
+    fn blocks(&self, s: usize, t: usize, splits: &[Split<'_, T>], k0: usize, sc: &mut Scratch<T>) {
+        let w = self.w;
+        let cm = splits.len();
+        let nb = self.nblocks - k0;
+        let stride = self.nn - s;
+        // SAFETY: row s's places of pairs (s, s') for s' < t and column t's
+        // places of pairs (s', t) for s' > s are final (see `run`).
+        let (sl_row, sr_col) = unsafe {
+            (
+                self.sl
+                    .slice(self.sl_off[s]..self.sl_off[s] + stride * self.nblocks),
+                self.sr
+                    .slice(self.sr_off[t]..self.sr_off[t] + t * self.nblocks),
+            )
+        };
+        let Scratch {
+            row,
+            fp,
+            v,
+            guess,
+            masks,
+            runs,
+        } = sc;
+        // Lower bounds of each split over each block, and the split with the
+        // smallest bound (a good guess of the best split at the block's end).
+        v.clear();
+        v.resize(nb * cm, u32::MAX);
+        guess.clear();
+        guess.resize(nb, usize::MAX);
+        let mut cnt = 0usize; // splits 0..cnt are defined somewhere in the block
+        for kk in 0..nb {
+            let k = k0 + kk;
+            let m2 = ((k + 1) * self.block).min(w);
+            while cnt < cm && (fp[cnt + 1] as usize) < m2 {
+                cnt += 1;
+            }
+            let lq = &sl_row[k * stride..k * stride + cnt];
+            let rq = &sr_col[k * t + s + 1..k * t + s + 1 + cnt];
+            let vk = &mut v[kk * cm..kk * cm + cnt];
+            let mut best = QINF;
+            for (o, (&l, &r)) in vk.iter_mut().zip(lq.iter().zip(rq)) {
+                *o = l + r;
+                best = best.min(l + r);
+            }
+            if best < QINF {
+                guess[kk] = vk.iter().position(|&x| x == best).unwrap_or(usize::MAX);
+            }
+        }
+        // Pass 1: the guesses on their block and the next one.
+        for (kk, &j) in guess.iter().enumerate() {
+            if j != usize::MAX {
+                let m1 = (k0 + kk) * self.block;
+                let m2 = ((k0 + kk + 2) * self.block).min(w);
+                relax(row, 0, &splits[j], m1, m2);
+            }
+        }
+        // Pass 2: every split whose bound is below the block's current value
+        // at its first slot (an upper bound of the optimum over the block),
+        // relaxed over runs of consecutive blocks.
+        let quant = |u: T| -> u32 {
+            if u >= T::INF {
+                QINF
+            } else {
+                (u.to_u64().div_ceil(1 << self.shift)).min(QINF as u64) as u32
+            }
+        };
+        masks.clear();
+        masks.resize(cm, 0);
+        for c0 in (0..nb).step_by(64) {
+            let c1 = (c0 + 64).min(nb);
+            masks.fill(0);
+            for kk in c0..c1 {
+                let uq = quant(row[(k0 + kk) * self.block]);
+                let bit = kk - c0;
+                for (mk, &vv) in masks.iter_mut().zip(&v[kk * cm..(kk + 1) * cm]) {
+                    *mk |= ((vv < uq) as u64) << bit;
+                }
+            }
+            runs.clear();
+            for (j, &mask) in masks.iter().enumerate() {
+                let mut mask = mask;
+                while mask != 0 {
+                    let b0 = mask.trailing_zeros() as usize;
+                    let run = (!(mask >> b0)).trailing_zeros() as usize;
+                    mask &= !((u64::MAX >> (64 - run)) << b0);
+                    let m1 = (k0 + c0 + b0) * self.block;
+                    let m2 = ((k0 + c0 + b0 + run) * self.block).min(w);
+                    runs.push((j as u32, m1 as u32, m2 as u32));
+                }
+            }
+            // The rows are scattered in memory: fetch a few runs ahead.
+            const AHEAD: usize = 6;
+            for &(j, m1, m2) in runs.iter().take(AHEAD) {
+                prefetch(&splits[j as usize], m1 as usize, m2 as usize);
+            }
+            for (i, &(j, m1, m2)) in runs.iter().enumerate() {
+                if let Some(&(j, m1, m2)) = runs.get(i + AHEAD) {
+                    prefetch(&splits[j as usize], m1 as usize, m2 as usize);
+                }
+                relax(row, 0, &splits[j as usize], m1 as usize, m2 as usize);
+            }
+        }
+    }
+
+    /// Extra cost of `(s, t)` at `m` (`INF` if infeasible).
+    fn get(&self, s: usize, t: usize, m: usize) -> T {
+        self.row(s, t).get(m)
+    }
+
+    /// A choice achieving `e(s, t, m)` (which must be finite): 0 = record,
+    /// `k` = checkpoint at `s + k`.
+    fn choice(&self, s: usize, t: usize, m: usize) -> usize {
+        let z = self.z;
+        let v = self.get(s, t, m);
+        debug_assert!(v < T::INF);
+        let a = z.a[s] as usize;
+        if m >= z.record_need(s, t) as usize && m >= a && self.get(s + 1, t, m - a) == v {
+            return 0;
+        }
+        let mut fp = Vec::new();
+        z.fwd_peaks(s, t, &mut fp);
+        for sp in s + 1..t {
+            let x = z.x[sp] as usize;
+            if (fp[sp - s] as usize) > m || x > m {
+                continue;
+            }
+            let fs = T::from_u64(self.fsum[sp] - self.fsum[s]);
+            let c = fs.add(self.get(s, sp, m)).add(self.get(sp, t, m - x));
+            if c == v {
+                return sp - s;
+            }
+        }
+        unreachable!("no choice achieves the DP value at ({s}, {t}, {m})")
+    }
+}
+
+fn gcd(mut a: u64, mut b: u64) -> u64 {
+    while b != 0 {
+        (a, b) = (b, a % b);
+    }
+    a
+}
+
+/// Runs the DP with cost type `T` and emits the optimal schedule, or `None`
+/// if the discretised problem is infeasible.
+fn solve<T: Cost>(z: &Sizes, m0: u64, fsum: Vec<u64>, bound: u64) -> Option<Schedule> {
+    let n = z.n;
+    let nn = n + 1;
+    let dp = Dp::<T>::new(z, m0 as usize + 1, fsum, bound);
+    dp.run();
+    if dp.get(0, nn, m0 as usize) >= T::INF {
+        return None;
+    }
+    let choice = |s: usize, t: usize, m: u64| dp.choice(s, t, m as usize);
+    let mut ops = Vec::new();
+    emit(&mut ops, n, 0, nn, m0, &choice, z);
+    Some(Schedule { ops })
+}
+
 /// Minimum total compute schedule (Rotor DP) under `budget_bytes`, memory
 /// discretised into `granularity` slots (see the module docs).
 ///
@@ -205,8 +996,8 @@ fn min_peak_schedule(chain: &Chain) -> Schedule {
 /// budget is below [`min_peak_budget`], returns [`InfeasibleError`]. If the
 /// budget is feasible but rounding to slots makes the discretised problem
 /// infeasible, returns the minimum-peak schedule (valid, within budget, not
-/// necessarily compute-optimal). Panics on an invalid chain or more than
-/// 65 534 stages.
+/// necessarily compute-optimal). Panics on an invalid chain or on forward
+/// costs so large that `(n + 2) · Σ fwd` reaches `2^62`.
 pub fn optimal(
     chain: &Chain,
     budget_bytes: u64,
@@ -214,7 +1005,6 @@ pub fn optimal(
 ) -> Result<Schedule, InfeasibleError> {
     chain.validate().expect("valid chain");
     let n = chain.len();
-    assert!(n < u16::MAX as usize, "chain too long");
     let sa = store_all(chain);
     let (sa_peak, _) = sa.simulate(chain).expect("store_all is valid");
     if budget_bytes >= sa_peak {
@@ -224,114 +1014,41 @@ pub fn optimal(
     let unit = budget_bytes.div_ceil(g).max(1);
     let z = Sizes::new(chain, unit);
     let slots = budget_bytes / unit;
-    let nn = n + 1;
-    let (pk, _) = min_peak_table(&z);
-    let m0 = match slots.checked_sub(z.x[0]) {
-        Some(m0) if pk[idx(0, nn)] <= m0 => m0,
-        _ => {
-            let min_budget = min_peak_budget(chain);
-            if budget_bytes < min_budget {
-                return Err(InfeasibleError { min_budget });
-            }
-            return Ok(min_peak_schedule(chain));
+    let fallback = || {
+        let min_budget = min_peak_budget(chain);
+        if budget_bytes < min_budget {
+            Err(InfeasibleError { min_budget })
+        } else {
+            Ok(min_peak_schedule(chain))
         }
     };
-    let fwd_total: u64 = chain.fwd.iter().sum();
-    let bwd_total: u64 = chain.bwd.iter().sum();
-    let worst = (fwd_total as u128) * (n as u128 + 1) + bwd_total as u128;
+    let Some(m0) = slots.checked_sub(z.x[0]) else {
+        return fallback();
+    };
+    // Extra costs are sums of forward costs: work in units of their gcd.
+    let div = chain.fwd.iter().fold(0, |g, &f| gcd(g, f)).max(1);
+    let mut fsum = vec![0u64; n + 2];
+    for i in 0..n {
+        fsum[i + 1] = fsum[i]
+            .checked_add(chain.fwd[i] / div)
+            .expect("forward costs overflow");
+    }
+    fsum[n + 1] = fsum[n];
+    // Each stage runs forward at most n + 1 times in the family: extra costs
+    // plus one forward sum stay below this bound.
+    let bound = (fsum[n] as u128) * (n as u128 + 2);
     assert!(
-        worst < INF as u128,
+        bound < INF as u128,
         "costs too large for the DP (must stay below 2^62)"
     );
-    let w = m0 as usize + 1;
-    let mut fsum = vec![0u64; nn + 1];
-    let mut bsum = vec![0u64; nn + 1];
-    for i in 0..n {
-        fsum[i + 1] = fsum[i] + chain.fwd[i];
-        bsum[i + 1] = bsum[i] + chain.bwd[i];
+    let bound = bound as u64;
+    let res = if bound < <u32 as Cost>::INF as u64 {
+        solve::<u32>(&z, m0, fsum, bound)
+    } else {
+        solve::<u64>(&z, m0, fsum, bound)
+    };
+    match res {
+        Some(s) => Ok(s),
+        None => fallback(),
     }
-    fsum[nn] = fsum[n];
-    bsum[nn] = bsum[n];
-    let npairs = idx(0, nn + 1);
-    // Costs in two layouts so that the split loop streams through memory:
-    // `cost` is t-major (rows (s', t) for consecutive s' are adjacent) and
-    // `cost_s` is s-major (rows (s, s') for consecutive s' are adjacent).
-    let mut cost = vec![INF; npairs * w];
-    let mut cost_s = vec![INF; npairs * w];
-    let sidx = |s: usize, t: usize| s * nn - s * s.saturating_sub(1) / 2 + (t - s - 1);
-    let mut dec = vec![0u16; npairs * w];
-    let mut row = vec![INF; w];
-    let mut drow = vec![0u64; w];
-    // t ascending, s descending: (s', t) rows for s' > s and (s, s') rows for
-    // s' < t are ready; the t-major block of t stays in cache.
-    for t in 1..=nn {
-        for s in (0..t).rev() {
-            let len = t - s;
-            let base = fsum[t] - fsum[s] + bsum[t] - bsum[s];
-            let lo = pk[idx(s, t)];
-            if lo >= w as u64 {
-                continue; // infeasible for every m
-            }
-            let lo = lo as usize;
-            row.fill(INF);
-            drow.fill(0);
-            if len == 1 {
-                row[lo..].fill(base);
-            } else {
-                // record s
-                let a = z.a[s] as usize;
-                let need = (z.record_need(s, t) as usize).max(a);
-                let sub = &cost[idx(s + 1, t) * w..][..w];
-                let fb = chain.fwd[s] + chain.bwd[s];
-                for m in need..w {
-                    row[m] = (fb + sub[m - a]).min(INF);
-                }
-                // memory from which nothing beats the base cost
-                let mut hi = row.iter().position(|&c| c == base).unwrap_or(w);
-                let mut fp = 0u64;
-                for sp in s + 1..t {
-                    fp = fp.max(z.fwd_peak(s, t, sp - 1));
-                    let fs = fsum[sp] - fsum[s];
-                    // every checkpoint choice from here on costs at least
-                    // base + fs: entries at the top already that cheap are final
-                    while hi > lo && row[hi - 1] <= base + fs {
-                        hi -= 1;
-                    }
-                    if fp as usize >= hi {
-                        break;
-                    }
-                    let xs = z.x[sp] as usize;
-                    let start = (fp as usize).max(xs + pk[idx(sp, t)] as usize).max(lo);
-                    if start >= hi {
-                        continue;
-                    }
-                    let right = &cost[idx(sp, t) * w..][start - xs..hi - xs];
-                    let left = &cost_s[sidx(s, sp) * w..][start..hi];
-                    relax(
-                        &mut row[start..hi],
-                        &mut drow[start..hi],
-                        right,
-                        left,
-                        fs,
-                        (sp - s) as u64,
-                    );
-                }
-            }
-            let o = idx(s, t) * w;
-            for c in row.iter_mut() {
-                *c = (*c).min(INF);
-            }
-            cost[o..o + w].copy_from_slice(&row);
-            let o2 = sidx(s, t) * w;
-            cost_s[o2..o2 + w].copy_from_slice(&row);
-            for (d, &k) in dec[o..o + w].iter_mut().zip(&drow) {
-                *d = k as u16;
-            }
-        }
-    }
-    debug_assert!(cost[idx(0, nn) * w + m0 as usize] < INF);
-    let choice = |s: usize, t: usize, m: u64| dec[idx(s, t) * w + m as usize] as usize;
-    let mut ops = Vec::new();
-    emit(&mut ops, n, 0, nn, m0, &choice, &z);
-    Ok(Schedule { ops })
 }

@@ -156,82 +156,228 @@ fn simulate_rejects_invalid() {
     }
 }
 
-/// Enumerates every schedule of the persistent family (see `rotor` docs) for
-/// the extended segment `(s, t)`, calling `k` on each completed op list.
-fn enumerate(s: usize, t: usize, n: usize, ops: &mut Vec<Op>, k: &mut dyn FnMut(&mut Vec<Op>)) {
+/// An incremental simulator, independent of `Schedule::simulate` and of the
+/// DP: applies ops one at a time to a live state (same semantics as the crate
+/// docs) and undoes them in reverse order, tracking peak and compute.
+struct IncSim<'a> {
+    c: &'a Chain,
+    x_live: Vec<bool>,
+    r_live: Vec<bool>,
+    grad: Option<usize>,
+    live: u64,
+    peak: u64,
+    compute: u64,
+    /// Applied ops with the peak before each.
+    stack: Vec<(Op, u64)>,
+}
+
+impl<'a> IncSim<'a> {
+    fn new(c: &'a Chain) -> Self {
+        let n = c.len();
+        let mut x_live = vec![false; n + 1];
+        x_live[0] = true;
+        IncSim {
+            c,
+            x_live,
+            r_live: vec![false; n],
+            grad: None,
+            live: c.input_bytes[0],
+            peak: c.input_bytes[0],
+            compute: 0,
+            stack: Vec::new(),
+        }
+    }
+
+    fn avail(&self, j: usize) -> bool {
+        self.x_live[j] || (j > 0 && self.r_live[j - 1])
+    }
+
+    /// Applies `op`, panicking if it is invalid.
+    fn push(&mut self, op: Op) {
+        let c = self.c;
+        let n = c.len();
+        let x = &c.input_bytes;
+        self.stack.push((op, self.peak));
+        match op {
+            Op::Forward { stage: i, record } => {
+                assert!(self.avail(i), "{op:?}: input not available");
+                self.compute += c.fwd[i];
+                if record {
+                    assert!(!self.r_live[i]);
+                    self.peak = self.peak.max(self.live + c.saved_bytes[i] + c.fwd_tmp[i]);
+                    self.r_live[i] = true;
+                    self.live += c.saved_bytes[i];
+                } else {
+                    assert!(!self.x_live[i + 1]);
+                    self.peak = self.peak.max(self.live + x[i + 1] + c.fwd_tmp[i]);
+                    self.x_live[i + 1] = true;
+                    self.live += x[i + 1];
+                }
+            }
+            Op::Loss => {
+                assert!(self.grad.is_none() && self.avail(n));
+                self.live += x[n];
+                self.peak = self.peak.max(self.live);
+                self.grad = Some(n);
+            }
+            Op::Backward { stage: i } => {
+                assert!(self.grad == Some(i + 1) && self.r_live[i] && self.avail(i));
+                self.peak = self.peak.max(self.live + x[i] + c.bwd_tmp[i]);
+                self.live = self.live + x[i] - x[i + 1] - c.saved_bytes[i];
+                self.r_live[i] = false;
+                self.grad = Some(i);
+                self.compute += c.bwd[i];
+            }
+            Op::Free { activation: j } => {
+                assert!(self.x_live[j]);
+                self.x_live[j] = false;
+                self.live -= x[j];
+            }
+        }
+    }
+
+    /// Undoes the last applied op.
+    fn pop(&mut self) {
+        let c = self.c;
+        let x = &c.input_bytes;
+        let (op, peak) = self.stack.pop().expect("an op to undo");
+        self.peak = peak;
+        match op {
+            Op::Forward { stage: i, record } => {
+                self.compute -= c.fwd[i];
+                if record {
+                    self.r_live[i] = false;
+                    self.live -= c.saved_bytes[i];
+                } else {
+                    self.x_live[i + 1] = false;
+                    self.live -= x[i + 1];
+                }
+            }
+            Op::Loss => {
+                self.live -= x[c.len()];
+                self.grad = None;
+            }
+            Op::Backward { stage: i } => {
+                self.live = self.live + x[i + 1] + c.saved_bytes[i] - x[i];
+                self.r_live[i] = true;
+                self.grad = Some(i + 1);
+                self.compute -= c.bwd[i];
+            }
+            Op::Free { activation: j } => {
+                self.x_live[j] = true;
+                self.live += x[j];
+            }
+        }
+    }
+
+    fn ops(&self) -> Vec<Op> {
+        self.stack.iter().map(|&(op, _)| op).collect()
+    }
+}
+
+/// Walks every schedule of the persistent family (see the `rotor` docs) for
+/// the extended segment `(s, t)` on the simulator, calling `k` after each
+/// completed sub-schedule (the ops stay applied during the call).
+fn walk(s: usize, t: usize, n: usize, sim: &mut IncSim, k: &mut dyn FnMut(&mut IncSim)) {
     if s == n {
-        ops.push(Op::Loss);
-        k(ops);
-        ops.pop();
+        sim.push(Op::Loss);
+        k(sim);
+        sim.pop();
         return;
     }
     if t == s + 1 {
-        ops.push(Op::Forward {
+        sim.push(Op::Forward {
             stage: s,
             record: true,
         });
-        ops.push(Op::Backward { stage: s });
-        k(ops);
-        ops.truncate(ops.len() - 2);
+        sim.push(Op::Backward { stage: s });
+        k(sim);
+        sim.pop();
+        sim.pop();
         return;
     }
-    ops.push(Op::Forward {
+    // record s
+    sim.push(Op::Forward {
         stage: s,
         record: true,
     });
-    enumerate(s + 1, t, n, ops, &mut |ops: &mut Vec<Op>| {
-        ops.push(Op::Backward { stage: s });
-        k(ops);
-        ops.pop();
+    walk(s + 1, t, n, sim, &mut |sim: &mut IncSim| {
+        sim.push(Op::Backward { stage: s });
+        k(sim);
+        sim.pop();
     });
-    ops.pop();
+    sim.pop();
+    // checkpoint sp: advance, right part, free X_sp, left part
     for sp in s + 1..t {
-        let len = ops.len();
+        let mut pushed = 0;
         for j in s..sp {
-            ops.push(Op::Forward {
+            sim.push(Op::Forward {
                 stage: j,
                 record: false,
             });
+            pushed += 1;
             if j > s {
-                ops.push(Op::Free { activation: j });
+                sim.push(Op::Free { activation: j });
+                pushed += 1;
             }
         }
-        enumerate(sp, t, n, ops, &mut |ops: &mut Vec<Op>| {
-            ops.push(Op::Free { activation: sp });
-            enumerate(s, sp, n, ops, &mut *k);
-            ops.pop();
+        walk(sp, t, n, sim, &mut |sim: &mut IncSim| {
+            sim.push(Op::Free { activation: sp });
+            walk(s, sp, n, sim, &mut *k);
+            sim.pop();
         });
-        ops.truncate(len);
+        for _ in 0..pushed {
+            sim.pop();
+        }
     }
 }
 
-/// (peak, compute) of every schedule of the family, simulated.
-fn all_family(c: &Chain) -> Vec<(u64, u64)> {
+/// Brute force over the family: `best[p]` = the smallest compute of a
+/// schedule with peak exactly `p` (`u64::MAX` if none), and the number of
+/// schedules. With `check`, every schedule is also run through
+/// `Schedule::simulate`, which must agree with the incremental simulator.
+fn brute_force(c: &Chain, check: bool) -> (Vec<u64>, u64) {
     let n = c.len();
-    let mut out = Vec::new();
-    let mut ops = Vec::new();
-    let mut sched = Schedule::default();
-    enumerate(0, n + 1, n, &mut ops, &mut |ops: &mut Vec<Op>| {
-        sched.ops.clone_from(ops);
-        out.push(sched.simulate(c).expect("family schedules are valid"));
+    let mut best = Vec::new();
+    let mut count = 0u64;
+    let mut sim = IncSim::new(c);
+    walk(0, n + 1, n, &mut sim, &mut |sim: &mut IncSim| {
+        assert_eq!(sim.grad, Some(0));
+        count += 1;
+        let p = sim.peak as usize;
+        if p >= best.len() {
+            best.resize(p + 1, u64::MAX);
+        }
+        best[p] = best[p].min(sim.compute);
+        if check {
+            let sched = Schedule { ops: sim.ops() };
+            assert_eq!(sched.simulate(c), Ok((sim.peak, sim.compute)), "{sched:?}");
+        }
     });
-    out
+    (best, count)
 }
 
-fn check_against_brute(c: &Chain) {
-    let fam = all_family(c);
-    let min_peak = fam.iter().map(|p| p.0).min().unwrap();
-    let max_peak = fam.iter().map(|p| p.0).max().unwrap();
+/// Large Schröder numbers: the size of the family for `n` stages.
+const FAMILY_SIZE: [u64; 13] = [
+    1, 2, 6, 22, 90, 394, 1806, 8558, 41586, 206098, 1037718, 5293446, 27297738,
+];
+
+/// `optimal` against brute force on every budget from one below the minimum
+/// peak to one above the largest peak of the family, with 1-byte slots.
+fn check_against_brute(c: &Chain, check_sim: bool) {
+    let n = c.len();
+    let (best, count) = brute_force(c, check_sim);
+    assert_eq!(count, FAMILY_SIZE[n]);
+    let min_peak = best.iter().position(|&v| v != u64::MAX).unwrap() as u64;
+    let max_peak = best.iter().rposition(|&v| v != u64::MAX).unwrap() as u64;
     assert_eq!(min_peak_budget(c), min_peak);
     let err = optimal(c, min_peak - 1, 1000).unwrap_err();
     assert_eq!(err.min_budget, min_peak);
+    let mut brute = u64::MAX;
     for budget in min_peak..=max_peak + 1 {
-        let brute = fam
-            .iter()
-            .filter(|p| p.0 <= budget)
-            .map(|p| p.1)
-            .min()
-            .unwrap();
+        if let Some(&v) = best.get(budget as usize) {
+            brute = brute.min(v);
+        }
         // granularity >= budget: unit = 1 byte, no rounding
         let s = optimal(c, budget, budget as usize).unwrap();
         let (peak, compute) = s.simulate(c).unwrap();
@@ -241,24 +387,234 @@ fn check_against_brute(c: &Chain) {
 }
 
 #[test]
-fn optimal_matches_brute_force_small() {
-    let mut rng = Rng(0x1234_5678_9abc_def1);
-    // Family sizes (large Schröder numbers): n = 7 -> 8558 schedules.
-    for n in 1..=7 {
-        for trial in 0..6 {
-            let c = random_chain(&mut rng, n, 6, trial % 2 == 1);
-            check_against_brute(&c);
+fn incremental_simulator_matches_simulate() {
+    let mut rng = Rng(0x0bad_cafe_1234_5678);
+    for (n, &size) in FAMILY_SIZE.iter().enumerate().take(8).skip(1) {
+        for trial in 0..3 {
+            let c = random_chain(&mut rng, n, 6, trial != 0);
+            let (_, count) = brute_force(&c, true);
+            assert_eq!(count, size);
         }
     }
 }
 
 #[test]
-fn optimal_matches_brute_force_large() {
+fn optimal_matches_brute_force_small() {
+    let mut rng = Rng(0x1234_5678_9abc_def1);
+    for n in 1..=9 {
+        for trial in 0..6 {
+            let c = random_chain(&mut rng, n, 6, trial % 2 == 1);
+            check_against_brute(&c, false);
+        }
+    }
+}
+
+#[test]
+fn optimal_matches_brute_force_10_to_12() {
+    // The acceptance criterion: chains of up to 12 stages with random costs
+    // (27 297 738 schedules for n = 12), every budget of the family's range.
     let mut rng = Rng(0xdead_beef_cafe_f00d);
-    // n = 9: 206 098 schedules each.
-    for trial in 0..2 {
-        let c = random_chain(&mut rng, 9, 5, trial == 1);
-        check_against_brute(&c);
+    for (n, trials) in [(10, 3), (11, 2), (12, 2)] {
+        for trial in 0..trials {
+            let c = random_chain(&mut rng, n, 5, trial % 2 == 1);
+            check_against_brute(&c, false);
+        }
+    }
+}
+
+#[test]
+fn optimal_matches_brute_force_large_costs() {
+    // Costs of the order of real FLOP counts exercise the 64-bit tables; a
+    // common factor of the forward costs exercises their gcd scaling.
+    let mut rng = Rng(0x5151_2323_abab_0101);
+    for n in [3usize, 6, 8, 9] {
+        for trial in 0..3 {
+            let mut c = random_chain(&mut rng, n, 6, trial != 1);
+            for i in 0..n {
+                c.fwd[i] = match trial {
+                    0 => rng.range(1_000_000_000, 4_000_000_000),
+                    1 => rng.range(1, 40) << 20,
+                    _ => rng.range(0, 3),
+                };
+                c.bwd[i] = 2 * c.fwd[i] + rng.range(0, 1000);
+            }
+            check_against_brute(&c, false);
+        }
+    }
+}
+
+/// The chain with every size rounded up to `unit`-byte slots (the DP's view).
+fn rounded(c: &Chain, unit: u64) -> Chain {
+    let q = |v: &Vec<u64>| v.iter().map(|&b| b.div_ceil(unit)).collect::<Vec<u64>>();
+    Chain::new(
+        c.fwd.clone(),
+        c.bwd.clone(),
+        q(&c.input_bytes),
+        q(&c.saved_bytes),
+    )
+    .and_then(|r| r.with_temporaries(q(&c.fwd_tmp), q(&c.bwd_tmp)))
+    .unwrap()
+}
+
+#[test]
+fn optimal_is_exact_for_the_discretised_problem() {
+    // With coarse slots, `optimal` equals brute force over the family on the
+    // rounded chain and the rounded-down budget.
+    let mut rng = Rng(0x7777_1111_2222_3333);
+    for trial in 0..8 {
+        let n = 6 + trial % 4;
+        let c = random_chain(&mut rng, n, 200, trial % 2 == 1);
+        let lo = min_peak_budget(&c);
+        let (hi, _) = store_all(&c).simulate(&c).unwrap();
+        for g in [5usize, 12, 30] {
+            for step in 0..6 {
+                let budget = lo + (hi - lo) * step / 6;
+                let s = optimal(&c, budget, g).unwrap();
+                let (peak, compute) = s.simulate(&c).unwrap();
+                assert!(peak <= budget);
+                let unit = budget.div_ceil(g as u64);
+                let r = rounded(&c, unit);
+                let slots = budget / unit;
+                let (best, _) = brute_force(&r, false);
+                let brute = best[..=(slots as usize).min(best.len() - 1)]
+                    .iter()
+                    .min()
+                    .copied()
+                    .unwrap();
+                if brute != u64::MAX {
+                    assert_eq!(compute, brute, "g {g}, budget {budget}, chain {c:?}");
+                    let (rp, rc) = s.simulate(&r).unwrap();
+                    assert!(rp <= slots && rc == compute);
+                }
+            }
+        }
+    }
+}
+
+/// A plain `O(n³·G)` implementation of the recurrence of the `rotor` docs
+/// (minimum compute of `P(0, n + 1, ·)` with sizes in `unit`-byte slots), to
+/// cross-check the optimised DP (windows, filter, shared rows, threads) on
+/// chains too long for brute force. `None` if infeasible.
+fn reference_dp(c: &Chain, budget: u64, granularity: usize) -> Option<u64> {
+    let n = c.len();
+    let nn = n + 1;
+    let unit = budget.div_ceil(granularity as u64).max(1);
+    let q = |v: u64| v.div_ceil(unit);
+    let mut x: Vec<u64> = c.input_bytes.iter().map(|&v| q(v)).collect();
+    x.push(0);
+    let ext = |v: &[u64]| -> Vec<u64> { v.iter().map(|&v| q(v)).chain([0]).collect() };
+    let (a, ft, bt) = (ext(&c.saved_bytes), ext(&c.fwd_tmp), ext(&c.bwd_tmp));
+    let mut fwd = c.fwd.clone();
+    fwd.push(0);
+    let mut bwd = c.bwd.clone();
+    bwd.push(0);
+    let m0 = (budget / unit).checked_sub(x[0])? as usize;
+    let w = m0 + 1;
+    const INF: u64 = u64::MAX / 4;
+    let id = |s: usize, t: usize| (s * (nn + 1) + t) * w;
+    let mut cost = vec![INF; (nn + 1) * (nn + 1) * w];
+    for len in 1..=nn {
+        for s in 0..=nn - len {
+            let t = s + len;
+            for m in 0..w {
+                let mu = m as u64;
+                let mut best = INF;
+                if len == 1 {
+                    let peak = if s == n {
+                        x[s]
+                    } else {
+                        (x[t] + a[s] + ft[s]).max(x[t] + a[s] + x[s] + bt[s])
+                    };
+                    if peak <= mu {
+                        best = fwd[s] + bwd[s];
+                    }
+                } else {
+                    let need = (x[t] + a[s] + ft[s]).max(a[s] + x[s + 1] + x[s] + bt[s]);
+                    if need <= mu {
+                        let sub = cost[id(s + 1, t) + m - a[s] as usize];
+                        best = best.min(fwd[s] + bwd[s] + sub);
+                    }
+                    let mut fp = 0;
+                    let mut fs = 0;
+                    for sp in s + 1..t {
+                        let k = sp - 1;
+                        fp = fp.max(x[t] + if k > s { x[k] } else { 0 } + x[k + 1] + ft[k]);
+                        fs += fwd[k];
+                        if fp <= mu && x[sp] <= mu {
+                            let r = cost[id(sp, t) + m - x[sp] as usize];
+                            let l = cost[id(s, sp) + m];
+                            best = best.min(fs + r + l);
+                        }
+                    }
+                }
+                cost[id(s, t) + m] = best.min(INF);
+            }
+        }
+    }
+    let v = cost[id(0, nn) + m0];
+    (v < INF).then_some(v)
+}
+
+/// A chain of repeated blocks (three stage kinds, a transition every 20
+/// stages), like a ResNet: many identical sub-chains.
+fn repeated_chain(rng: &mut Rng, n: usize, big: bool) -> Chain {
+    let kinds: Vec<(u64, u64, u64, u64)> = (0..3)
+        .map(|_| {
+            let f = if big {
+                rng.range(1_000_000_000, 4_000_000_000)
+            } else {
+                rng.range(1, 10)
+            };
+            (f, 2 * f, rng.range(2, 8), rng.range(1, 3))
+        })
+        .collect();
+    let mut x = vec![4u64];
+    let (mut fwd, mut bwd, mut a, mut tmp) = (vec![], vec![], vec![], vec![]);
+    for i in 0..n {
+        let (f, b, ar, tm) = kinds[i % 3];
+        let xo = if i % 20 == 19 {
+            3 + (i / 20 % 3) as u64
+        } else {
+            x[i]
+        };
+        fwd.push(f);
+        bwd.push(b);
+        a.push(xo + ar);
+        tmp.push(tm);
+        x.push(xo);
+    }
+    Chain::new(fwd, bwd, x, a)
+        .and_then(|c| c.with_temporaries(tmp.clone(), tmp))
+        .unwrap()
+}
+
+#[test]
+fn optimal_matches_reference_dp_on_long_chains() {
+    let mut rng = Rng(0x1357_9bdf_0246_8ace);
+    let mut chains = Vec::new();
+    for (n, big) in [(90usize, false), (130, true), (150, false)] {
+        let mut c = random_chain(&mut rng, n, 20, true);
+        if big {
+            for i in 0..n {
+                c.fwd[i] = rng.range(1_000_000_000, 4_000_000_000);
+            }
+        }
+        chains.push(c);
+        chains.push(repeated_chain(&mut rng, n, big));
+    }
+    for c in &chains {
+        let lo = min_peak_budget(c);
+        let (hi, _) = store_all(c).simulate(c).unwrap();
+        for g in [24usize, 60] {
+            for frac in [0.02, 0.1, 0.3, 0.7] {
+                let budget = lo + ((hi - lo) as f64 * frac) as u64;
+                let (peak, compute) = optimal(c, budget, g).unwrap().simulate(c).unwrap();
+                assert!(peak <= budget);
+                if let Some(want) = reference_dp(c, budget, g) {
+                    assert_eq!(compute, want, "n {}, g {g}, budget {budget}", c.len());
+                }
+            }
+        }
     }
 }
 
@@ -404,17 +760,20 @@ fn thousand_stage_unit_chain() {
     eprintln!(
         "sqrt: peak {sp} compute {sc} in {t_sqrt:?}; revolve(32): peak {rp} compute {rc} in {t_rev:?}"
     );
-    // The O(n³·G) DP is too slow for 1000 stages in the unoptimised test
-    // profile (release: see examples/timing.rs); check 150 stages here.
-    let n = 150;
-    let c = Chain::unit(n);
-    let (rp, rc) = revolve(n, 6).simulate(&c).unwrap();
-    let t = Instant::now();
-    let o = optimal(&c, rp, rp as usize).unwrap();
-    let (op, oc) = o.simulate(&c).unwrap();
-    eprintln!(
-        "optimal(150 stages, budget {rp}): peak {op} compute {oc} (revolve {rc}) in {:?}",
-        t.elapsed()
+    // The DP on the full chain: at Revolve's peak (exact, 1-byte slots) and
+    // at a third of the store-all peak with 500 slots.
+    for (budget, g) in [(rp, 500usize), (334, 500)] {
+        let t = Instant::now();
+        let o = optimal(&c, budget, g).unwrap();
+        let el = t.elapsed();
+        let (op, oc) = o.simulate(&c).unwrap();
+        eprintln!("optimal(1000 stages, budget {budget}, g {g}): peak {op} compute {oc} in {el:?}");
+        assert!(op <= budget);
+        assert!(oc <= rc);
+    }
+    let (op, oc) = optimal(&c, rp, 500).unwrap().simulate(&c).unwrap();
+    assert!(
+        op <= rp && oc < rc,
+        "optimal ({op}, {oc}) vs revolve ({rp}, {rc})"
     );
-    assert!(op <= rp && oc <= rc);
 }
