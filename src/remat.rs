@@ -599,7 +599,7 @@ impl<'a> Step<'a> {
 
     /// Peak against overhead for every scheme: `none`, Chen's thresholds, `log`, Revolve
     /// over a range of slots, and `optimal` at `levels` budgets from the smallest feasible
-    /// to the no-rematerialisation peak.
+    /// to the no-rematerialisation peak, and at 50% and 25% of that peak where feasible.
     pub fn frontier(&self, levels: usize) -> Result<(Vec<Point>, f64), Error> {
         let t = Instant::now();
         let n = self.stages.len();
@@ -623,8 +623,12 @@ impl<'a> Step<'a> {
         }
         let lo = self.min_feasible()?;
         let levels = levels.max(2);
-        for k in 0..levels {
-            let b = lo + (top - lo.min(top)) * k as u64 / (levels - 1) as u64;
+        let mut budgets: Vec<u64> = (0..levels)
+            .map(|k| lo + (top - lo.min(top)) * k as u64 / (levels - 1) as u64)
+            .collect();
+        // The budgets people ask about: half and a quarter of the peak without remat.
+        budgets.extend([top / 2, top / 4].into_iter().filter(|&b| b >= lo));
+        for b in budgets {
             if let Ok(o) = self.run(Scheme::Optimal, Some(b)) {
                 let mut p = self.point(&o);
                 p.detail = format!("budget {}", human_bytes(b));
