@@ -207,20 +207,14 @@ pub fn plan_cmd(
             t.elapsed().as_secs_f64() * 1e3
         );
     }
-    let write = |path: &Path, text: String| {
-        std::fs::write(path, text).map_err(|source| Error::Io {
-            path: path.display().to_string(),
-            source,
-        })
-    };
     if let Some(path) = json {
-        write(
+        write_file(
             path,
             serde_json::to_string_pretty(&plan_json(&graph, &p, &meta)).expect("plans serialise"),
         )?;
     }
     if let Some(path) = html {
-        write(path, plan_html(&graph, &p, &meta))?;
+        write_file(path, plan_html(&graph, &p, &meta))?;
     }
     Ok(())
 }
@@ -338,12 +332,7 @@ pub fn pack_cmd(file: &Path, out: Option<&Path>, time_limit: f64, align: u64) ->
         took.as_secs_f64()
     );
     if let Some(out) = out {
-        std::fs::write(out, lowmem_plan::write_csv(&ids, &bufs, &p.offsets)).map_err(|source| {
-            Error::Io {
-                path: out.display().to_string(),
-                source,
-            }
-        })?;
+        write_file(out, lowmem_plan::write_csv(&ids, &bufs, &p.offsets))?;
     }
     Ok(())
 }

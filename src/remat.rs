@@ -153,13 +153,6 @@ pub struct Step<'a> {
     min_feasible: OnceCell<(u64, Option<Schedule>)>,
 }
 
-fn node_flops(g: &Graph, v: usize) -> u64 {
-    let node = &g.nodes[v];
-    let shapes =
-        |ts: &[TensorId]| -> Vec<&[usize]> { ts.iter().map(|&t| &g.tensor(t).shape[..]).collect() };
-    node.op.flops(&shapes(&node.inputs), &shapes(&node.outputs))
-}
-
 impl<'a> Step<'a> {
     /// Cuts `tg`'s forward pass into stages, from its first data input to the loss.
     pub fn new(tg: &'a TrainingGraph, opts: PlanOptions) -> Result<Step<'a>, Error> {
@@ -180,8 +173,8 @@ impl<'a> Step<'a> {
             .collect();
         let chain = lowmem_remat::chain_with(g, &stages, &params);
         let (mut fwd, mut bwd) = (0u64, 0u64);
-        for v in 0..g.nodes.len() {
-            let f = node_flops(g, v);
+        for (v, node) in g.nodes.iter().enumerate() {
+            let f = g.node_flops(node);
             if v < tg.backward_start {
                 fwd = fwd.saturating_add(f);
             } else {

@@ -424,21 +424,14 @@ impl Graph {
 
     /// FLOPs of one execution of the graph (see [`Op::flops`] for the counting rules).
     pub fn flops(&self) -> u64 {
-        self.nodes
-            .iter()
-            .map(|n| {
-                let ins: Vec<&[usize]> = n
-                    .inputs
-                    .iter()
-                    .map(|&t| &self.tensor(t).shape[..])
-                    .collect();
-                let outs: Vec<&[usize]> = n
-                    .outputs
-                    .iter()
-                    .map(|&t| &self.tensor(t).shape[..])
-                    .collect();
-                n.op.flops(&ins, &outs)
-            })
-            .sum()
+        self.nodes.iter().map(|n| self.node_flops(n)).sum()
+    }
+
+    /// [`Op::flops`] of one node of this graph, from its tensors' shapes.
+    pub fn node_flops(&self, n: &Node) -> u64 {
+        let shapes = |ts: &[TensorId]| -> Vec<&[usize]> {
+            ts.iter().map(|&t| &self.tensor(t).shape[..]).collect()
+        };
+        n.op.flops(&shapes(&n.inputs), &shapes(&n.outputs))
     }
 }

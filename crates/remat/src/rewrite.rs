@@ -276,11 +276,7 @@ pub fn rematerialize(
                 new_id[o.index()] = Some(id);
                 *o = id;
             }
-            let shapes = |ts: &[TensorId]| -> Vec<&[usize]> {
-                ts.iter().map(|&t| &graph.tensor(t).shape[..]).collect()
-            };
-            let flops = node.op.flops(&shapes(&node.inputs), &shapes(&node.outputs));
-            recompute_flops = recompute_flops.saturating_add(flops);
+            recompute_flops = recompute_flops.saturating_add(graph.node_flops(&node));
         }
         nodes.push(node);
     }
