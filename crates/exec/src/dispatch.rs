@@ -24,47 +24,14 @@ pub(crate) struct OpCall<'a> {
     pub aliased: &'a [bool],
 }
 
-/// Reshape-type ops: the output is the input's bytes.
-fn is_view(op: &Op) -> bool {
-    matches!(
-        op,
-        Op::Reshape { .. } | Op::Flatten { .. } | Op::Squeeze { .. } | Op::Unsqueeze { .. }
-    )
-}
-
-/// The input that output `k` of `op` can be computed over in place (its kernel's in-place
-/// form overwrites that input): input 0 for output 0 of elementwise ops, views, Dropout and
-/// the optimizer updates; the optimizer state inputs for the updated state outputs.
+/// The input that output `k` of `op` overwrites in place ([`Op::in_place_input`]).
 pub(crate) fn alias_input(op: &Op, k: usize) -> Option<usize> {
-    match (op, k) {
-        (Op::SgdUpdate { .. } | Op::AdamUpdate { .. }, 1) => Some(2),
-        (Op::AdamUpdate { .. }, 2) => Some(3),
-        (_, 0)
-            if op.is_unary_elementwise()
-                || op.is_elementwise_grad()
-                || op.is_binary_elementwise()
-                || is_view(op)
-                || matches!(
-                    op,
-                    Op::Sum
-                        | Op::Dropout { .. }
-                        | Op::DropoutTrain { .. }
-                        | Op::DropoutGrad { .. }
-                        | Op::SgdUpdate { .. }
-                        | Op::AdamUpdate { .. }
-                ) =>
-        {
-            Some(0)
-        }
-        _ => None,
-    }
+    op.in_place_input(k)
 }
 
-/// Whether an output of `out` dtype and shape may overwrite an input of `inp` dtype and shape
-/// in place (given [`alias_input`]): same dtype and size, and the same shape unless `op` is a
-/// view (a broadcasting binary op can only run in place over its full-size first operand).
+/// [`Op::may_overwrite`].
 pub(crate) fn may_alias(op: &Op, inp: (DType, &[usize]), out: (DType, &[usize])) -> bool {
-    inp.0 == out.0 && count(inp.1) == count(out.1) && (is_view(op) || inp.1 == out.1)
+    op.may_overwrite(inp, out)
 }
 
 /// Workspace (f32 elements) the kernel of `op` needs for input shapes `shapes`.
@@ -166,37 +133,32 @@ impl<'a> OpCall<'a> {
         Ok(())
     }
 
-    /// Every output as f32, each checked against its shape.
-    fn outs_f32<'o>(&self, outs: &'o mut [&mut [u8]]) -> Result<Vec<&'o mut [f32]>, String> {
-        outs.iter_mut()
-            .enumerate()
-            .map(|(k, o)| {
-                let d = self.out_dtypes[k];
-                if d != DType::F32 {
-                    return Err(format!(
-                        "output {k} has dtype {d}; this executor computes in f32 only"
-                    ));
-                }
-                let o: &mut [f32] = cast_mut(o)?;
-                if o.len() != count(self.out_shapes[k]) {
-                    return Err(format!(
-                        "output {k} holds {} values, its shape {:?} needs {}",
-                        o.len(),
-                        self.out_shapes[k],
-                        count(self.out_shapes[k])
-                    ));
-                }
-                Ok(o)
-            })
-            .collect()
+    /// Output `k` as f32, checked against its shape.
+    fn f32_out<'o>(&self, k: usize, o: &'o mut [u8]) -> Result<&'o mut [f32], String> {
+        let d = self.out_dtypes[k];
+        if d != DType::F32 {
+            return Err(format!(
+                "output {k} has dtype {d}; this executor computes in f32 only"
+            ));
+        }
+        let o: &mut [f32] = cast_mut(o)?;
+        if o.len() != count(self.out_shapes[k]) {
+            return Err(format!(
+                "output {k} holds {} values, its shape {:?} needs {}",
+                o.len(),
+                self.out_shapes[k],
+                count(self.out_shapes[k])
+            ));
+        }
+        Ok(o)
     }
 
     /// The single f32 output.
     fn out1<'o>(&self, outs: &'o mut [&mut [u8]]) -> Result<&'o mut [f32], String> {
-        self.outs_f32(outs)?
-            .into_iter()
-            .next()
-            .ok_or_else(|| "the node has no output".into())
+        match outs.first_mut() {
+            Some(o) => self.f32_out(0, o),
+            None => Err("the node has no output".into()),
+        }
     }
 
     fn unary(&self, u: Unary, outs: &mut [&mut [u8]]) -> Result<(), String> {
@@ -286,19 +248,13 @@ pub(crate) fn exec_op(c: &OpCall, outs: &mut [&mut [u8]], ws: &mut [f32]) -> Res
         }
         Op::Sum => {
             c.need_f32(0)?;
-            let rest = (1..c.ins.len())
-                .map(|i| Ok((x(i)?, shapes[i])))
-                .collect::<Result<Vec<_>, String>>()?;
             let o = c.out1(outs)?;
-            if c.aliased[0] {
-                // `kernels::sum` is input 0 then `+=` each other input, in order.
-                for (v, s) in rest {
-                    kernels::binary_inplace(Binary::Add, o, os[0], v, s);
-                }
-            } else {
-                let mut xs = vec![(x(0)?, shapes[0])];
-                xs.extend(rest);
-                kernels::sum(&xs, o, os[0]);
+            // Input 0 (broadcast to the output), then `+=` each other input, in order.
+            if !c.aliased[0] {
+                kernels::expand(x(0)?, shapes[0], o, os[0]);
+            }
+            for i in 1..c.ins.len() {
+                kernels::binary_inplace(Binary::Add, o, os[0], x(i)?, shapes[i]);
             }
         }
         Op::SumTo { .. } => kernels::sum_to(x(0)?, shapes[0], c.out1(outs)?, os[0]),
@@ -312,24 +268,25 @@ pub(crate) fn exec_op(c: &OpCall, outs: &mut [&mut [u8]], ws: &mut [f32]) -> Res
             }
         }
         Op::BatchNormTrain(a) => {
-            let mut o = c.outs_f32(outs)?;
-            let [y, m, inv, rm, rv] = &mut o[..] else {
-                return Err(bad_outputs(op, o.len()));
+            // The running statistics are updated in place (outputs 3 and 4 over inputs 3
+            // and 4, or copies of them).
+            c.init(outs, 3, 3)?;
+            c.init(outs, 4, 4)?;
+            let [y, m, inv, rm, rv] = outs else {
+                return Err(bad_outputs(op, outs.len()));
             };
             kernels::batch_norm_train(
                 x(0)?,
                 shapes[0],
                 x(1)?,
                 x(2)?,
-                x(3)?,
-                x(4)?,
                 a.epsilon,
                 a.momentum,
-                y,
-                m,
-                inv,
-                rm,
-                rv,
+                c.f32_out(0, y)?,
+                c.f32_out(1, m)?,
+                c.f32_out(2, inv)?,
+                c.f32_out(3, rm)?,
+                c.f32_out(4, rv)?,
             );
         }
         Op::DropoutTrain { ratio, seed } | Op::DropoutGrad { ratio, seed } => {
@@ -379,10 +336,10 @@ pub(crate) fn exec_op(c: &OpCall, outs: &mut [&mut [u8]], ws: &mut [f32]) -> Res
             kernels::global_avg_pool_grad(x(0)?, input_shape, c.out1(outs)?);
         }
         Op::BatchNormGrad { epsilon, training } => {
-            let mut o = c.outs_f32(outs)?;
-            let [dx, ds, db] = &mut o[..] else {
-                return Err(bad_outputs(op, o.len()));
+            let [dx, ds, db] = outs else {
+                return Err(bad_outputs(op, outs.len()));
             };
+            let (dx, ds, db) = (c.f32_out(0, dx)?, c.f32_out(1, ds)?, c.f32_out(2, db)?);
             kernels::batch_norm_grad(
                 x(0)?,
                 x(1)?,
@@ -399,10 +356,10 @@ pub(crate) fn exec_op(c: &OpCall, outs: &mut [&mut [u8]], ws: &mut [f32]) -> Res
         }
         Op::LayerNormGrad { axis, epsilon } => {
             let ax = norm_axis(*axis, shapes[1].len()).ok_or("axis out of range")?;
-            let mut o = c.outs_f32(outs)?;
-            let [dx, ds, db] = &mut o[..] else {
-                return Err(bad_outputs(op, o.len()));
+            let [dx, ds, db] = outs else {
+                return Err(bad_outputs(op, outs.len()));
             };
+            let (dx, ds, db) = (c.f32_out(0, dx)?, c.f32_out(1, ds)?, c.f32_out(2, db)?);
             kernels::layer_norm_grad(
                 x(0)?,
                 x(1)?,
@@ -476,10 +433,10 @@ pub(crate) fn exec_op(c: &OpCall, outs: &mut [&mut [u8]], ws: &mut [f32]) -> Res
             kernels::unary_grad_inplace(g, c.out1(outs)?, v);
         }
         Op::PowGrad => {
-            let mut o = c.outs_f32(outs)?;
-            let [da, db] = &mut o[..] else {
-                return Err(bad_outputs(op, o.len()));
+            let [da, db] = outs else {
+                return Err(bad_outputs(op, outs.len()));
             };
+            let (da, db) = (c.f32_out(0, da)?, c.f32_out(1, db)?);
             kernels::pow_grad(x(0)?, x(1)?, shapes[1], x(2)?, shapes[2], da, db, os[0]);
         }
         Op::SoftmaxCrossEntropy => {
@@ -512,11 +469,10 @@ pub(crate) fn exec_op(c: &OpCall, outs: &mut [&mut [u8]], ws: &mut [f32]) -> Res
                 c.need_f32(2)?;
                 c.init(outs, 1, 2)?;
             }
-            let mut o = c.outs_f32(outs)?;
-            let (w, v) = match &mut o[..] {
-                [w] => (w, None),
-                [w, v] => (w, Some(&mut **v)),
-                _ => return Err(bad_outputs(op, o.len())),
+            let (w, v) = match outs {
+                [w] => (c.f32_out(0, w)?, None),
+                [w, v] => (c.f32_out(0, w)?, Some(c.f32_out(1, v)?)),
+                _ => return Err(bad_outputs(op, outs.len())),
             };
             kernels::sgd_update(w, g, v, *lr, *momentum, *weight_decay);
         }
@@ -538,10 +494,10 @@ pub(crate) fn exec_op(c: &OpCall, outs: &mut [&mut [u8]], ws: &mut [f32]) -> Res
                 c.need_f32(j)?;
                 c.init(outs, k, j)?;
             }
-            let mut o = c.outs_f32(outs)?;
-            let [w, m, v] = &mut o[..] else {
-                return Err(bad_outputs(op, o.len()));
+            let [w, m, v] = outs else {
+                return Err(bad_outputs(op, outs.len()));
             };
+            let (w, m, v) = (c.f32_out(0, w)?, c.f32_out(1, m)?, c.f32_out(2, v)?);
             let p = kernels::AdamParams {
                 lr: *lr,
                 beta1: *beta1,
@@ -645,14 +601,21 @@ pub(crate) fn exec_op(c: &OpCall, outs: &mut [&mut [u8]], ws: &mut [f32]) -> Res
         }
         Op::ReduceMean(a) | Op::ReduceSum(a) => {
             let r = shapes[0].len();
-            let axes = match &a.axes {
-                None => (0..r).collect(),
-                Some(ax) => norm_axes(ax, r)?,
+            if r > kernels::MAX_RANK {
+                return Err(format!("rank {r} is above {}", kernels::MAX_RANK));
+            }
+            let mut axes = [0usize; kernels::MAX_RANK];
+            let na = match &a.axes {
+                None => {
+                    axes[..r].iter_mut().enumerate().for_each(|(i, v)| *v = i);
+                    r
+                }
+                Some(ax) => norm_axes(ax, r, &mut axes)?,
             };
             kernels::reduce(
                 x(0)?,
                 shapes[0],
-                &axes,
+                &axes[..na],
                 matches!(op, Op::ReduceMean(_)),
                 c.out1(outs)?,
             );
@@ -688,34 +651,50 @@ fn movement<T: Pod + Send + Sync>(c: &OpCall, out: &mut [u8]) -> Result<(), Stri
         Op::Expand { .. } => kernels::expand(inp(0)?, s0, out, os0),
         Op::Slice { axis, start, end } => kernels::slice(inp(0)?, s0, *axis, *start, *end, out),
         Op::Transpose { perm } => {
-            let p: Vec<usize> = perm
-                .clone()
-                .unwrap_or_else(|| (0..s0.len()).rev().collect());
-            kernels::transpose(inp(0)?, s0, &p, out);
+            let r = s0.len();
+            if r > kernels::MAX_RANK {
+                return Err(format!("rank {r} is above {}", kernels::MAX_RANK));
+            }
+            let mut p = [0usize; kernels::MAX_RANK];
+            match perm {
+                Some(q) if q.len() == r => p[..r].copy_from_slice(q),
+                Some(q) => return Err(format!("perm {q:?} does not fit rank {r}")),
+                None => p[..r].iter_mut().enumerate().for_each(|(i, v)| *v = r - 1 - i),
+            }
+            kernels::transpose(inp(0)?, s0, &p[..r], out);
         }
         Op::Concat { axis } => {
             let ax = norm_axis(*axis, s0.len()).ok_or("axis out of range")?;
-            let parts = (0..c.ins.len())
-                .map(|i| Ok((inp(i)?, c.shapes[i])))
-                .collect::<Result<Vec<_>, String>>()?;
-            kernels::concat(&parts, ax, out);
+            const MAX_PARTS: usize = crate::session::MAX_INPUTS;
+            let n = c.ins.len();
+            if n > MAX_PARTS {
+                return Err(format!("{n} parts; Concat takes at most {MAX_PARTS}"));
+            }
+            let mut parts: [(&[T], &[usize]); MAX_PARTS] = [(&[], &[]); MAX_PARTS];
+            for (i, slot) in parts[..n].iter_mut().enumerate() {
+                *slot = (inp(i)?, c.shapes[i]);
+            }
+            kernels::concat(&parts[..n], ax, out);
         }
         other => return Err(format!("{} is not a data-movement op", other.name())),
     }
     Ok(())
 }
 
-fn norm_axes(axes: &[i64], rank: usize) -> Result<Vec<usize>, String> {
-    let mut out = Vec::with_capacity(axes.len());
-    for &a in axes {
+/// Normalises `axes` into `out`; returns how many.
+fn norm_axes(axes: &[i64], rank: usize, out: &mut [usize]) -> Result<usize, String> {
+    if axes.len() > out.len() {
+        return Err(format!("{} axes for rank {rank}", axes.len()));
+    }
+    for (k, &a) in axes.iter().enumerate() {
         let n = norm_axis(a, rank)
             .ok_or_else(|| format!("axis {a} is out of range for rank {rank}"))?;
-        if out.contains(&n) {
+        if out[..k].contains(&n) {
             return Err(format!("axis {a} is repeated"));
         }
-        out.push(n);
+        out[k] = n;
     }
-    Ok(out)
+    Ok(axes.len())
 }
 
 fn check_spatial(r: usize) -> Result<(), String> {

@@ -11,6 +11,7 @@
 mod dispatch;
 pub mod kernels;
 mod planned;
+mod session;
 mod storage;
 
 use dispatch::{OpCall, alias_input, exec_op, may_alias, workspace_len};
@@ -19,6 +20,7 @@ use storage::{Store, data_bytes, data_from_bytes};
 use thiserror::Error;
 
 pub use planned::{ArenaStats, Layout, run_planned};
+pub use session::{Executor, MAX_INPUTS, MAX_OUTPUTS};
 
 #[derive(Debug, Error, Clone, PartialEq)]
 pub enum ExecError {
@@ -284,7 +286,7 @@ fn node_err(node: &Node) -> impl Fn(String) -> ExecError + '_ {
 }
 
 /// A node's operand dtypes and shapes, checked against the graph.
-struct NodeIo<'g> {
+pub(crate) struct NodeIo<'g> {
     in_dtypes: Vec<DType>,
     shapes: Vec<&'g [usize]>,
     out_dtypes: Vec<DType>,

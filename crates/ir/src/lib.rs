@@ -9,6 +9,7 @@ mod batch;
 mod dtype;
 mod error;
 mod graph;
+mod inplace;
 pub mod json;
 mod op;
 pub mod shape;

@@ -11,6 +11,10 @@ use crate::pack::{self, Buffer, Packing};
 /// Arena offsets and buffer sizes are multiples of this.
 pub const ALIGN: u64 = 256;
 
+/// Offsets in the persistent block are multiples of this (a cache line; every dtype's size
+/// divides it).
+pub const PERSISTENT_ALIGN: u64 = 64;
+
 fn aligned(b: u64) -> u64 {
     b.div_ceil(ALIGN) * ALIGN
 }
@@ -44,7 +48,11 @@ pub struct MemoryPlan {
     pub arena_bytes: u64,
     pub lower_bound_bytes: u64,
     pub naive_bytes: u64,
+    /// Bytes of the persistent block: every persistent tensor at its own offset (a state
+    /// output shares its state input's), each aligned to [`PERSISTENT_ALIGN`].
     pub persistent_bytes: u64,
+    /// Offset per tensor in the persistent block (`None` for arena tensors).
+    pub persistent_offset: Vec<Option<u64>>,
     pub planner: String,
     pub order_kind: &'static str,
     /// Arena bytes reached by every heuristic tried, for comparison.
@@ -236,6 +244,7 @@ fn assemble(
     let mut buffers = Vec::new();
     let mut tensor_offset = vec![None; g.tensors.len()];
     let mut persistent = 0u64;
+    let mut persistent_offset = vec![None; g.tensors.len()];
     let mut naive = 0u64;
     let last = 2 * p.live.order.len() as u32;
     for t in g.tensor_ids() {
@@ -249,7 +258,8 @@ fn assemble(
             None => (0, last),
         };
         if kind.persistent() && roles.state_alias[t.index()].is_none() {
-            persistent += tt.bytes() as u64;
+            persistent_offset[t.index()] = Some(persistent);
+            persistent += (tt.bytes() as u64).div_ceil(PERSISTENT_ALIGN) * PERSISTENT_ALIGN;
         }
         buffers.push(PlanBuffer {
             tensor: Some(t),
@@ -262,6 +272,12 @@ fn assemble(
             shares: p.live.shares[t.index()].or(roles.state_alias[t.index()]),
             step: None,
         });
+    }
+    // A state output lives in its state input's bytes (assigned above: inputs come first).
+    for t in g.tensor_ids() {
+        if let Some(a) = roles.state_alias[t.index()] {
+            persistent_offset[t.index()] = persistent_offset[a.index()];
+        }
     }
     let mut workspace = vec![None; p.live.order.len()];
     for (s, b) in p.of_step.iter().enumerate() {
@@ -291,6 +307,7 @@ fn assemble(
         lower_bound_bytes: lb,
         naive_bytes: naive,
         persistent_bytes: persistent,
+        persistent_offset,
         planner: packing.heuristic.to_string(),
         order_kind,
         heuristics,

@@ -24,37 +24,35 @@ fn channel_planes(
 
 /// Training BatchNormalization over `x [N, C, ...]` with batch statistics (over N and the
 /// spatial dims, f64, population variance): `y = (x - mean) * invstd * scale + bias` with the
-/// f32 `saved_mean` and `saved_invstd = 1 / sqrt(var + eps)` it also writes, and the updated
-/// running statistics `r * momentum + batch * (1 - momentum)` (f32).
+/// f32 `saved_mean` and `saved_invstd = 1 / sqrt(var + eps)` it also writes, and the running
+/// statistics updated in place to `r * momentum + batch * (1 - momentum)` (f32).
 #[allow(clippy::too_many_arguments)]
 pub fn batch_norm_train(
     x: &[f32],
     x_shape: &[usize],
     scale: &[f32],
     bias: &[f32],
-    running_mean: &[f32],
-    running_var: &[f32],
     eps: f32,
     momentum: f32,
     y: &mut [f32],
     saved_mean: &mut [f32],
     saved_invstd: &mut [f32],
-    new_running_mean: &mut [f32],
-    new_running_var: &mut [f32],
+    running_mean: &mut [f32],
+    running_var: &mut [f32],
 ) {
     assert!(x_shape.len() >= 2, "batch_norm_train input rank");
     let (n, c) = (x_shape[0], x_shape[1]);
     let sp: usize = x_shape[2..].iter().product();
     assert_eq!(x.len(), n * c * sp, "batch_norm_train input length");
     assert_eq!(y.len(), x.len(), "batch_norm_train output length");
-    for v in [scale, bias, running_mean, running_var] {
+    for v in [scale, bias] {
         assert_eq!(v.len(), c, "batch_norm_train per-channel length");
     }
     for v in [
         &*saved_mean,
         &*saved_invstd,
-        &*new_running_mean,
-        &*new_running_var,
+        &*running_mean,
+        &*running_var,
     ] {
         assert_eq!(v.len(), c, "batch_norm_train per-channel output length");
     }
@@ -73,20 +71,20 @@ pub fn batch_norm_train(
             let var = q / cnt;
             *sm = mean as f32;
             *si = (1.0 / (var + eps as f64).sqrt()) as f32;
-            *rm = running_mean[ch] * momentum + (mean as f32) * (1.0 - momentum);
-            *rv = running_var[ch] * momentum + (var as f32) * (1.0 - momentum);
+            *rm = *rm * momentum + (mean as f32) * (1.0 - momentum);
+            *rv = *rv * momentum + (var as f32) * (1.0 - momentum);
         };
     let outs = saved_mean
         .iter_mut()
         .zip(saved_invstd.iter_mut())
-        .zip(new_running_mean.iter_mut())
-        .zip(new_running_var.iter_mut());
+        .zip(running_mean.iter_mut())
+        .zip(running_var.iter_mut());
     if x.len() >= PAR_ELEMS && c > 1 {
         saved_mean
             .par_iter_mut()
             .zip(saved_invstd.par_iter_mut())
-            .zip(new_running_mean.par_iter_mut())
-            .zip(new_running_var.par_iter_mut())
+            .zip(running_mean.par_iter_mut())
+            .zip(running_var.par_iter_mut())
             .enumerate()
             .for_each(stats);
     } else {

@@ -20,8 +20,7 @@ use lowmem_plan::{MemoryPlan, PlanOptions, plan};
 use lowmem_remat::{Chain, Schedule, Stage};
 use lowmem_schedule::{Kind, Roles};
 
-use crate::Error;
-use crate::inspect::human_bytes;
+use crate::{CompileError as Error, human_bytes};
 
 /// Memory slots of the optimal scheme's dynamic programme.
 pub const GRANULARITY: usize = 500;
@@ -68,7 +67,7 @@ impl Scheme {
 /// between number and unit.
 pub fn parse_budget(s: &str) -> Result<u64, Error> {
     let bad = |why: &str| {
-        Error::Usage(format!(
+        Error::Budget(format!(
             "budget '{s}' {why}: give bytes (e.g. 1073741824) or a size such as 512MiB, 4GiB, 2GB"
         ))
     };
@@ -163,7 +162,7 @@ impl<'a> Step<'a> {
             .map(|&d| lowmem_remat::stages_from(g, d, tg.loss))
             .find(|s| !s.is_empty())
             .ok_or_else(|| {
-                Error::Usage("checkpointing: the loss depends on no data input".into())
+                Error::Model("checkpointing: the loss depends on no data input".into())
             })?;
         let params: Vec<TensorId> = tg
             .state
@@ -265,7 +264,7 @@ impl<'a> Step<'a> {
             &self.stages,
             &schedule,
         )
-        .map_err(|e| Error::Usage(format!("internal error: rematerialisation: {e}")))?;
+        .map_err(|e| Error::Internal(format!("rematerialisation: {e}")))?;
         let mut roles = self.roles.clone();
         roles.kind.resize(r.graph.tensors.len(), Kind::Activation);
         roles.state_alias.resize(r.graph.tensors.len(), None);
@@ -454,7 +453,7 @@ impl<'a> Step<'a> {
         let fixed = w + gr + o + i;
         let min = self.min_feasible()?;
         let b = |v: u64| format!("{} ({v} bytes)", human_bytes(v));
-        Ok(Error::Usage(if budget < fixed {
+        Ok(Error::Budget(if budget < fixed {
             format!(
                 "budget {} is below what the step holds throughout: weights {}, gradients {}, \
                  optimizer state {}, inputs {} = {}; the smallest feasible budget is {}",
@@ -537,7 +536,7 @@ impl<'a> Step<'a> {
             }
             (Scheme::Optimal, None) => {
                 let (planned, _) = self.none_peaks();
-                return Err(Error::Usage(format!(
+                return Err(Error::Budget(format!(
                     "--remat optimal needs --budget: the step peaks at {} without \
                      rematerialisation; the smallest feasible budget is {}",
                     human_bytes(planned),

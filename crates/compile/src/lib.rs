@@ -1,0 +1,477 @@
+//! lowmem's compile stage: a model and its options become one [`CompiledStep`] — the final
+//! graph (recompute nodes included), its execution order, the role of every tensor, the
+//! arena plan with static offsets (and the persistent block), the rematerialisation record
+//! and the cost summary. `lowmem plan` reports it, `run`/`grad`/`train`/`bench` execute it,
+//! and [`lmc`] stores it in a file, so what is shown is what runs.
+
+pub mod lmc;
+pub mod remat;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use lowmem_autodiff::{AutodiffError, Loss, Mode, Optimizer, StateKind, gradients, training_step};
+use lowmem_ir::{Graph, IrError, TensorData, TensorId};
+use lowmem_plan::{Claim, MemoryPlan, PlanOptions, plan, verify_plan};
+use lowmem_schedule::Roles;
+use thiserror::Error;
+
+pub use remat::{Outcome, Point, Scheme, Step, first_fit, parse_budget};
+
+#[derive(Debug, Error)]
+pub enum CompileError {
+    /// The request does not fit the model (no outputs, wrong input count, unknown output).
+    #[error("{0}")]
+    Model(String),
+    /// A budget no schedule meets, or an unparsable budget; the text names the smallest
+    /// feasible budget where there is one.
+    #[error("{0}")]
+    Budget(String),
+    /// Options that do not go together.
+    #[error("{0}")]
+    Options(String),
+    /// A `.lmc` file that cannot be read: truncated, corrupted or of another version.
+    #[error("{0}")]
+    File(String),
+    #[error(transparent)]
+    Ir(#[from] IrError),
+    #[error(transparent)]
+    Autodiff(#[from] AutodiffError),
+    /// A step the planner produced fails the independent verifier: a bug, reported as such.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// What the step computes.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Task {
+    /// The forward pass (the graph's own inference semantics).
+    Inference,
+    /// Loss over `output` (default: the first graph output) and the gradient of every
+    /// trainable weight, with the graph's inference semantics (`lowmem grad`).
+    Gradient { loss: Loss, output: Option<String> },
+    /// Forward with training semantics, loss over the first output, backward and the
+    /// optimizer update of every trainable weight (`lowmem train`).
+    Training { loss: Loss, optimizer: Optimizer },
+}
+
+impl Task {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Task::Inference => "inference",
+            Task::Gradient { .. } => "gradient",
+            Task::Training { .. } => "training",
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct CompileOptions {
+    pub task: Task,
+    /// Rewrite the batch dimension to this.
+    pub batch: Option<usize>,
+    /// Checkpointing scheme (training only); `None` with a budget means `none`.
+    pub remat: Option<Scheme>,
+    /// Budget of the planned peak (persistent block + arena), in bytes (training only).
+    pub budget: Option<u64>,
+    pub plan: PlanOptions,
+}
+
+impl CompileOptions {
+    pub fn new(task: Task) -> CompileOptions {
+        CompileOptions {
+            task,
+            batch: None,
+            remat: None,
+            budget: None,
+            plan: PlanOptions::default(),
+        }
+    }
+}
+
+/// Where the value of each graph input comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InputRole {
+    /// Input `k` of the forward model (examples).
+    Data(usize),
+    /// Class indices or regression targets of the loss.
+    Labels,
+    /// The 1-based step number (dropout masks, Adam's bias correction).
+    Step,
+    /// State `k` (a weight, an optimizer moment, a BatchNorm running statistic).
+    State(usize),
+}
+
+/// A tensor carried from one step to the next: read as `input`, written as `output` over
+/// the same bytes.
+#[derive(Clone, Debug)]
+pub struct StateSlot {
+    pub name: String,
+    pub kind: StateKind,
+    pub input: TensorId,
+    pub output: TensorId,
+    /// The forward model's weight this state belongs to.
+    pub of: String,
+    /// Its current value (the initial one after compiling).
+    pub value: Arc<TensorData>,
+}
+
+/// What checkpointing did to the step.
+#[derive(Clone, Debug)]
+pub struct RematRecord {
+    pub scheme: &'static str,
+    /// What the scheme chose (threshold, slots, chain budget), for people.
+    pub detail: String,
+    pub stages: usize,
+    /// Names of the stage boundaries held when the loss runs.
+    pub checkpoints: Vec<String>,
+    pub recomputed_nodes: usize,
+}
+
+/// FLOPs of the step.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Costs {
+    /// Forward pass and loss (recomputation excluded).
+    pub forward_flops: u64,
+    /// Backward pass and optimizer update.
+    pub backward_flops: u64,
+    /// Forward work done again by rematerialisation.
+    pub recompute_flops: u64,
+}
+
+impl Costs {
+    /// Recomputation as a fraction of forward + backward.
+    pub fn overhead(&self) -> f64 {
+        self.recompute_flops as f64 / (self.forward_flops + self.backward_flops).max(1) as f64
+    }
+}
+
+/// One compiled step: everything an executor needs, and every figure a report shows.
+#[derive(Clone, Debug)]
+pub struct CompiledStep {
+    /// The model's name.
+    pub model: String,
+    pub task: Task,
+    pub batch: usize,
+    /// The step's graph: for training, `outputs = [loss, state outputs...]`; for gradients,
+    /// `[loss, gradients...]`; for inference, the model's outputs.
+    pub graph: Graph,
+    pub roles: Roles,
+    pub plan: MemoryPlan,
+    /// Per graph input (in `graph.inputs` order): where its value comes from.
+    pub inputs: Vec<InputRole>,
+    pub state: Vec<StateSlot>,
+    /// Gradient task: (weight name, gradient tensor) in `graph.outputs[1..]` order.
+    pub grads: Vec<(String, TensorId)>,
+    /// The forward model at `batch`, sharing its weights with `state`: evaluation and
+    /// export read it (with the trained state written back).
+    pub forward: Graph,
+    pub budget: Option<u64>,
+    pub remat: Option<RematRecord>,
+    pub costs: Costs,
+    /// Time spent planning (model loading and graph building excluded).
+    pub planning_time: Duration,
+}
+
+impl CompiledStep {
+    /// Persistent block + arena: the bytes an executor holds while the step runs.
+    pub fn planned_peak_bytes(&self) -> u64 {
+        self.plan.peak_bytes()
+    }
+
+    /// Re-checks the plan with the independent verifier.
+    pub fn verify(&self) -> Result<(), CompileError> {
+        verify(&self.graph, &self.roles, &self.plan)
+    }
+
+    /// The loss tensor (training and gradient tasks).
+    pub fn loss(&self) -> Option<TensorId> {
+        match self.task {
+            Task::Inference => None,
+            _ => self.graph.outputs.first().copied(),
+        }
+    }
+
+    /// The forward model carrying the current state (trained weights and running
+    /// statistics) as its weights, at batch `batch` (`None`: the compiled batch).
+    pub fn trained_forward(&self, batch: Option<usize>) -> Result<Graph, CompileError> {
+        let mut g = self.forward.clone();
+        for s in &self.state {
+            if !matches!(
+                s.kind,
+                StateKind::Parameter | StateKind::RunningMean | StateKind::RunningVar
+            ) {
+                continue;
+            }
+            let id = g.tensor_id(&s.of).ok_or_else(|| {
+                CompileError::Model(format!("the model has no weight '{}'", s.of))
+            })?;
+            let t = &mut g.tensors[id.index()];
+            if t.value.is_none() || t.dtype != s.value.dtype() || t.numel() != s.value.len() {
+                return Err(CompileError::Model(format!(
+                    "weight '{}' {} {:?} cannot take the state '{}'",
+                    s.of, t.dtype, t.shape, s.name
+                )));
+            }
+            t.value = Some(s.value.clone());
+        }
+        match batch {
+            Some(n) if n != self.batch => Ok(g.with_batch(n)?),
+            _ => Ok(g),
+        }
+    }
+}
+
+/// Checks a plan with the independent verifier.
+pub fn verify(graph: &Graph, roles: &Roles, p: &MemoryPlan) -> Result<(), CompileError> {
+    let claim = Claim {
+        order: &p.order,
+        tensor_offset: &p.tensor_offset,
+        workspace: &p.workspace,
+        arena_bytes: p.arena_bytes,
+    };
+    verify_plan(graph, roles, &claim)
+        .map_err(|e| CompileError::Internal(format!("the plan does not verify: {e}")))
+}
+
+/// The model's first output (training) or the named one.
+fn output_of(g: &Graph, name: Option<&str>) -> Result<TensorId, CompileError> {
+    match name {
+        None => g
+            .outputs
+            .first()
+            .copied()
+            .ok_or_else(|| CompileError::Model("the model has no outputs".into())),
+        Some(n) => g
+            .outputs
+            .iter()
+            .copied()
+            .find(|&o| g.tensor(o).name == n)
+            .ok_or_else(|| {
+                let names: Vec<&str> = g
+                    .outputs
+                    .iter()
+                    .map(|&o| g.tensor(o).name.as_str())
+                    .collect();
+                CompileError::Model(format!(
+                    "the model has no output '{n}'; its outputs are {}",
+                    names.join(", ")
+                ))
+            }),
+    }
+}
+
+fn batch_of(g: &Graph) -> usize {
+    g.inputs
+        .first()
+        .and_then(|&i| g.tensor(i).shape.first().copied())
+        .unwrap_or(1)
+}
+
+/// Compiles `model` (its batch rewritten to `opts.batch`) into one step.
+pub fn compile(model: &Graph, opts: &CompileOptions) -> Result<CompiledStep, CompileError> {
+    let forward = match opts.batch {
+        Some(n) => model.clone().with_batch(n)?,
+        None => model.clone(),
+    };
+    let batch = batch_of(&forward);
+    if (opts.remat.is_some() || opts.budget.is_some())
+        && !matches!(opts.task, Task::Training { .. })
+    {
+        return Err(CompileError::Options(
+            "--remat and --budget apply to a training step".into(),
+        ));
+    }
+    let data_role = |g: &Graph, i: TensorId| {
+        forward
+            .inputs
+            .iter()
+            .position(|&f| forward.tensor(f).name == g.tensor(i).name)
+    };
+    match &opts.task {
+        Task::Inference => {
+            let roles = Roles::inference(&forward);
+            let t = Instant::now();
+            let p = plan(&forward, &roles, &opts.plan);
+            let planning_time = t.elapsed();
+            let inputs = (0..forward.inputs.len()).map(InputRole::Data).collect();
+            Ok(CompiledStep {
+                model: model.name.clone(),
+                task: opts.task.clone(),
+                batch,
+                costs: Costs {
+                    forward_flops: forward.flops(),
+                    ..Costs::default()
+                },
+                graph: forward.clone(),
+                roles,
+                plan: p,
+                inputs,
+                state: Vec::new(),
+                grads: Vec::new(),
+                forward,
+                budget: None,
+                remat: None,
+                planning_time,
+            })
+        }
+        Task::Gradient { loss, output } => {
+            let out = output_of(&forward, output.as_deref())?;
+            let wrt = forward.trainable_weights();
+            if wrt.is_empty() {
+                return Err(CompileError::Model(
+                    "the model has no trainable weights".into(),
+                ));
+            }
+            let gg = gradients(&forward, out, *loss, &wrt, Mode::Inference)?;
+            let inputs = gg
+                .graph
+                .inputs
+                .iter()
+                .map(|&i| {
+                    if Some(i) == gg.labels {
+                        Ok(InputRole::Labels)
+                    } else if Some(i) == gg.step {
+                        Ok(InputRole::Step)
+                    } else {
+                        data_role(&gg.graph, i).map(InputRole::Data).ok_or_else(|| {
+                            CompileError::Internal(format!(
+                                "the gradient graph has an unexpected input '{}'",
+                                gg.graph.tensor(i).name
+                            ))
+                        })
+                    }
+                })
+                .collect::<Result<_, _>>()?;
+            let roles = Roles::inference(&gg.graph);
+            let t = Instant::now();
+            let p = plan(&gg.graph, &roles, &opts.plan);
+            let planning_time = t.elapsed();
+            let (mut fwd, mut bwd) = (0u64, 0u64);
+            for (v, node) in gg.graph.nodes.iter().enumerate() {
+                let f = gg.graph.node_flops(node);
+                if v < gg.backward_start {
+                    fwd = fwd.saturating_add(f);
+                } else {
+                    bwd = bwd.saturating_add(f);
+                }
+            }
+            let grads = gg
+                .grads
+                .iter()
+                .map(|&(w, g)| (gg.graph.tensor(w).name.clone(), g))
+                .collect();
+            Ok(CompiledStep {
+                model: model.name.clone(),
+                task: opts.task.clone(),
+                batch,
+                graph: gg.graph,
+                roles,
+                plan: p,
+                inputs,
+                state: Vec::new(),
+                grads,
+                forward,
+                budget: None,
+                remat: None,
+                costs: Costs {
+                    forward_flops: fwd,
+                    backward_flops: bwd,
+                    recompute_flops: 0,
+                },
+                planning_time,
+            })
+        }
+        Task::Training { loss, optimizer } => {
+            let out = output_of(&forward, None)?;
+            let tg = training_step(&forward, out, *loss, optimizer)?;
+            let t = Instant::now();
+            let step = Step::new(&tg, opts.plan.clone())?;
+            let o = if opts.remat.is_some() || opts.budget.is_some() {
+                step.run(opts.remat.unwrap_or(Scheme::None), opts.budget)?
+            } else {
+                // No checkpointing asked for: the planner's free choice of order.
+                step.none()
+            };
+            let planning_time = t.elapsed();
+            let remat = (opts.remat.is_some() || opts.budget.is_some()).then(|| RematRecord {
+                scheme: o.scheme.name(),
+                detail: o.detail.clone(),
+                stages: step.stages.len(),
+                checkpoints: o.checkpoints.clone(),
+                recomputed_nodes: o.recomputed_nodes,
+            });
+            let costs = Costs {
+                forward_flops: step.forward_flops,
+                backward_flops: step.backward_flops,
+                recompute_flops: o.recompute_flops,
+            };
+            let state_of = |i: TensorId| tg.state.iter().position(|s| s.input == i);
+            let inputs = o
+                .graph
+                .inputs
+                .iter()
+                .map(|&i| {
+                    if let Some(k) = state_of(i) {
+                        Ok(InputRole::State(k))
+                    } else if Some(i) == tg.labels {
+                        Ok(InputRole::Labels)
+                    } else if i == tg.step {
+                        Ok(InputRole::Step)
+                    } else if let Some(k) = tg.data.iter().position(|&d| d == i) {
+                        Ok(InputRole::Data(k))
+                    } else {
+                        Err(CompileError::Internal(format!(
+                            "training graph input '{}' is neither data, labels, step nor state",
+                            o.graph.tensor(i).name
+                        )))
+                    }
+                })
+                .collect::<Result<_, _>>()?;
+            let state = tg
+                .state
+                .iter()
+                .map(|s| StateSlot {
+                    name: s.name.clone(),
+                    kind: s.kind,
+                    input: s.input,
+                    output: s.output,
+                    of: s.of.clone(),
+                    value: s.init.clone(),
+                })
+                .collect();
+            Ok(CompiledStep {
+                model: model.name.clone(),
+                task: opts.task.clone(),
+                batch,
+                graph: o.graph,
+                roles: o.roles,
+                plan: o.plan,
+                inputs,
+                state,
+                grads: Vec::new(),
+                forward,
+                budget: opts.budget,
+                remat,
+                costs,
+                planning_time,
+            })
+        }
+    }
+}
+
+/// Bytes in human units (binary prefixes).
+pub fn human_bytes(b: u64) -> String {
+    const U: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = b as f64;
+    let mut i = 0;
+    while v >= 1024.0 && i + 1 < U.len() {
+        v /= 1024.0;
+        i += 1;
+    }
+    if i == 0 {
+        format!("{b} B")
+    } else {
+        format!("{v:.2} {}", U[i])
+    }
+}
