@@ -183,7 +183,17 @@ impl<'a> Step<'a> {
         }
         Ok(Step {
             tg,
-            roles: Roles::training(tg),
+            roles: Roles::training_step(
+                &tg.graph,
+                tg.state.iter().map(|s| {
+                    (
+                        s.input,
+                        s.output,
+                        s.kind == lowmem_autodiff::StateKind::Parameter,
+                    )
+                }),
+                tg.grads.iter().map(|&(_, g)| g),
+            ),
             stages,
             chain,
             forward_flops: fwd,

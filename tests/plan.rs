@@ -236,7 +236,17 @@ fn zoo_training_steps_execute_inside_the_planned_arena() {
             weight_decay: 1e-4,
         };
         let tg = training_step(&forward, forward.outputs[0], Loss::CrossEntropy, &opt).unwrap();
-        let roles = Roles::training(&tg);
+        let roles = Roles::training_step(
+            &tg.graph,
+            tg.state.iter().map(|s| {
+                (
+                    s.input,
+                    s.output,
+                    s.kind == lowmem_autodiff::StateKind::Parameter,
+                )
+            }),
+            tg.grads.iter().map(|&(_, g)| g),
+        );
         let p = plan(
             &tg.graph,
             &roles,

@@ -7,7 +7,6 @@
 //! place, and `2s + 2` otherwise, since a kernel that is not in place reads its inputs while
 //! it writes its outputs. Tensors whose ranges do not intersect may share bytes.
 
-use lowmem_autodiff::{StateKind, TrainingGraph};
 use lowmem_ir::{Graph, NodeId, Op, TensorId, TensorKind};
 use serde::Serialize;
 
@@ -66,20 +65,27 @@ impl Roles {
 
     /// A training step: parameters and optimizer/BatchNorm state (inputs and their updated
     /// outputs, which overwrite them in place) and parameter gradients are persistent.
-    pub fn training(tg: &TrainingGraph) -> Roles {
-        let g = &tg.graph;
+    ///
+    /// `state` lists each state tensor as `(input, updated output, is a parameter)`;
+    /// parameters are [`Kind::Weight`], other state (optimizer moments, BatchNorm running
+    /// statistics) [`Kind::OptimizerState`]. `grads` are the parameter gradients.
+    pub fn training_step(
+        g: &Graph,
+        state: impl IntoIterator<Item = (TensorId, TensorId, bool)>,
+        grads: impl IntoIterator<Item = TensorId>,
+    ) -> Roles {
         let mut r = Roles::inference(g);
-        for s in &tg.state {
-            let k = if s.kind == StateKind::Parameter {
+        for (input, output, parameter) in state {
+            let k = if parameter {
                 Kind::Weight
             } else {
                 Kind::OptimizerState
             };
-            r.kind[s.input.index()] = k;
-            r.kind[s.output.index()] = k;
-            r.state_alias[s.output.index()] = Some(s.input);
+            r.kind[input.index()] = k;
+            r.kind[output.index()] = k;
+            r.state_alias[output.index()] = Some(input);
         }
-        for &(_, grad) in &tg.grads {
+        for grad in grads {
             if r.kind[grad.index()] == Kind::Activation {
                 r.kind[grad.index()] = Kind::Gradient;
             }
