@@ -125,8 +125,8 @@ pub fn make_plan_remat(
 pub fn verify(graph: &lowmem_ir::Graph, roles: &Roles, p: &MemoryPlan) -> Result<(), Error> {
     let claim = Claim {
         order: &p.order,
-        tensor_offset: &p.tensor_offset,
-        workspace: &p.workspace,
+        tensor_offset: p.tensor_offset.as_slice(),
+        workspace: p.workspace.as_slice(),
         arena_bytes: p.arena_bytes,
     };
     verify_plan(graph, roles, &claim)

@@ -3,24 +3,15 @@ use std::sync::Arc;
 
 use crate::{DType, IrError, Op, TensorData, shape};
 
-/// Index of a tensor in [`Graph::tensors`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct TensorId(pub u32);
+crate::define_index!(
+    /// Index of a tensor in [`Graph::tensors`].
+    pub struct TensorId;
+);
 
-/// Index of a node in [`Graph::nodes`], which is also its position in the topological order.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct NodeId(pub u32);
-
-impl TensorId {
-    pub fn index(self) -> usize {
-        self.0 as usize
-    }
-}
-impl NodeId {
-    pub fn index(self) -> usize {
-        self.0 as usize
-    }
-}
+crate::define_index!(
+    /// Index of a node in [`Graph::nodes`], which is also its position in the topological order.
+    pub struct NodeId;
+);
 
 #[derive(Clone, Debug)]
 pub struct Tensor {

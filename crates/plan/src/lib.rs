@@ -12,8 +12,8 @@ mod search;
 mod verify;
 
 pub use pack::{
-    Buffer, Packing, best_fit_heap, greedy_by_breadth, greedy_by_size, lower_bound, pack, read_csv,
-    verify, write_csv,
+    Buffer, BufferId, Packing, best_fit_heap, greedy_by_breadth, greedy_by_size, lower_bound, pack,
+    read_csv, verify, write_csv,
 };
 pub use plan::{ALIGN, MemoryPlan, PlanBuffer, PlanOptions, plan, plan_each};
 pub use verify::{Claim, verify_plan};

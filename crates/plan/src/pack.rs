@@ -13,6 +13,12 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
+lowmem_ir::define_index!(
+    /// Index of a buffer in a packing problem (the slice of [`Buffer`]s and the
+    /// [`Packing::offsets`] that place them).
+    pub struct BufferId;
+);
+
 /// A buffer live over the half-open time range `[lower, upper)` that needs `size` bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Buffer {
