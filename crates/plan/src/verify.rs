@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 use lowmem_ir::{Graph, NodeId, SecondaryMap, TensorId};
 use lowmem_schedule::{LiveRange, ProgPoint, Roles, StepId, in_place_capable, steps};
 
+use crate::error::{Held, Occupant, VerifyError};
 use crate::plan::ALIGN;
 
 /// A plan as claimed by a planner.
@@ -23,22 +24,20 @@ pub struct Claim<'a> {
     pub arena_bytes: u64,
 }
 
-pub fn verify_plan(g: &Graph, roles: &Roles, c: &Claim) -> Result<(), String> {
+pub fn verify_plan(g: &Graph, roles: &Roles, c: &Claim) -> Result<(), VerifyError> {
     let n = g.nodes.len();
     if c.order.len() != n || c.tensor_offset.len() != g.tensors.len() {
-        return Err(format!(
-            "the plan covers {} of {n} nodes and {} of {} tensors",
-            c.order.len(),
-            c.tensor_offset.len(),
-            g.tensors.len()
-        ));
+        return Err(VerifyError::Coverage {
+            order: c.order.len(),
+            nodes: n,
+            offsets: c.tensor_offset.len(),
+            tensors: g.tensors.len(),
+        });
     }
     let mut step_of: SecondaryMap<NodeId, Option<StepId>> = SecondaryMap::with_len(n);
     for (s, node) in steps(c.order) {
         if node.index() >= n || step_of[node].is_some() {
-            return Err(format!(
-                "the order lists node {node:?} twice or out of range"
-            ));
+            return Err(VerifyError::Order(node));
         }
         step_of[node] = Some(s);
     }
@@ -59,11 +58,12 @@ pub fn verify_plan(g: &Graph, roles: &Roles, c: &Claim) -> Result<(), String> {
                 Some(d) if d < s => {}
                 None if external => {}
                 _ => {
-                    return Err(format!(
-                        "read before write: node '{}' at step {s} reads '{}' before it is written",
-                        g.node(node).name,
-                        t.name
-                    ));
+                    return Err(VerifyError::ReadBeforeWrite {
+                        node: g.node(node).name.clone(),
+                        step: s,
+                        tensor: i,
+                        name: t.name.clone(),
+                    });
                 }
             }
             last_read[i] = Some(last_read[i].map_or(s, |r| r.max(s)));
@@ -71,38 +71,49 @@ pub fn verify_plan(g: &Graph, roles: &Roles, c: &Claim) -> Result<(), String> {
     }
     // Placement rules per tensor.
     let last = ProgPoint(2 * n as u32);
-    let mut intervals: Vec<(LiveRange, u64, u64, String)> = Vec::new(); // (live, offset, bytes, name)
+    let mut intervals: Vec<(LiveRange, u64, u64, Occupant)> = Vec::new(); // (live, offset, bytes, what)
     for t in g.tensor_ids() {
         let tt = g.tensor(t);
         let persistent = roles.kind[t].persistent() || roles.state_alias[t].is_some();
         match (persistent, c.tensor_offset[t.index()]) {
             (true, Some(o)) => {
-                return Err(format!(
-                    "{:?} '{}' is placed in the arena at offset {o}; it must stay outside",
-                    roles.kind[t], tt.name
-                ));
+                return Err(VerifyError::Persistent {
+                    kind: roles.kind[t],
+                    tensor: t,
+                    name: tt.name.clone(),
+                    offset: o,
+                });
             }
             (true, None) => continue,
             (false, None) if def[t].is_some() => {
-                return Err(format!("tensor '{}' has no arena offset", tt.name));
+                return Err(VerifyError::NoOffset {
+                    tensor: t,
+                    name: tt.name.clone(),
+                });
             }
             (false, None) => continue,
             (false, Some(o)) => {
                 let bytes = tt.bytes() as u64;
                 if o % ALIGN != 0 {
-                    return Err(format!(
-                        "tensor '{}' at offset {o} is not {ALIGN}-byte aligned",
-                        tt.name
-                    ));
+                    return Err(VerifyError::Misaligned {
+                        tensor: t,
+                        name: tt.name.clone(),
+                        offset: o,
+                    });
                 }
                 if o.checked_add(bytes).is_none_or(|e| e > c.arena_bytes) {
-                    return Err(format!(
-                        "tensor '{}' at offset {o} ({bytes} bytes) runs past the arena of {} bytes",
-                        tt.name, c.arena_bytes
-                    ));
+                    return Err(VerifyError::PastArena {
+                        tensor: t,
+                        name: tt.name.clone(),
+                        offset: o,
+                        bytes,
+                        arena: c.arena_bytes,
+                    });
                 }
-                let d = def[t]
-                    .ok_or_else(|| format!("tensor '{}' has an offset but no producer", tt.name))?;
+                let d = def[t].ok_or_else(|| VerifyError::NoProducer {
+                    tensor: t,
+                    name: tt.name.clone(),
+                })?;
                 let mut end = if g.outputs.contains(&t) {
                     last
                 } else {
@@ -129,7 +140,10 @@ pub fn verify_plan(g: &Graph, roles: &Roles, c: &Claim) -> Result<(), String> {
                     LiveRange::new(d.write(), end.max(d.after())),
                     o,
                     bytes,
-                    format!("tensor '{}'", tt.name),
+                    Occupant::Tensor {
+                        tensor: t,
+                        name: tt.name.clone(),
+                    },
                 ));
             }
         }
@@ -137,12 +151,15 @@ pub fn verify_plan(g: &Graph, roles: &Roles, c: &Claim) -> Result<(), String> {
     for (s, w) in c.workspace.iter().enumerate() {
         let s = StepId::new(s);
         if let Some((o, bytes)) = *w {
-            if o % ALIGN != 0 || o + bytes > c.arena_bytes {
-                return Err(format!(
-                    "the workspace of step {s} at offset {o} is misaligned or outside the arena"
-                ));
+            if o % ALIGN != 0 || o.checked_add(bytes).is_none_or(|e| e > c.arena_bytes) {
+                return Err(VerifyError::Workspace {
+                    step: s,
+                    offset: o,
+                    bytes,
+                    arena: c.arena_bytes,
+                });
             }
-            intervals.push((s.span(), o, bytes, format!("the workspace of step {s}")));
+            intervals.push((s.span(), o, bytes, Occupant::Workspace { step: s }));
         }
     }
     // Sweep over time, keeping the live buffers' byte ranges in an ordered map: live ranges
@@ -170,9 +187,17 @@ pub fn verify_plan(g: &Graph, roles: &Roles, c: &Claim) -> Result<(), String> {
             .or_else(|| live.range(lo..hi).next());
         if let Some((&o, &(e, j))) = clash {
             let other = &intervals[j];
-            return Err(format!(
-                "{} (bytes {lo}..{hi}, live over {}) overlaps {} (bytes {o}..{e}, live over {})",
-                iv.3, iv.0, other.3, other.0
+            return Err(VerifyError::Overlap(
+                Box::new(Held {
+                    what: iv.3.clone(),
+                    bytes: (lo, hi),
+                    live: iv.0,
+                }),
+                Box::new(Held {
+                    what: other.3.clone(),
+                    bytes: (o, e),
+                    live: other.0,
+                }),
             ));
         }
         live.insert(lo, (hi, k));
@@ -216,6 +241,16 @@ mod tests {
         offs: &[Option<u64>],
         arena: u64,
     ) -> Result<(), String> {
+        check(g, roles, order, offs, arena).map_err(|e| e.to_string())
+    }
+
+    fn check(
+        g: &Graph,
+        roles: &Roles,
+        order: &[NodeId],
+        offs: &[Option<u64>],
+        arena: u64,
+    ) -> Result<(), VerifyError> {
         verify_plan(
             g,
             roles,
@@ -267,6 +302,17 @@ mod tests {
             e.contains("'c'") && e.contains("'b'") && e.contains("overlaps"),
             "{e}"
         );
+        match check(&g, &roles, &order, &offs, 2048) {
+            Err(VerifyError::Overlap(a, b)) => {
+                let names = [&a.what, &b.what].map(|w| match w {
+                    Occupant::Tensor { tensor, .. } => Some(*tensor),
+                    Occupant::Workspace { .. } => None,
+                });
+                assert!(names.contains(&g.tensor_id("b")) && names.contains(&g.tensor_id("c")));
+                assert_eq!(a.bytes, (1024, 2048));
+            }
+            other => panic!("expected an overlap, got {other:?}"),
+        }
         // Partial overlap with an in-place capable reader is still an overlap.
         offs[id("c")] = Some(0);
         offs[id("b")] = Some(256);
