@@ -186,7 +186,17 @@ fn main() {
         let out = forward.outputs[0];
         match training_step(forward, out, Loss::CrossEntropy, &sgd) {
             Ok(tg) => {
-                let roles = Roles::training(&tg);
+                let roles = Roles::training_step(
+                    &tg.graph,
+                    tg.state.iter().map(|s| {
+                        (
+                            s.input,
+                            s.output,
+                            s.kind == lowmem::autodiff::StateKind::Parameter,
+                        )
+                    }),
+                    tg.grads.iter().map(|&(_, g)| g),
+                );
                 train.push(plan_one(name, tg.graph, roles));
             }
             Err(e) => println!("note: {name}: no training step: {e}"),

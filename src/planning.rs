@@ -101,7 +101,17 @@ pub fn make_plan_remat(
             .first()
             .ok_or_else(|| Error::Usage("the model has no outputs".into()))?;
         let tg = training_step(&forward, out, req.loss, &req.optimizer)?;
-        let roles = Roles::training(&tg);
+        let roles = Roles::training_step(
+            &tg.graph,
+            tg.state.iter().map(|s| {
+                (
+                    s.input,
+                    s.output,
+                    s.kind == lowmem_autodiff::StateKind::Parameter,
+                )
+            }),
+            tg.grads.iter().map(|&(_, g)| g),
+        );
         (tg.graph, roles)
     } else {
         let roles = Roles::inference(&forward);
@@ -115,8 +125,8 @@ pub fn make_plan_remat(
 pub fn verify(graph: &lowmem_ir::Graph, roles: &Roles, p: &MemoryPlan) -> Result<(), Error> {
     let claim = Claim {
         order: &p.order,
-        tensor_offset: &p.tensor_offset,
-        workspace: &p.workspace,
+        tensor_offset: p.tensor_offset.as_slice(),
+        workspace: p.workspace.as_slice(),
         arena_bytes: p.arena_bytes,
     };
     verify_plan(graph, roles, &claim)

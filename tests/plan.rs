@@ -236,7 +236,17 @@ fn zoo_training_steps_execute_inside_the_planned_arena() {
             weight_decay: 1e-4,
         };
         let tg = training_step(&forward, forward.outputs[0], Loss::CrossEntropy, &opt).unwrap();
-        let roles = Roles::training(&tg);
+        let roles = Roles::training_step(
+            &tg.graph,
+            tg.state.iter().map(|s| {
+                (
+                    s.input,
+                    s.output,
+                    s.kind == lowmem_autodiff::StateKind::Parameter,
+                )
+            }),
+            tg.grads.iter().map(|&(_, g)| g),
+        );
         let p = plan(
             &tg.graph,
             &roles,
@@ -266,8 +276,8 @@ fn zoo_training_steps_execute_inside_the_planned_arena() {
         let plain = lowmem_exec::run(&tg.graph, &inputs).unwrap();
         let layout = lowmem_exec::Layout {
             order: &p.order,
-            tensor_offset: &p.tensor_offset,
-            workspace: &p.workspace,
+            tensor_offset: p.tensor_offset.as_slice(),
+            workspace: p.workspace.as_slice(),
             arena_bytes: p.arena_bytes,
         };
         let (planned, stats) = lowmem_exec::run_planned(&tg.graph, &layout, inputs)

@@ -64,10 +64,10 @@ proptest! {
         let x = TensorData::F32((0..32).map(|i| ((i * 5 % 11) as f32 - 5.0) / 4.0).collect());
         let expected = lowmem_exec::run(&g, std::slice::from_ref(&x)).unwrap();
         for p in plan_each(&g, &roles, in_place) {
-            let claim = Claim { order: &p.order, tensor_offset: &p.tensor_offset, workspace: &p.workspace, arena_bytes: p.arena_bytes };
+            let claim = Claim { order: &p.order, tensor_offset: p.tensor_offset.as_slice(), workspace: p.workspace.as_slice(), arena_bytes: p.arena_bytes };
             prop_assert!(verify_plan(&g, &roles, &claim).is_ok(), "{}: {:?}", p.heuristics[0].0, verify_plan(&g, &roles, &claim));
             prop_assert!(p.arena_bytes >= p.lower_bound_bytes);
-            let layout = lowmem_exec::Layout { order: &p.order, tensor_offset: &p.tensor_offset, workspace: &p.workspace, arena_bytes: p.arena_bytes };
+            let layout = lowmem_exec::Layout { order: &p.order, tensor_offset: p.tensor_offset.as_slice(), workspace: p.workspace.as_slice(), arena_bytes: p.arena_bytes };
             let (got, stats) = lowmem_exec::run_planned(&g, &layout, vec![x.clone()]).unwrap();
             prop_assert_eq!(stats.arena_bytes, p.arena_bytes);
             for (a, b) in got.iter().zip(&expected) {

@@ -71,8 +71,8 @@ fn train(
                 let p = &o.plan;
                 let layout = Layout {
                     order: &p.order,
-                    tensor_offset: &p.tensor_offset,
-                    workspace: &p.workspace,
+                    tensor_offset: p.tensor_offset.as_slice(),
+                    workspace: p.workspace.as_slice(),
                     arena_bytes: p.arena_bytes,
                 };
                 run_planned(graph, &layout, inputs).expect("planned run").0

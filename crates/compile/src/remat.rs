@@ -182,7 +182,17 @@ impl<'a> Step<'a> {
         }
         Ok(Step {
             tg,
-            roles: Roles::training(tg),
+            roles: Roles::training_step(
+                &tg.graph,
+                tg.state.iter().map(|s| {
+                    (
+                        s.input,
+                        s.output,
+                        s.kind == lowmem_autodiff::StateKind::Parameter,
+                    )
+                }),
+                tg.grads.iter().map(|&(_, g)| g),
+            ),
             stages,
             chain,
             forward_flops: fwd,
@@ -266,8 +276,8 @@ impl<'a> Step<'a> {
         )
         .map_err(|e| Error::Internal(format!("rematerialisation: {e}")))?;
         let mut roles = self.roles.clone();
-        roles.kind.resize(r.graph.tensors.len(), Kind::Activation);
-        roles.state_alias.resize(r.graph.tensors.len(), None);
+        roles.kind.resize(r.graph.tensors.len()); // new tensors: Kind::Activation
+        roles.state_alias.resize(r.graph.tensors.len());
         let opts = PlanOptions {
             fixed_order: true,
             ..self.opts.clone()
@@ -433,11 +443,11 @@ impl<'a> Step<'a> {
         let g = &self.tg.graph;
         let mut v = (0, 0, 0, 0);
         for t in g.tensor_ids() {
-            if self.roles.state_alias[t.index()].is_some() {
+            if self.roles.state_alias[t].is_some() {
                 continue;
             }
             let b = g.tensor(t).bytes() as u64;
-            match self.roles.kind[t.index()] {
+            match self.roles.kind[t] {
                 Kind::Weight => v.0 += b,
                 Kind::Gradient => v.1 += b,
                 Kind::OptimizerState => v.2 += b,

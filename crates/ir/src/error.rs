@@ -17,8 +17,10 @@ pub enum IrError {
     DuplicateTensor(String),
     #[error("graph output '{0}' is not defined by any input, weight or node")]
     UnknownOutput(String),
-    #[error("the graph has a cycle through node '{0}'")]
-    Cycle(String),
+    /// The nodes of a cycle, each reading an output of the one before it (and the first an
+    /// output of the last).
+    #[error("the graph has a cycle through nodes {}", cycle_names(.0))]
+    Cycle(Vec<String>),
     #[error("tensor '{name}': {msg}")]
     Tensor { name: String, msg: String },
     #[error("{0}")]
@@ -27,6 +29,14 @@ pub enum IrError {
     Json(String),
     #[error("cannot set the batch to {batch}: {msg}")]
     Batch { batch: usize, msg: String },
+}
+
+fn cycle_names(nodes: &[String]) -> String {
+    let mut s: Vec<String> = nodes.iter().map(|n| format!("'{n}'")).collect();
+    if let Some(first) = s.first().cloned() {
+        s.push(first);
+    }
+    s.join(" -> ")
 }
 
 impl IrError {

@@ -3,24 +3,15 @@ use std::sync::Arc;
 
 use crate::{DType, IrError, Op, TensorData, shape};
 
-/// Index of a tensor in [`Graph::tensors`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct TensorId(pub u32);
+crate::define_index!(
+    /// Index of a tensor in [`Graph::tensors`].
+    pub struct TensorId;
+);
 
-/// Index of a node in [`Graph::nodes`], which is also its position in the topological order.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct NodeId(pub u32);
-
-impl TensorId {
-    pub fn index(self) -> usize {
-        self.0 as usize
-    }
-}
-impl NodeId {
-    pub fn index(self) -> usize {
-        self.0 as usize
-    }
-}
+crate::define_index!(
+    /// Index of a node in [`Graph::nodes`], which is also its position in the topological order.
+    pub struct NodeId;
+);
 
 #[derive(Clone, Debug)]
 pub struct Tensor {
@@ -303,6 +294,27 @@ impl Graph {
         Ok(())
     }
 
+    /// The nodes of a dependency cycle (each reads an output of the one before it, the first
+    /// an output of the last), if the nodes' data dependencies are cyclic.
+    pub fn find_cycle(&self) -> Option<Vec<NodeId>> {
+        let nt = self.tensors.len();
+        let mut producer: Vec<Option<u32>> = vec![None; nt];
+        for (v, node) in self.nodes.iter().enumerate() {
+            for &o in node.outputs.iter().filter(|o| o.index() < nt) {
+                producer[o.index()] = Some(v as u32);
+            }
+        }
+        let edges = self.nodes.iter().enumerate().flat_map(|(v, node)| {
+            let producer = &producer;
+            node.inputs
+                .iter()
+                .filter_map(move |i| producer.get(i.index()).copied().flatten())
+                .map(move |p| (p, v as u32))
+        });
+        find_cycle(self.nodes.len(), edges)
+            .map(|c| c.into_iter().map(|v| NodeId(v as u32)).collect())
+    }
+
     /// Re-derives every invariant independently of how the graph was built.
     pub fn validate(&self) -> Result<(), IrError> {
         let nt = self.tensors.len();
@@ -350,6 +362,14 @@ impl Graph {
                     IrError::node(&node.name, op, format!("input {i:?} does not exist"))
                 })?;
                 if !defined[i.index()] {
+                    if let Some(cycle) = self.find_cycle() {
+                        return Err(IrError::Cycle(
+                            cycle
+                                .into_iter()
+                                .map(|v| self.node(v).name.clone())
+                                .collect(),
+                        ));
+                    }
                     return Err(IrError::UnknownTensor {
                         node: node.name.clone(),
                         tensor: t.name.clone(),
@@ -433,5 +453,107 @@ impl Graph {
             ts.iter().map(|&t| &self.tensor(t).shape[..]).collect()
         };
         n.op.flops(&shapes(&n.inputs), &shapes(&n.outputs))
+    }
+}
+
+/// A cycle among `n` nodes with dependency edges `(from, to)` (`to` reads an output of `from`),
+/// if there is one: the strongly connected components (Tarjan) that hold more than one node or
+/// a self-loop contain every node on a cycle; the first such component (lowest node) gives the
+/// result, its shortest cycle through its lowest node, in edge order from that node.
+pub(crate) fn find_cycle(
+    n: usize,
+    edges: impl IntoIterator<Item = (u32, u32)>,
+) -> Option<Vec<usize>> {
+    use petgraph::graph::{DiGraph, NodeIndex};
+    let mut dg: DiGraph<(), (), u32> = DiGraph::with_capacity(n, 0);
+    for _ in 0..n {
+        dg.add_node(());
+    }
+    for (a, b) in edges {
+        if (a as usize) < n && (b as usize) < n {
+            dg.add_edge(NodeIndex::new(a as usize), NodeIndex::new(b as usize), ());
+        }
+    }
+    let scc = petgraph::algo::tarjan_scc(&dg)
+        .into_iter()
+        .filter(|c| c.len() > 1 || dg.contains_edge(c[0], c[0]))
+        .min_by_key(|c| c.iter().min().copied())?;
+    let start = *scc.iter().min().expect("a component is not empty");
+    if scc.len() == 1 {
+        return Some(vec![start.index()]);
+    }
+    // Breadth-first search inside the component from `start` back to `start`.
+    let members: std::collections::HashSet<NodeIndex> = scc.iter().copied().collect();
+    let inside = |v: NodeIndex| members.contains(&v);
+    let mut parent: std::collections::HashMap<NodeIndex, NodeIndex> = Default::default();
+    let mut queue = std::collections::VecDeque::from([start]);
+    while let Some(v) = queue.pop_front() {
+        for w in dg.neighbors(v) {
+            if w == start {
+                let mut cycle = vec![v.index()];
+                let mut at = v;
+                while at != start {
+                    at = parent[&at];
+                    cycle.push(at.index());
+                }
+                cycle.reverse();
+                return Some(cycle);
+            }
+            if inside(w) && !parent.contains_key(&w) {
+                parent.insert(w, v);
+                queue.push_back(w);
+            }
+        }
+    }
+    unreachable!("a strongly connected component has a cycle through each of its nodes")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// x -> a -> b -> c -> d, then c's input rewired to d's output: b -> c -> d -> b... with
+    /// a self-contained cycle c -> d -> c.
+    #[test]
+    fn validate_names_every_node_of_a_cycle() {
+        let mut g = Graph::new("cyc");
+        let x = g.add_input("x", DType::F32, vec![2, 3]).unwrap();
+        let a = g.add_node("n_a", Op::Relu, &[x], &["a"]).unwrap()[0];
+        let b = g.add_node("n_b", Op::Relu, &[a], &["b"]).unwrap()[0];
+        let c = g.add_node("n_c", Op::Relu, &[b], &["c"]).unwrap()[0];
+        let d = g.add_node("n_d", Op::Relu, &[c], &["d"]).unwrap()[0];
+        let e = g.add_node("n_e", Op::Relu, &[d], &["e"]).unwrap()[0];
+        g.set_outputs(vec![e]);
+        assert!(g.validate().is_ok());
+        assert_eq!(g.find_cycle(), None);
+        // n_b now reads n_d's output: n_b -> n_c -> n_d -> n_b.
+        g.nodes[1].inputs = vec![d];
+        assert_eq!(g.find_cycle(), Some(vec![NodeId(1), NodeId(2), NodeId(3)]));
+        let err = g.validate().unwrap_err();
+        assert_eq!(
+            err,
+            IrError::Cycle(vec!["n_b".into(), "n_c".into(), "n_d".into()])
+        );
+        let msg = err.to_string();
+        assert!(msg.contains("'n_b' -> 'n_c' -> 'n_d' -> 'n_b'"), "{msg}");
+        // A node reading its own output.
+        g.nodes[1].inputs = vec![a];
+        g.nodes[4].inputs = vec![e];
+        assert_eq!(g.find_cycle(), Some(vec![NodeId(4)]));
+        assert_eq!(g.validate(), Err(IrError::Cycle(vec!["n_e".into()])));
+        // Misordered but acyclic: still an unknown tensor, not a cycle.
+        g.nodes[4].inputs = vec![d];
+        g.nodes.swap(3, 4);
+        assert_eq!(g.find_cycle(), None);
+        assert!(matches!(g.validate(), Err(IrError::UnknownTensor { .. })));
+    }
+
+    #[test]
+    fn find_cycle_picks_the_shortest_cycle_through_the_lowest_node() {
+        // 0 -> 1 -> 2 -> 0 and 0 -> 3 -> 4 -> 1: one component {0..4}.
+        let edges = [(0, 1), (1, 2), (2, 0), (0, 3), (3, 4), (4, 1), (5, 5)];
+        assert_eq!(find_cycle(6, edges), Some(vec![0, 1, 2]));
+        assert_eq!(find_cycle(3, [(0, 1), (1, 2)]), None);
+        assert_eq!(find_cycle(0, []), None);
     }
 }

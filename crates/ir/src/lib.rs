@@ -7,6 +7,7 @@
 
 mod batch;
 mod dtype;
+pub mod entity;
 mod error;
 mod graph;
 mod inplace;
@@ -16,6 +17,7 @@ pub mod shape;
 mod train_op;
 
 pub use dtype::{DType, TensorData};
+pub use entity::{EntityRef, SecondaryMap};
 pub use error::IrError;
 pub use graph::{Graph, Node, NodeId, Tensor, TensorId, TensorKind};
 pub use op::{

@@ -13,6 +13,14 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
+use crate::error::{CsvError, PackError, Placed};
+
+lowmem_ir::define_index!(
+    /// Index of a buffer in a packing problem (the slice of [`Buffer`]s and the
+    /// [`Packing::offsets`] that place them).
+    pub struct BufferId;
+);
+
 /// A buffer live over the half-open time range `[lower, upper)` that needs `size` bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Buffer {
@@ -413,29 +421,37 @@ pub fn pack(bufs: &[Buffer], align: u64, time_limit: Duration) -> Packing {
 /// Independent checker: every offset is a multiple of `align` and no two buffers whose live
 /// ranges intersect share bytes. Returns the height. A sweep over time keeps the live buffers
 /// ordered by offset, so each new buffer is checked against its two neighbours: `O(n log n)`.
-pub fn verify(bufs: &[Buffer], offsets: &[u64], align: u64) -> Result<u64, String> {
+pub fn verify(bufs: &[Buffer], offsets: &[u64], align: u64) -> Result<u64, PackError> {
     if bufs.len() != offsets.len() {
-        return Err(format!(
-            "{} buffers but {} offsets",
-            bufs.len(),
-            offsets.len()
-        ));
+        return Err(PackError::Count {
+            buffers: bufs.len(),
+            offsets: offsets.len(),
+        });
     }
     let align = align.max(1);
     let mut height = 0u64;
     for (i, (b, &o)) in bufs.iter().zip(offsets).enumerate() {
+        let buffer = BufferId::new(i);
         if b.lower > b.upper {
-            return Err(format!("buffer {i}: lower {} > upper {}", b.lower, b.upper));
+            return Err(PackError::Range {
+                buffer,
+                lower: b.lower,
+                upper: b.upper,
+            });
         }
         if o % align != 0 {
-            return Err(format!(
-                "buffer {i}: offset {o} is not a multiple of {align}"
-            ));
+            return Err(PackError::Misaligned {
+                buffer,
+                offset: o,
+                align,
+            });
         }
         if b.is_active() {
-            let end = o
-                .checked_add(b.size)
-                .ok_or_else(|| format!("buffer {i}: offset {o} + size {} overflows u64", b.size))?;
+            let end = o.checked_add(b.size).ok_or(PackError::Overflow {
+                buffer,
+                offset: o,
+                size: b.size,
+            })?;
             height = height.max(end);
         }
     }
@@ -449,13 +465,13 @@ pub fn verify(bufs: &[Buffer], offsets: &[u64], align: u64) -> Result<u64, Strin
     events.sort_unstable(); // ends (false) before starts at equal times: half-open ranges
     let describe = |i: usize| {
         let b = bufs[i];
-        format!(
-            "buffer {i} (live [{}, {}), bytes [{}, {}))",
-            b.lower,
-            b.upper,
-            offsets[i],
-            offsets[i] + b.size
-        )
+        Placed {
+            buffer: BufferId::new(i),
+            lower: b.lower,
+            upper: b.upper,
+            offset: offsets[i],
+            size: b.size,
+        }
     };
     let mut live: BTreeMap<u64, u32> = BTreeMap::new(); // offset -> buffer
     for (_, start, i) in events {
@@ -467,19 +483,17 @@ pub fn verify(bufs: &[Buffer], offsets: &[u64], align: u64) -> Result<u64, Strin
         if let Some((&po, &j)) = live.range(..=o).next_back()
             && po + bufs[j as usize].size > o
         {
-            return Err(format!(
-                "overlap: {} and {}",
+            return Err(PackError::Overlap(
                 describe(j as usize),
-                describe(i as usize)
+                describe(i as usize),
             ));
         }
         if let Some((&no, &j)) = live.range(o..).next()
             && no < o + size
         {
-            return Err(format!(
-                "overlap: {} and {}",
+            return Err(PackError::Overlap(
                 describe(i as usize),
-                describe(j as usize)
+                describe(j as usize),
             ));
         }
         live.insert(o, i);
@@ -490,34 +504,36 @@ pub fn verify(bufs: &[Buffer], offsets: &[u64], align: u64) -> Result<u64, Strin
 /// Parses the MiniMalloc CSV format: header `id,lower,upper,size` (further columns such as
 /// `offset` are ignored), then one buffer per line. Blank lines are skipped. Errors name the
 /// line.
-pub fn read_csv(text: &str) -> Result<Vec<(String, Buffer)>, String> {
+pub fn read_csv(text: &str) -> Result<Vec<(String, Buffer)>, CsvError> {
     let mut lines = text
         .lines()
         .enumerate()
         .map(|(k, l)| (k + 1, l.trim()))
         .filter(|(_, l)| !l.is_empty());
-    let (hline, header) = lines
-        .next()
-        .ok_or("empty input: expected header id,lower,upper,size")?;
+    let (hline, header) = lines.next().ok_or(CsvError::Empty)?;
     let names: Vec<&str> = header.split(',').map(str::trim).collect();
     if names.len() < 4 || names[..4] != ["id", "lower", "upper", "size"] {
-        return Err(format!(
-            "line {hline}: expected header id,lower,upper,size, found {header:?}"
-        ));
+        return Err(CsvError::Header {
+            line: hline,
+            found: header.to_string(),
+        });
     }
     let mut out = Vec::new();
     for (k, line) in lines {
         let fields: Vec<&str> = line.split(',').map(str::trim).collect();
         if fields.len() < 4 {
-            return Err(format!(
-                "line {k}: expected 4 fields, found {}",
-                fields.len()
-            ));
+            return Err(CsvError::Fields {
+                line: k,
+                found: fields.len(),
+            });
         }
-        let num = |f: usize, name: &str| -> Result<u64, String> {
-            fields[f]
-                .parse::<u64>()
-                .map_err(|e| format!("line {k}: bad {name} {:?}: {e}", fields[f]))
+        let num = |f: usize, field: &'static str| -> Result<u64, CsvError> {
+            fields[f].parse::<u64>().map_err(|e| CsvError::Number {
+                line: k,
+                field,
+                value: fields[f].to_string(),
+                reason: e.to_string(),
+            })
         };
         let b = Buffer {
             lower: num(1, "lower")?,
@@ -525,7 +541,11 @@ pub fn read_csv(text: &str) -> Result<Vec<(String, Buffer)>, String> {
             size: num(3, "size")?,
         };
         if b.lower > b.upper {
-            return Err(format!("line {k}: lower {} > upper {}", b.lower, b.upper));
+            return Err(CsvError::Range {
+                line: k,
+                lower: b.lower,
+                upper: b.upper,
+            });
         }
         out.push((fields[0].to_string(), b));
     }

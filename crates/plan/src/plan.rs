@@ -3,10 +3,12 @@
 
 use std::time::Duration;
 
-use lowmem_ir::{Graph, NodeId, TensorId};
-use lowmem_schedule::{Kind, Liveness, Roles, memory_aware_order, program_order};
+use lowmem_ir::{Graph, NodeId, SecondaryMap, TensorId};
+use lowmem_schedule::{
+    Kind, LiveRange, Liveness, ProgPoint, Roles, StepId, memory_aware_order, program_order,
+};
 
-use crate::pack::{self, Buffer, Packing};
+use crate::pack::{self, Buffer, BufferId, Packing};
 
 /// Arena offsets and buffer sizes are multiples of this.
 pub const ALIGN: u64 = 256;
@@ -34,7 +36,14 @@ pub struct PlanBuffer {
     /// In-place reuse: the tensor whose bytes this one overwrites.
     pub shares: Option<TensorId>,
     /// For workspaces: the step they belong to.
-    pub step: Option<u32>,
+    pub step: Option<StepId>,
+}
+
+impl PlanBuffer {
+    /// The program points `[start, end)` the buffer lives over.
+    pub fn live(&self) -> LiveRange {
+        LiveRange::from((self.start, self.end))
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -42,9 +51,9 @@ pub struct MemoryPlan {
     pub order: Vec<NodeId>,
     pub buffers: Vec<PlanBuffer>,
     /// Arena offset per tensor (`None` outside the arena).
-    pub tensor_offset: Vec<Option<u64>>,
+    pub tensor_offset: SecondaryMap<TensorId, Option<u64>>,
     /// Arena offset and bytes of each step's workspace.
-    pub workspace: Vec<Option<(u64, u64)>>,
+    pub workspace: SecondaryMap<StepId, Option<(u64, u64)>>,
     pub arena_bytes: u64,
     pub lower_bound_bytes: u64,
     pub naive_bytes: u64,
@@ -52,7 +61,7 @@ pub struct MemoryPlan {
     /// output shares its state input's), each aligned to [`PERSISTENT_ALIGN`].
     pub persistent_bytes: u64,
     /// Offset per tensor in the persistent block (`None` for arena tensors).
-    pub persistent_offset: Vec<Option<u64>>,
+    pub persistent_offset: SecondaryMap<TensorId, Option<u64>>,
     pub planner: String,
     pub order_kind: &'static str,
     /// Arena bytes reached by every heuristic tried, for comparison.
@@ -91,45 +100,47 @@ struct Problem {
     live: Liveness,
     bufs: Vec<Buffer>,
     /// Which packing buffer holds each tensor / workspace.
-    of_tensor: Vec<Option<usize>>,
-    of_step: Vec<Option<usize>>,
+    of_tensor: SecondaryMap<TensorId, Option<BufferId>>,
+    of_step: SecondaryMap<StepId, Option<BufferId>>,
+}
+
+/// The packing buffer of a live range of `bytes` bytes.
+fn buffer(r: LiveRange, bytes: u64) -> Buffer {
+    Buffer {
+        lower: r.start.0 as u64,
+        upper: r.end.0 as u64,
+        size: aligned(bytes),
+    }
 }
 
 fn problem(g: &Graph, roles: &Roles, order: Vec<NodeId>, in_place: bool) -> Problem {
     let live = Liveness::new(g, roles, order, in_place);
     let mut bufs: Vec<Buffer> = Vec::new();
-    let mut of_tensor = vec![None; g.tensors.len()];
+    let mut of_tensor: SecondaryMap<TensorId, Option<BufferId>> =
+        SecondaryMap::with_len(g.tensors.len());
     for t in g.tensor_ids() {
-        let Some((s, e)) = live.range[t.index()] else {
+        let Some(r) = live.range[t] else {
             continue;
         };
-        match live.shares[t.index()] {
+        match live.shares[t] {
             Some(root) => {
-                let b = of_tensor[root.index()].expect("a group root comes before its members");
-                let buf: &mut Buffer = &mut bufs[b];
-                buf.lower = buf.lower.min(s as u64);
-                buf.upper = buf.upper.max(e as u64);
-                of_tensor[t.index()] = Some(b);
+                let b = of_tensor[root].expect("a group root comes before its members");
+                let buf: &mut Buffer = &mut bufs[b.index()];
+                buf.lower = buf.lower.min(r.start.0 as u64);
+                buf.upper = buf.upper.max(r.end.0 as u64);
+                of_tensor[t] = Some(b);
             }
             None => {
-                of_tensor[t.index()] = Some(bufs.len());
-                bufs.push(Buffer {
-                    lower: s as u64,
-                    upper: e as u64,
-                    size: aligned(g.tensor(t).bytes() as u64),
-                });
+                of_tensor[t] = Some(BufferId::new(bufs.len()));
+                bufs.push(buffer(r, g.tensor(t).bytes() as u64));
             }
         }
     }
-    let mut of_step = vec![None; live.order.len()];
-    for (s, &w) in live.workspace.iter().enumerate() {
+    let mut of_step = SecondaryMap::with_len(live.order.len());
+    for (s, &w) in live.workspace.iter() {
         if w > 0 {
-            of_step[s] = Some(bufs.len());
-            bufs.push(Buffer {
-                lower: 2 * s as u64,
-                upper: 2 * s as u64 + 2,
-                size: aligned(w as u64),
-            });
+            of_step[s] = Some(BufferId::new(bufs.len()));
+            bufs.push(buffer(s.span(), w as u64));
         }
     }
     Problem {
@@ -242,23 +253,22 @@ fn assemble(
     heuristics: Vec<(String, u64)>,
 ) -> MemoryPlan {
     let mut buffers = Vec::new();
-    let mut tensor_offset = vec![None; g.tensors.len()];
+    let mut tensor_offset: SecondaryMap<TensorId, Option<u64>> =
+        SecondaryMap::with_len(g.tensors.len());
     let mut persistent = 0u64;
-    let mut persistent_offset = vec![None; g.tensors.len()];
+    let mut persistent_offset: SecondaryMap<TensorId, Option<u64>> =
+        SecondaryMap::with_len(g.tensors.len());
     let mut naive = 0u64;
-    let last = 2 * p.live.order.len() as u32;
+    let whole = LiveRange::new(ProgPoint(0), ProgPoint(2 * p.live.order.len() as u32));
     for t in g.tensor_ids() {
         let tt = g.tensor(t);
         naive += tt.bytes() as u64;
-        let kind = roles.kind[t.index()];
-        let offset = p.of_tensor[t.index()].map(|b| packing.offsets[b]);
-        tensor_offset[t.index()] = offset;
-        let (start, end) = match p.live.range[t.index()] {
-            Some(r) => r,
-            None => (0, last),
-        };
-        if kind.persistent() && roles.state_alias[t.index()].is_none() {
-            persistent_offset[t.index()] = Some(persistent);
+        let kind = roles.kind[t];
+        let offset = p.of_tensor[t].map(|b| packing.offsets[b.index()]);
+        tensor_offset[t] = offset;
+        let live = p.live.range[t].unwrap_or(whole);
+        if kind.persistent() && roles.state_alias[t].is_none() {
+            persistent_offset[t] = Some(persistent);
             persistent += (tt.bytes() as u64).div_ceil(PERSISTENT_ALIGN) * PERSISTENT_ALIGN;
         }
         buffers.push(PlanBuffer {
@@ -266,34 +276,35 @@ fn assemble(
             name: tt.name.clone(),
             bytes: tt.bytes() as u64,
             offset,
-            start,
-            end,
+            start: live.start.0,
+            end: live.end.0,
             kind,
-            shares: p.live.shares[t.index()].or(roles.state_alias[t.index()]),
+            shares: p.live.shares[t].or(roles.state_alias[t]),
             step: None,
         });
     }
-    // A state output lives in its state input's bytes (assigned above: inputs come first).
+    // A state output lives in its state input's bytes.
     for t in g.tensor_ids() {
-        if let Some(a) = roles.state_alias[t.index()] {
-            persistent_offset[t.index()] = persistent_offset[a.index()];
+        if let Some(a) = roles.state_alias[t] {
+            persistent_offset[t] = persistent_offset[a];
         }
     }
-    let mut workspace = vec![None; p.live.order.len()];
-    for (s, b) in p.of_step.iter().enumerate() {
+    let mut workspace = SecondaryMap::with_len(p.live.order.len());
+    for (s, b) in p.of_step.iter() {
         if let Some(b) = *b {
             let bytes = p.live.workspace[s] as u64;
-            workspace[s] = Some((packing.offsets[b], bytes));
+            let offset = packing.offsets[b.index()];
+            workspace[s] = Some((offset, bytes));
             buffers.push(PlanBuffer {
                 tensor: None,
-                name: format!("workspace of {}", g.node(p.live.order[s]).name),
+                name: format!("workspace of {}", g.node(p.live.order[s.index()]).name),
                 bytes,
-                offset: Some(packing.offsets[b]),
-                start: 2 * s as u32,
-                end: 2 * s as u32 + 2,
+                offset: Some(offset),
+                start: s.read().0,
+                end: s.after().0,
                 kind: Kind::Workspace,
                 shares: None,
-                step: Some(s as u32),
+                step: Some(s),
             });
             naive += bytes;
         }

@@ -25,8 +25,6 @@ use std::time::Instant;
 
 use crate::pack::{Buffer, align_up};
 
-const NONE: u32 = u32::MAX;
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Status {
     Found,
@@ -48,7 +46,7 @@ struct Solver {
     length: Vec<u128>,
     area: Vec<u128>,
     /// The previous buffer of identical shape in index order.
-    twin: Vec<u32>,
+    twin: Vec<Option<u32>>,
     placed: Vec<bool>,
     min_off: Vec<u64>,
     floor: Vec<u64>,
@@ -139,8 +137,7 @@ impl Solver {
             if o.saturating_add(outside) > self.limit {
                 continue;
             }
-            let t = self.twin[b];
-            if t != NONE && !self.placed[t as usize] {
+            if self.twin[b].is_some_and(|t| !self.placed[t as usize]) {
                 continue;
             }
             let st = self.place(lo, hi, &ord, b, o, r, depth);
@@ -212,17 +209,19 @@ impl Solver {
             if f >= new_min {
                 continue;
             }
-            let mut m = u64::MAX;
+            // The lowest minimal offset of the unplaced buffers here, if any.
+            let mut lowest: Option<u64> = None;
             for &j in &self.sec_bufs[s] {
                 let j = j as usize;
                 if !self.placed[j] {
-                    m = m.min(self.min_off[j]);
+                    let m = lowest.map_or(self.min_off[j], |m| m.min(self.min_off[j]));
+                    lowest = Some(m);
                     if m <= f {
                         break;
                     }
                 }
             }
-            if m != u64::MAX && f < m {
+            if let Some(m) = lowest.filter(|&m| f < m) {
                 self.floor_log.push((s as u32, self.floor[s]));
                 self.floor[s] = m;
             }
@@ -411,13 +410,10 @@ pub(crate) fn improve(
         *ov = seen;
     }
     // Identical buffers (same sections and size) are placed in index order.
-    let mut twin = vec![NONE; n];
     let mut last_of_shape = std::collections::HashMap::new();
-    for b in 0..n {
-        if let Some(prev) = last_of_shape.insert((s0[b], s1[b], size[b]), b as u32) {
-            twin[b] = prev;
-        }
-    }
+    let twin: Vec<Option<u32>> = (0..n)
+        .map(|b| last_of_shape.insert((s0[b], s1[b], size[b]), b as u32))
+        .collect();
     let length: Vec<u128> = (0..n)
         .map(|b| (bufs[ids[b]].upper - bufs[ids[b]].lower) as u128)
         .collect();

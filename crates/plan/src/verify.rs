@@ -10,9 +10,10 @@
 
 use std::collections::BTreeMap;
 
-use lowmem_ir::{Graph, NodeId};
-use lowmem_schedule::{Roles, in_place_capable};
+use lowmem_ir::{Graph, NodeId, SecondaryMap, TensorId};
+use lowmem_schedule::{LiveRange, ProgPoint, Roles, StepId, in_place_capable, steps};
 
+use crate::error::{Held, Occupant, VerifyError};
 use crate::plan::ALIGN;
 
 /// A plan as claimed by a planner.
@@ -23,96 +24,104 @@ pub struct Claim<'a> {
     pub arena_bytes: u64,
 }
 
-pub fn verify_plan(g: &Graph, roles: &Roles, c: &Claim) -> Result<(), String> {
+pub fn verify_plan(g: &Graph, roles: &Roles, c: &Claim) -> Result<(), VerifyError> {
     let n = g.nodes.len();
     if c.order.len() != n || c.tensor_offset.len() != g.tensors.len() {
-        return Err(format!(
-            "the plan covers {} of {n} nodes and {} of {} tensors",
-            c.order.len(),
-            c.tensor_offset.len(),
-            g.tensors.len()
-        ));
+        return Err(VerifyError::Coverage {
+            order: c.order.len(),
+            nodes: n,
+            offsets: c.tensor_offset.len(),
+            tensors: g.tensors.len(),
+        });
     }
-    let mut step_of = vec![usize::MAX; n];
-    for (s, &node) in c.order.iter().enumerate() {
-        if node.index() >= n || step_of[node.index()] != usize::MAX {
-            return Err(format!(
-                "the order lists node {node:?} twice or out of range"
-            ));
+    let mut step_of: SecondaryMap<NodeId, Option<StepId>> = SecondaryMap::with_len(n);
+    for (s, node) in steps(c.order) {
+        if node.index() >= n || step_of[node].is_some() {
+            return Err(VerifyError::Order(node));
         }
-        step_of[node.index()] = s;
+        step_of[node] = Some(s);
     }
     // Definitions and reads, re-derived.
-    let mut def: Vec<Option<usize>> = vec![None; g.tensors.len()];
-    for (s, &node) in c.order.iter().enumerate() {
+    let nt = g.tensors.len();
+    let mut def: SecondaryMap<TensorId, Option<StepId>> = SecondaryMap::with_len(nt);
+    for (s, node) in steps(c.order) {
         for &o in &g.node(node).outputs {
-            def[o.index()] = Some(s);
+            def[o] = Some(s);
         }
     }
-    let mut last_read: Vec<Option<usize>> = vec![None; g.tensors.len()];
-    for (s, &node) in c.order.iter().enumerate() {
+    let mut last_read: SecondaryMap<TensorId, Option<StepId>> = SecondaryMap::with_len(nt);
+    for (s, node) in steps(c.order) {
         for &i in &g.node(node).inputs {
             let t = g.tensor(i);
             let external = t.value.is_some() || g.inputs.contains(&i);
-            match def[i.index()] {
+            match def[i] {
                 Some(d) if d < s => {}
                 None if external => {}
                 _ => {
-                    return Err(format!(
-                        "read before write: node '{}' at step {s} reads '{}' before it is written",
-                        g.node(node).name,
-                        t.name
-                    ));
+                    return Err(VerifyError::ReadBeforeWrite {
+                        node: g.node(node).name.clone(),
+                        step: s,
+                        tensor: i,
+                        name: t.name.clone(),
+                    });
                 }
             }
-            last_read[i.index()] = Some(last_read[i.index()].map_or(s, |r| r.max(s)));
+            last_read[i] = Some(last_read[i].map_or(s, |r| r.max(s)));
         }
     }
     // Placement rules per tensor.
-    let last = 2 * n as u64;
-    let mut intervals: Vec<(u64, u64, u64, u64, String)> = Vec::new(); // (start, end, offset, bytes, name)
+    let last = ProgPoint(2 * n as u32);
+    let mut intervals: Vec<(LiveRange, u64, u64, Occupant)> = Vec::new(); // (live, offset, bytes, what)
     for t in g.tensor_ids() {
         let tt = g.tensor(t);
-        let persistent =
-            roles.kind[t.index()].persistent() || roles.state_alias[t.index()].is_some();
+        let persistent = roles.kind[t].persistent() || roles.state_alias[t].is_some();
         match (persistent, c.tensor_offset[t.index()]) {
             (true, Some(o)) => {
-                return Err(format!(
-                    "{:?} '{}' is placed in the arena at offset {o}; it must stay outside",
-                    roles.kind[t.index()],
-                    tt.name
-                ));
+                return Err(VerifyError::Persistent {
+                    kind: roles.kind[t],
+                    tensor: t,
+                    name: tt.name.clone(),
+                    offset: o,
+                });
             }
             (true, None) => continue,
-            (false, None) if def[t.index()].is_some() => {
-                return Err(format!("tensor '{}' has no arena offset", tt.name));
+            (false, None) if def[t].is_some() => {
+                return Err(VerifyError::NoOffset {
+                    tensor: t,
+                    name: tt.name.clone(),
+                });
             }
             (false, None) => continue,
             (false, Some(o)) => {
                 let bytes = tt.bytes() as u64;
                 if o % ALIGN != 0 {
-                    return Err(format!(
-                        "tensor '{}' at offset {o} is not {ALIGN}-byte aligned",
-                        tt.name
-                    ));
+                    return Err(VerifyError::Misaligned {
+                        tensor: t,
+                        name: tt.name.clone(),
+                        offset: o,
+                    });
                 }
                 if o.checked_add(bytes).is_none_or(|e| e > c.arena_bytes) {
-                    return Err(format!(
-                        "tensor '{}' at offset {o} ({bytes} bytes) runs past the arena of {} bytes",
-                        tt.name, c.arena_bytes
-                    ));
+                    return Err(VerifyError::PastArena {
+                        tensor: t,
+                        name: tt.name.clone(),
+                        offset: o,
+                        bytes,
+                        arena: c.arena_bytes,
+                    });
                 }
-                let d = def[t.index()]
-                    .ok_or_else(|| format!("tensor '{}' has an offset but no producer", tt.name))?
-                    as u64;
+                let d = def[t].ok_or_else(|| VerifyError::NoProducer {
+                    tensor: t,
+                    name: tt.name.clone(),
+                })?;
                 let mut end = if g.outputs.contains(&t) {
                     last
                 } else {
-                    last_read[t.index()].map_or(2 * d + 2, |r| 2 * r as u64 + 2)
+                    last_read[t].map_or(d.after(), StepId::after)
                 };
                 // An input overwritten in place by its last reader ends at that read.
-                if let Some(r) = last_read[t.index()].filter(|_| !g.outputs.contains(&t)) {
-                    let node = g.node(c.order[r]);
+                if let Some(r) = last_read[t].filter(|_| !g.outputs.contains(&t)) {
+                    let node = g.node(c.order[r.index()]);
                     let overwritten = node.outputs.first().is_some_and(|&out| {
                         c.tensor_offset[out.index()] == Some(o)
                             && g.tensor(out).bytes() as u64 == bytes
@@ -124,51 +133,51 @@ pub fn verify_plan(g: &Graph, roles: &Roles, c: &Claim) -> Result<(), String> {
                             .enumerate()
                             .any(|(k, &i)| i == t && in_place_capable(g, node, k))
                     {
-                        end = 2 * r as u64 + 1;
+                        end = r.write();
                     }
                 }
                 intervals.push((
-                    2 * d + 1,
-                    end.max(2 * d + 2),
+                    LiveRange::new(d.write(), end.max(d.after())),
                     o,
                     bytes,
-                    format!("tensor '{}'", tt.name),
+                    Occupant::Tensor {
+                        tensor: t,
+                        name: tt.name.clone(),
+                    },
                 ));
             }
         }
     }
     for (s, w) in c.workspace.iter().enumerate() {
+        let s = StepId::new(s);
         if let Some((o, bytes)) = *w {
-            if o % ALIGN != 0 || o + bytes > c.arena_bytes {
-                return Err(format!(
-                    "the workspace of step {s} at offset {o} is misaligned or outside the arena"
-                ));
+            if o % ALIGN != 0 || o.checked_add(bytes).is_none_or(|e| e > c.arena_bytes) {
+                return Err(VerifyError::Workspace {
+                    step: s,
+                    offset: o,
+                    bytes,
+                    arena: c.arena_bytes,
+                });
             }
-            intervals.push((
-                2 * s as u64,
-                2 * s as u64 + 2,
-                o,
-                bytes,
-                format!("the workspace of step {s}"),
-            ));
+            intervals.push((s.span(), o, bytes, Occupant::Workspace { step: s }));
         }
     }
     // Sweep over time, keeping the live buffers' byte ranges in an ordered map: live ranges
     // must be disjoint, so each arrival is checked against its neighbours only.
-    intervals.sort_by_key(|iv| (iv.0, iv.2));
+    intervals.sort_by_key(|iv| (iv.0.start, iv.1));
     let mut live: BTreeMap<u64, (u64, usize)> = BTreeMap::new(); // offset -> (end byte, interval)
-    let mut heap: std::collections::BinaryHeap<std::cmp::Reverse<(u64, usize)>> =
+    let mut heap: std::collections::BinaryHeap<std::cmp::Reverse<(ProgPoint, usize)>> =
         std::collections::BinaryHeap::new();
     for (k, iv) in intervals.iter().enumerate() {
         while let Some(&std::cmp::Reverse((end, j))) = heap.peek() {
-            if end > iv.0 {
+            if end > iv.0.start {
                 break;
             }
             heap.pop();
-            live.remove(&intervals[j].2);
+            live.remove(&intervals[j].1);
         }
-        let (lo, hi) = (iv.2, iv.2 + iv.3);
-        if iv.3 == 0 {
+        let (lo, hi) = (iv.1, iv.1 + iv.2);
+        if iv.2 == 0 {
             continue;
         }
         let clash = live
@@ -178,13 +187,21 @@ pub fn verify_plan(g: &Graph, roles: &Roles, c: &Claim) -> Result<(), String> {
             .or_else(|| live.range(lo..hi).next());
         if let Some((&o, &(e, j))) = clash {
             let other = &intervals[j];
-            return Err(format!(
-                "{} (bytes {lo}..{hi}, live over [{}, {})) overlaps {} (bytes {o}..{e}, live over [{}, {}))",
-                iv.4, iv.0, iv.1, other.4, other.0, other.1
+            return Err(VerifyError::Overlap(
+                Box::new(Held {
+                    what: iv.3.clone(),
+                    bytes: (lo, hi),
+                    live: iv.0,
+                }),
+                Box::new(Held {
+                    what: other.3.clone(),
+                    bytes: (o, e),
+                    live: other.0,
+                }),
             ));
         }
         live.insert(lo, (hi, k));
-        heap.push(std::cmp::Reverse((iv.1, k)));
+        heap.push(std::cmp::Reverse((iv.0.end, k)));
     }
     Ok(())
 }
@@ -224,6 +241,16 @@ mod tests {
         offs: &[Option<u64>],
         arena: u64,
     ) -> Result<(), String> {
+        check(g, roles, order, offs, arena).map_err(|e| e.to_string())
+    }
+
+    fn check(
+        g: &Graph,
+        roles: &Roles,
+        order: &[NodeId],
+        offs: &[Option<u64>],
+        arena: u64,
+    ) -> Result<(), VerifyError> {
         verify_plan(
             g,
             roles,
@@ -246,13 +273,13 @@ mod tests {
             &roles,
             &Claim {
                 order: &p.order,
-                tensor_offset: &p.tensor_offset,
-                workspace: &p.workspace,
+                tensor_offset: p.tensor_offset.as_slice(),
+                workspace: p.workspace.as_slice(),
                 arena_bytes: p.arena_bytes,
             },
         )
         .unwrap();
-        let id = |n: &str| g.tensor_id(n).unwrap().index();
+        let id = |n: &str| g.tensor_id(n).unwrap();
         assert_eq!(p.tensor_offset[id("a")], p.tensor_offset[id("b")]);
         assert_eq!(p.arena_bytes, p.lower_bound_bytes);
     }
@@ -275,6 +302,17 @@ mod tests {
             e.contains("'c'") && e.contains("'b'") && e.contains("overlaps"),
             "{e}"
         );
+        match check(&g, &roles, &order, &offs, 2048) {
+            Err(VerifyError::Overlap(a, b)) => {
+                let names = [&a.what, &b.what].map(|w| match w {
+                    Occupant::Tensor { tensor, .. } => Some(*tensor),
+                    Occupant::Workspace { .. } => None,
+                });
+                assert!(names.contains(&g.tensor_id("b")) && names.contains(&g.tensor_id("c")));
+                assert_eq!(a.bytes, (1024, 2048));
+            }
+            other => panic!("expected an overlap, got {other:?}"),
+        }
         // Partial overlap with an in-place capable reader is still an overlap.
         offs[id("c")] = Some(0);
         offs[id("b")] = Some(256);

@@ -65,8 +65,8 @@ fn plans_100k_nodes() {
         &roles,
         &Claim {
             order: &p.order,
-            tensor_offset: &p.tensor_offset,
-            workspace: &p.workspace,
+            tensor_offset: p.tensor_offset.as_slice(),
+            workspace: p.workspace.as_slice(),
             arena_bytes: p.arena_bytes,
         },
     )
@@ -92,11 +92,11 @@ fn where_the_time_goes() {
     println!("liveness {:.3}", t.elapsed().as_secs_f64());
     let bufs: Vec<Buffer> = l
         .range
-        .iter()
+        .values()
         .flatten()
-        .map(|&(s, e)| Buffer {
-            lower: s as u64,
-            upper: e as u64,
+        .map(|r| Buffer {
+            lower: r.start.0 as u64,
+            upper: r.end.0 as u64,
             size: 4096,
         })
         .collect();

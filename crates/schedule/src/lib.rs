@@ -7,9 +7,86 @@
 //! place, and `2s + 2` otherwise, since a kernel that is not in place reads its inputs while
 //! it writes its outputs. Tensors whose ranges do not intersect may share bytes.
 
-use lowmem_autodiff::{StateKind, TrainingGraph};
-use lowmem_ir::{Graph, NodeId, Op, TensorId, TensorKind};
+use lowmem_ir::{Graph, NodeId, Op, SecondaryMap, TensorId, TensorKind};
 use serde::Serialize;
+
+lowmem_ir::define_index!(
+    /// A position in a schedule: the node `order[s]` runs at step `s`.
+    pub struct StepId;
+);
+
+lowmem_ir::define_index!(
+    /// A program point: step `s` reads its inputs at point `2s` and writes its outputs at
+    /// `2s + 1`.
+    pub struct ProgPoint;
+);
+
+impl StepId {
+    /// The point at which this step reads its inputs (`2s`).
+    pub fn read(self) -> ProgPoint {
+        ProgPoint(2 * self.0)
+    }
+    /// The point at which this step writes its outputs (`2s + 1`).
+    pub fn write(self) -> ProgPoint {
+        ProgPoint(2 * self.0 + 1)
+    }
+    /// The first point after this step (`2s + 2`, the next step's read).
+    pub fn after(self) -> ProgPoint {
+        ProgPoint(2 * self.0 + 2)
+    }
+    /// The points of the whole step, `[2s, 2s + 2)` (where its workspace lives).
+    pub fn span(self) -> LiveRange {
+        LiveRange::new(self.read(), self.after())
+    }
+}
+
+impl ProgPoint {
+    /// The step this point belongs to.
+    pub fn step(self) -> StepId {
+        StepId(self.0 / 2)
+    }
+}
+
+/// A half-open range of program points `[start, end)`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct LiveRange {
+    pub start: ProgPoint,
+    pub end: ProgPoint,
+}
+
+impl LiveRange {
+    pub fn new(start: ProgPoint, end: ProgPoint) -> LiveRange {
+        LiveRange { start, end }
+    }
+    /// Whether the range holds no point.
+    pub fn is_empty(&self) -> bool {
+        self.start >= self.end
+    }
+    /// Whether `p` lies in the range.
+    pub fn contains(&self, p: ProgPoint) -> bool {
+        self.start <= p && p < self.end
+    }
+    /// Whether two ranges share a point.
+    pub fn overlaps(&self, other: &LiveRange) -> bool {
+        self.start < other.end && other.start < self.end
+    }
+    /// The smallest range holding both.
+    pub fn union(&self, other: &LiveRange) -> LiveRange {
+        LiveRange::new(self.start.min(other.start), self.end.max(other.end))
+    }
+}
+
+impl From<(u32, u32)> for LiveRange {
+    fn from((start, end): (u32, u32)) -> LiveRange {
+        LiveRange::new(ProgPoint(start), ProgPoint(end))
+    }
+}
+
+impl std::fmt::Display for LiveRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "[{}, {})", self.start, self.end)
+    }
+}
 
 /// What a buffer holds (the `kind` of the plan JSON).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -37,51 +114,61 @@ impl Kind {
 /// The role of every tensor of a graph.
 #[derive(Clone, Debug)]
 pub struct Roles {
-    pub kind: Vec<Kind>,
+    /// What each tensor holds; the default (for tensors past the end) is
+    /// [`Kind::Activation`].
+    pub kind: SecondaryMap<TensorId, Kind>,
     /// For a state output updated in place, the state input whose buffer it reuses.
-    pub state_alias: Vec<Option<TensorId>>,
+    pub state_alias: SecondaryMap<TensorId, Option<TensorId>>,
 }
 
 impl Roles {
     /// A forward (inference) graph: weights and inputs persistent, outputs in the arena.
     pub fn inference(g: &Graph) -> Roles {
-        let mut kind: Vec<Kind> = g
-            .tensor_ids()
-            .map(|t| match g.kind(t) {
+        let mut kind = SecondaryMap::with_default(Kind::Activation);
+        kind.resize(g.tensors.len());
+        for t in g.tensor_ids() {
+            kind[t] = match g.kind(t) {
                 TensorKind::Weight => Kind::Weight,
                 TensorKind::Input => Kind::Input,
                 TensorKind::Activation => Kind::Activation,
-            })
-            .collect();
+            };
+        }
         for &o in &g.outputs {
-            if kind[o.index()] == Kind::Activation {
-                kind[o.index()] = Kind::Output;
+            if kind[o] == Kind::Activation {
+                kind[o] = Kind::Output;
             }
         }
         Roles {
             kind,
-            state_alias: vec![None; g.tensors.len()],
+            state_alias: SecondaryMap::with_len(g.tensors.len()),
         }
     }
 
     /// A training step: parameters and optimizer/BatchNorm state (inputs and their updated
     /// outputs, which overwrite them in place) and parameter gradients are persistent.
-    pub fn training(tg: &TrainingGraph) -> Roles {
-        let g = &tg.graph;
+    ///
+    /// `state` lists each state tensor as `(input, updated output, is a parameter)`;
+    /// parameters are [`Kind::Weight`], other state (optimizer moments, BatchNorm running
+    /// statistics) [`Kind::OptimizerState`]. `grads` are the parameter gradients.
+    pub fn training_step(
+        g: &Graph,
+        state: impl IntoIterator<Item = (TensorId, TensorId, bool)>,
+        grads: impl IntoIterator<Item = TensorId>,
+    ) -> Roles {
         let mut r = Roles::inference(g);
-        for s in &tg.state {
-            let k = if s.kind == StateKind::Parameter {
+        for (input, output, parameter) in state {
+            let k = if parameter {
                 Kind::Weight
             } else {
                 Kind::OptimizerState
             };
-            r.kind[s.input.index()] = k;
-            r.kind[s.output.index()] = k;
-            r.state_alias[s.output.index()] = Some(s.input);
+            r.kind[input] = k;
+            r.kind[output] = k;
+            r.state_alias[output] = Some(input);
         }
-        for &(_, grad) in &tg.grads {
-            if r.kind[grad.index()] == Kind::Activation {
-                r.kind[grad.index()] = Kind::Gradient;
+        for grad in grads {
+            if r.kind[grad] == Kind::Activation {
+                r.kind[grad] = Kind::Gradient;
             }
         }
         r
@@ -139,21 +226,23 @@ pub fn memory_aware_order(g: &Graph, roles: &Roles) -> Vec<NodeId> {
     let n = g.nodes.len();
     let producers = g.producers();
     let consumers = g.consumers();
-    let mut remaining_readers: Vec<usize> = consumers.iter().map(Vec::len).collect();
-    let mut missing = vec![0usize; n];
-    for (i, node) in g.nodes.iter().enumerate() {
-        let mut preds: Vec<NodeId> = node
+    let mut remaining_readers: SecondaryMap<TensorId, usize> =
+        SecondaryMap::from_vec(consumers.iter().map(Vec::len).collect(), 0);
+    let mut missing: SecondaryMap<NodeId, usize> = SecondaryMap::with_len(n);
+    for v in g.node_ids() {
+        let mut preds: Vec<NodeId> = g
+            .node(v)
             .inputs
             .iter()
             .filter_map(|t| producers[t.index()])
             .collect();
         preds.sort();
         preds.dedup();
-        missing[i] = preds.len();
+        missing[v] = preds.len();
     }
-    let arena = |t: TensorId| !roles.kind[t.index()].persistent();
-    let delta = |i: usize, left: &[usize]| -> i64 {
-        let node = &g.nodes[i];
+    let arena = |t: TensorId| !roles.kind[t].persistent();
+    let delta = |v: NodeId, left: &SecondaryMap<TensorId, usize>| -> i64 {
+        let node = g.node(v);
         let alloc: i64 = node
             .outputs
             .iter()
@@ -166,34 +255,36 @@ pub fn memory_aware_order(g: &Graph, roles: &Roles) -> Vec<NodeId> {
             if arena(t) && !seen.contains(&t) && !g.outputs.contains(&t) {
                 seen.push(t);
                 let reads = node.inputs.iter().filter(|&&u| u == t).count();
-                if left[t.index()] == reads {
+                if left[t] == reads {
                     freed += g.tensor(t).bytes() as i64;
                 }
             }
         }
         alloc - freed
     };
-    let mut heap: BinaryHeap<Reverse<(i64, usize)>> = (0..n)
-        .filter(|&i| missing[i] == 0)
-        .map(|i| Reverse((delta(i, &remaining_readers), i)))
+    let mut heap: BinaryHeap<Reverse<(i64, NodeId)>> = g
+        .node_ids()
+        .filter(|&v| missing[v] == 0)
+        .map(|v| Reverse((delta(v, &remaining_readers), v)))
         .collect();
-    let mut done = vec![false; n];
+    let mut done: SecondaryMap<NodeId, bool> = SecondaryMap::with_len(n);
     let mut order = Vec::with_capacity(n);
-    while let Some(Reverse((d, i))) = heap.pop() {
-        if done[i] {
+    while let Some(Reverse((d, v))) = heap.pop() {
+        if done[v] {
             continue;
         }
-        let fresh = delta(i, &remaining_readers);
+        let fresh = delta(v, &remaining_readers);
         if fresh != d {
-            heap.push(Reverse((fresh, i)));
+            heap.push(Reverse((fresh, v)));
             continue;
         }
-        done[i] = true;
-        order.push(NodeId(i as u32));
-        for &t in &g.nodes[i].inputs {
-            remaining_readers[t.index()] -= 1;
+        done[v] = true;
+        order.push(v);
+        for &t in &g.node(v).inputs {
+            remaining_readers[t] -= 1;
         }
-        let mut succ: Vec<NodeId> = g.nodes[i]
+        let mut succ: Vec<NodeId> = g
+            .node(v)
             .outputs
             .iter()
             .flat_map(|t| consumers[t.index()].iter().copied())
@@ -201,9 +292,9 @@ pub fn memory_aware_order(g: &Graph, roles: &Roles) -> Vec<NodeId> {
         succ.sort();
         succ.dedup();
         for s in succ {
-            missing[s.index()] -= 1;
-            if missing[s.index()] == 0 {
-                heap.push(Reverse((delta(s.index(), &remaining_readers), s.index())));
+            missing[s] -= 1;
+            if missing[s] == 0 {
+                heap.push(Reverse((delta(s, &remaining_readers), s)));
             }
         }
     }
@@ -214,54 +305,59 @@ pub fn memory_aware_order(g: &Graph, roles: &Roles) -> Vec<NodeId> {
 /// Live ranges and in-place groups of the arena tensors under an order.
 #[derive(Clone, Debug)]
 pub struct Liveness {
+    /// The node run at each step.
     pub order: Vec<NodeId>,
-    /// Step of each node in `order`.
-    pub step: Vec<u32>,
-    /// `[start, end)` per tensor, `None` for persistent tensors (and unused inputs).
-    pub range: Vec<Option<(u32, u32)>>,
+    /// Step of each node in `order` (`None` for nodes the order leaves out).
+    pub step: SecondaryMap<NodeId, Option<StepId>>,
+    /// Live range per tensor, `None` for persistent tensors (and unused inputs).
+    pub range: SecondaryMap<TensorId, Option<LiveRange>>,
     /// In-place reuse: the tensor whose buffer this one overwrites (its group's root).
-    pub shares: Vec<Option<TensorId>>,
+    pub shares: SecondaryMap<TensorId, Option<TensorId>>,
     /// Workspace bytes of each step.
-    pub workspace: Vec<usize>,
+    pub workspace: SecondaryMap<StepId, usize>,
+}
+
+/// The steps of `order` with their nodes.
+pub fn steps(order: &[NodeId]) -> impl DoubleEndedIterator<Item = (StepId, NodeId)> + '_ {
+    order.iter().enumerate().map(|(s, &n)| (StepId::new(s), n))
 }
 
 impl Liveness {
     pub fn new(g: &Graph, roles: &Roles, order: Vec<NodeId>, in_place: bool) -> Liveness {
         let nt = g.tensors.len();
-        let mut step = vec![0u32; g.nodes.len()];
-        for (s, &n) in order.iter().enumerate() {
-            step[n.index()] = s as u32;
+        let mut step = SecondaryMap::with_len(g.nodes.len());
+        for (s, n) in steps(&order) {
+            step[n] = Some(s);
         }
-        let last_step = order.len().saturating_sub(1) as u32;
-        let mut last_read: Vec<Option<u32>> = vec![None; nt];
-        let mut def: Vec<Option<u32>> = vec![None; nt];
-        for (s, &n) in order.iter().enumerate() {
+        let last_step = StepId::new(order.len().saturating_sub(1));
+        let mut last_read: SecondaryMap<TensorId, Option<StepId>> = SecondaryMap::with_len(nt);
+        let mut def: SecondaryMap<TensorId, Option<StepId>> = SecondaryMap::with_len(nt);
+        for (s, n) in steps(&order) {
             let node = g.node(n);
             for &i in &node.inputs {
-                last_read[i.index()] =
-                    Some(last_read[i.index()].map_or(s as u32, |x| x.max(s as u32)));
+                last_read[i] = Some(last_read[i].map_or(s, |x| x.max(s)));
             }
             for &o in &node.outputs {
-                def[o.index()] = Some(s as u32);
+                def[o] = Some(s);
             }
         }
-        let arena = |t: TensorId| !roles.kind[t.index()].persistent();
-        let mut range: Vec<Option<(u32, u32)>> = vec![None; nt];
+        let arena = |t: TensorId| !roles.kind[t].persistent();
+        let mut range: SecondaryMap<TensorId, Option<LiveRange>> = SecondaryMap::with_len(nt);
         for t in g.tensor_ids() {
             if !arena(t) {
                 continue;
             }
-            let Some(d) = def[t.index()] else { continue };
+            let Some(d) = def[t] else { continue };
             let end = if g.outputs.contains(&t) {
-                2 * last_step + 2
+                last_step.after()
             } else {
-                last_read[t.index()].map_or(2 * d + 2, |r| 2 * r + 2)
+                last_read[t].map_or(d.after(), StepId::after)
             };
-            range[t.index()] = Some((2 * d + 1, end.max(2 * d + 2)));
+            range[t] = Some(LiveRange::new(d.write(), end.max(d.after())));
         }
-        let mut shares: Vec<Option<TensorId>> = vec![None; nt];
+        let mut shares: SecondaryMap<TensorId, Option<TensorId>> = SecondaryMap::with_len(nt);
         if in_place {
-            for (s, &n) in order.iter().enumerate() {
+            for (s, n) in steps(&order) {
                 let node = g.node(n);
                 let Some(&out) = node.outputs.first() else {
                     continue;
@@ -271,39 +367,37 @@ impl Liveness {
                 }
                 for k in 0..node.inputs.len() {
                     let i = node.inputs[k];
-                    let dies_here =
-                        last_read[i.index()] == Some(s as u32) && !g.outputs.contains(&i);
-                    if arena(i)
-                        && range[i.index()].is_some()
-                        && dies_here
-                        && in_place_capable(g, node, k)
-                    {
+                    let dies_here = last_read[i] == Some(s) && !g.outputs.contains(&i);
+                    if arena(i) && range[i].is_some() && dies_here && in_place_capable(g, node, k) {
                         // The input ends at this step's read; the output takes its bytes.
-                        let (a, _) = range[i.index()].expect("checked");
-                        range[i.index()] = Some((a, 2 * s as u32 + 1));
-                        shares[out.index()] = Some(shares[i.index()].unwrap_or(i));
+                        let r = range[i].expect("checked");
+                        range[i] = Some(LiveRange::new(r.start, s.write()));
+                        shares[out] = Some(shares[i].unwrap_or(i));
                         break;
                     }
                 }
             }
         }
-        let workspace = order
-            .iter()
-            .map(|&n| {
-                let node = g.node(n);
-                let ins: Vec<&[usize]> = node
-                    .inputs
-                    .iter()
-                    .map(|&t| &g.tensor(t).shape[..])
-                    .collect();
-                let outs: Vec<&[usize]> = node
-                    .outputs
-                    .iter()
-                    .map(|&t| &g.tensor(t).shape[..])
-                    .collect();
-                node.op.workspace_bytes(&ins, &outs)
-            })
-            .collect();
+        let workspace = SecondaryMap::from_vec(
+            order
+                .iter()
+                .map(|&n| {
+                    let node = g.node(n);
+                    let ins: Vec<&[usize]> = node
+                        .inputs
+                        .iter()
+                        .map(|&t| &g.tensor(t).shape[..])
+                        .collect();
+                    let outs: Vec<&[usize]> = node
+                        .outputs
+                        .iter()
+                        .map(|&t| &g.tensor(t).shape[..])
+                        .collect();
+                    node.op.workspace_bytes(&ins, &outs)
+                })
+                .collect(),
+            0,
+        );
         Liveness {
             order,
             step,
@@ -311,6 +405,11 @@ impl Liveness {
             shares,
             workspace,
         }
+    }
+
+    /// The steps of the order with their nodes.
+    pub fn steps(&self) -> impl DoubleEndedIterator<Item = (StepId, NodeId)> + '_ {
+        steps(&self.order)
     }
 }
 
@@ -339,17 +438,21 @@ mod tests {
         let roles = Roles::inference(&g);
         let l = Liveness::new(&g, &roles, program_order(&g), true);
         let id = |n: &str| g.tensor_id(n).unwrap();
+        let range = |r: (u32, u32)| Some(LiveRange::from(r));
         // a: written at 1, read by relu at step 1 in place -> ends at 3.
-        assert_eq!(l.range[id("a").index()], Some((1, 3)));
-        assert_eq!(l.shares[id("b").index()], Some(id("a")));
+        assert_eq!(l.range[id("a")], range((1, 3)));
+        assert_eq!(l.shares[id("b")], Some(id("a")));
         // b: written at 3, read by mm2 (not in place) at step 2 -> ends at 6.
-        assert_eq!(l.range[id("b").index()], Some((3, 6)));
+        assert_eq!(l.range[id("b")], range((3, 6)));
         // c: graph output, to the end.
-        assert_eq!(l.range[id("c").index()], Some((5, 6)));
-        assert_eq!(l.range[id("x").index()], None);
+        assert_eq!(l.range[id("c")], range((5, 6)));
+        assert_eq!(l.range[id("x")], None);
+        assert_eq!(l.step[NodeId(2)], Some(StepId(2)));
+        assert_eq!(StepId(1).write(), ProgPoint(3));
+        assert_eq!(ProgPoint(3).step(), StepId(1));
         let l = Liveness::new(&g, &roles, program_order(&g), false);
-        assert_eq!(l.range[id("a").index()], Some((1, 4)));
-        assert_eq!(l.shares[id("b").index()], None);
+        assert_eq!(l.range[id("a")], range((1, 4)));
+        assert_eq!(l.shares[id("b")], None);
     }
 
     #[test]
