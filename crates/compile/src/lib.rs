@@ -226,8 +226,8 @@ impl CompiledStep {
 pub fn verify(graph: &Graph, roles: &Roles, p: &MemoryPlan) -> Result<(), CompileError> {
     let claim = Claim {
         order: &p.order,
-        tensor_offset: &p.tensor_offset,
-        workspace: &p.workspace,
+        tensor_offset: p.tensor_offset.as_slice(),
+        workspace: p.workspace.as_slice(),
         arena_bytes: p.arena_bytes,
     };
     verify_plan(graph, roles, &claim)

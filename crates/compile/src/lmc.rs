@@ -22,9 +22,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lowmem_autodiff::{Loss, Optimizer, StateKind};
-use lowmem_ir::{DType, Graph, Node, NodeId, Op, TensorData, TensorId};
+use lowmem_ir::{DType, Graph, Node, NodeId, Op, SecondaryMap, TensorData, TensorId};
 use lowmem_plan::{MemoryPlan, PlanBuffer};
-use lowmem_schedule::{Kind, Roles};
+use lowmem_schedule::{Kind, Roles, StepId};
 use serde_json::{Value, json};
 
 use crate::{CompileError, CompiledStep, Costs, InputRole, RematRecord, StateSlot, Task};
@@ -174,9 +174,9 @@ const KINDS: [Kind; 7] = [
 fn plan_json(p: &MemoryPlan) -> Value {
     json!({
         "order": p.order.iter().map(|n| n.0).collect::<Vec<_>>(),
-        "tensor_offset": p.tensor_offset,
-        "persistent_offset": p.persistent_offset,
-        "workspace": p.workspace,
+        "tensor_offset": p.tensor_offset.as_slice(),
+        "persistent_offset": p.persistent_offset.as_slice(),
+        "workspace": p.workspace.as_slice(),
         "arena_bytes": p.arena_bytes,
         "lower_bound_bytes": p.lower_bound_bytes,
         "naive_bytes": p.naive_bytes,
@@ -193,7 +193,7 @@ fn plan_json(p: &MemoryPlan) -> Value {
             "end": b.end,
             "kind": kind_name(b.kind),
             "shares": b.shares.map(|t| t.0),
-            "step": b.step,
+            "step": b.step.map(|s| s.0),
         })).collect::<Vec<_>>(),
     })
 }
@@ -241,8 +241,8 @@ pub fn to_bytes(step: &CompiledStep) -> Vec<u8> {
         "graph": graph,
         "forward": forward,
         "roles": {
-            "kind": step.roles.kind.iter().map(|&k| kind_name(k)).collect::<Vec<_>>(),
-            "state_alias": step.roles.state_alias.iter().map(|a| a.map(|t| t.0)).collect::<Vec<_>>(),
+            "kind": step.roles.kind.values().map(|&k| kind_name(k)).collect::<Vec<_>>(),
+            "state_alias": step.roles.state_alias.values().map(|a| a.map(|t| t.0)).collect::<Vec<_>>(),
         },
         "plan": plan_json(&step.plan),
         "inputs": inputs,
@@ -484,7 +484,7 @@ fn read_plan(j: J, g: &Graph) -> Result<MemoryPlan, CompileError> {
             end: b.get("end")?.u32()?,
             kind: read_kind(b.get("kind")?)?,
             shares: b.opt("shares").map(|t| tensor_id(t, nt)).transpose()?,
-            step: b.opt("step").map(|s| s.u32()).transpose()?,
+            step: b.opt("step").map(|s| s.u32().map(StepId)).transpose()?,
         });
     }
     let order_kind = match j.get("order_kind")?.str()? {
@@ -495,13 +495,13 @@ fn read_plan(j: J, g: &Graph) -> Result<MemoryPlan, CompileError> {
     Ok(MemoryPlan {
         order,
         buffers,
-        tensor_offset,
-        workspace,
+        tensor_offset: SecondaryMap::from_vec(tensor_offset, None),
+        workspace: SecondaryMap::from_vec(workspace, None),
         arena_bytes: j.get("arena_bytes")?.u64()?,
         lower_bound_bytes: j.get("lower_bound_bytes")?.u64()?,
         naive_bytes: j.get("naive_bytes")?.u64()?,
         persistent_bytes: j.get("persistent_bytes")?.u64()?,
-        persistent_offset,
+        persistent_offset: SecondaryMap::from_vec(persistent_offset, None),
         planner: j.get("planner")?.str()?.to_string(),
         order_kind,
         heuristics: j.get("heuristics")?.parse()?,
@@ -626,7 +626,10 @@ pub fn from_bytes(bytes: &[u8]) -> Result<CompiledStep, CompileError> {
             kind.len()
         )));
     }
-    let roles = Roles { kind, state_alias };
+    let roles = Roles {
+        kind: SecondaryMap::from_vec(kind, Kind::Activation),
+        state_alias: SecondaryMap::from_vec(state_alias, None),
+    };
     let plan = read_plan(root.get("plan")?, &graph)?;
     let inputs: Vec<InputRole> = root
         .get("inputs")?

@@ -146,7 +146,8 @@ impl<'s> Executor<'s> {
                 name: t.name.clone(),
                 msg,
             };
-            let (place, off, size) = match (p.tensor_offset[i], p.persistent_offset[i]) {
+            let ti = TensorId(i as u32);
+            let (place, off, size) = match (p.tensor_offset[ti], p.persistent_offset[ti]) {
                 (Some(o), None) => (Place::Arena, o, p.arena_bytes),
                 (None, Some(o)) => (Place::Persistent, o, p.persistent_bytes),
                 (Some(_), Some(_)) => {
@@ -191,7 +192,7 @@ impl<'s> Executor<'s> {
         }
         // Persistent tensors never share bytes, except a state output with its input.
         let mut spans: Vec<(usize, usize, usize)> = (0..nt)
-            .filter(|&i| loc[i].place == Place::Persistent && step.roles.state_alias[i].is_none())
+            .filter(|&i| loc[i].place == Place::Persistent && step.roles.state_alias[TensorId(i as u32)].is_none())
             .map(|i| (loc[i].off, loc[i].len, i))
             .collect();
         spans.sort_unstable();
@@ -204,7 +205,7 @@ impl<'s> Executor<'s> {
                 )));
             }
         }
-        for (i, a) in step.roles.state_alias.iter().enumerate() {
+        for (i, a) in step.roles.state_alias.values().enumerate() {
             if let Some(a) = a
                 && loc[i] != loc[a.index()]
             {
@@ -269,7 +270,7 @@ impl<'s> Executor<'s> {
                 if loc[oi] == loc[ti] && loc[oi].len > 0 {
                     // A state input dies at its update even when it is a graph output's
                     // bytes: the output is the update.
-                    let state_update = step.roles.state_alias[oi] == Some(t);
+                    let state_update = step.roles.state_alias[o] == Some(t);
                     if !((dies(ti) || (state_update && last[ti] == Some(s)))
                         && once(ti)
                         && may_alias(&node.op, io.input(j), io.output(k)))
@@ -292,7 +293,7 @@ impl<'s> Executor<'s> {
                 .map(|j| (0..aliased.len()).any(|k| aliased[k] && alias_input(&node.op, k) == Some(j)))
                 .collect();
             let need = workspace_len(&node.op, &io.shapes).map_err(&nerr)? * 4;
-            let ws = match p.workspace[s] {
+            let ws = match p.workspace.as_slice()[s] {
                 Some((off, bytes)) if bytes as usize >= need => {
                     if off.checked_add(bytes).is_none_or(|e| e > p.arena_bytes) || !off.is_multiple_of(8) {
                         return Err(nerr(format!(
