@@ -68,7 +68,7 @@
 
 use lowmem_ir::{ConvAttrs, GemmAttrs, Graph, NodeId, Op, TensorId, shape::count};
 
-use crate::Chain;
+use crate::{Chain, StageId};
 
 /// A stage of a chain: the nodes between two cut points.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -250,14 +250,14 @@ fn stages_inner(g: &Graph, output: TensorId, primary: Option<TensorId>) -> Vec<S
         merged[0].input = first.input;
     }
     // Assign nodes: main nodes by position, side nodes to their earliest consuming stage.
-    let mut stage_of = vec![usize::MAX; g.nodes.len()];
+    let mut stage_of: Vec<Option<usize>> = vec![None; g.nodes.len()];
     let mut s = 0;
     for (n, slot) in stage_of.iter_mut().enumerate() {
         if is_main(g, &p, n) {
             while merged[s].last < n {
                 s += 1;
             }
-            *slot = s;
+            *slot = Some(s);
         }
     }
     let consumers = g.consumers();
@@ -268,9 +268,12 @@ fn stages_inner(g: &Graph, output: TensorId, primary: Option<TensorId>) -> Vec<S
                 .iter()
                 .flat_map(|o| &consumers[o.index()])
                 .filter(|c| p.needed[c.index()])
-                .map(|c| stage_of[c.index()])
-                .min()
-                .expect("a needed side node has a needed consumer");
+                .map(|c| stage_of[c.index()].expect("needed nodes after a side node are staged"))
+                .min();
+            assert!(
+                stage_of[n].is_some(),
+                "a needed side node has a needed consumer"
+            );
         }
     }
     let mut out: Vec<Stage> = merged
@@ -282,11 +285,23 @@ fn stages_inner(g: &Graph, output: TensorId, primary: Option<TensorId>) -> Vec<S
         })
         .collect();
     for (n, &s) in stage_of.iter().enumerate() {
-        if s != usize::MAX {
+        if let Some(s) = s {
             out[s].nodes.push(NodeId(n as u32));
         }
     }
     out
+}
+
+/// Per node of a graph with `nodes` nodes: the stage it belongs to, if any.
+pub fn stage_of(stages: &[Stage], nodes: usize) -> Vec<Option<StageId>> {
+    let mut of = vec![None; nodes];
+    for (i, st) in stages.iter().enumerate() {
+        let id = StageId(u32::try_from(i).expect("fewer than 2^32 stages"));
+        for n in &st.nodes {
+            of[n.index()] = Some(id);
+        }
+    }
+    of
 }
 
 /// The forward tensors that the backward of `op` reads, as `(input indices, output indices)`,
@@ -452,16 +467,11 @@ pub fn chain_with(g: &Graph, stages: &[Stage], trainable: &[TensorId]) -> Chain 
     for w in trainable {
         requires[w.index()] = true;
     }
-    let mut stage_of = vec![usize::MAX; g.nodes.len()];
-    for (s, st) in stages.iter().enumerate() {
-        for n in &st.nodes {
-            stage_of[n.index()] = s;
-        }
-    }
+    let stage_of = stage_of(stages, g.nodes.len());
     let mut dep = vec![false; nt];
     dep[stages[0].input.index()] = true;
     for (n, node) in g.nodes.iter().enumerate() {
-        if stage_of[n] == usize::MAX {
+        if stage_of[n].is_none() {
             continue;
         }
         let req = node.inputs.iter().any(|i| requires[i.index()]);
@@ -485,6 +495,7 @@ pub fn chain_with(g: &Graph, stages: &[Stage], trainable: &[TensorId]) -> Chain 
     c.input_bytes.push(bytes(stages[n - 1].output));
     let mut in_record = vec![false; nt];
     for (i, st) in stages.iter().enumerate() {
+        let sid = StageId(i as u32);
         let pos = |node: NodeId| st.nodes.binary_search(&node).ok();
         let mut record = vec![st.output];
         let mut ws_f = Vec::with_capacity(st.nodes.len());
@@ -506,7 +517,8 @@ pub fn chain_with(g: &Graph, stages: &[Stage], trainable: &[TensorId]) -> Chain 
                 .filter_map(|&k| node.inputs.get(k))
                 .chain(ro.iter().filter_map(|&k| node.outputs.get(k)));
             for &t in read {
-                let produced_here = producers[t.index()].is_some_and(|q| stage_of[q.index()] == i);
+                let produced_here =
+                    producers[t.index()].is_some_and(|q| stage_of[q.index()] == Some(sid));
                 if produced_here && dep[t.index()] && t != st.input {
                     record.push(t);
                 }
