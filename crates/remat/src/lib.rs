@@ -119,7 +119,7 @@ pub use schemes::{
     store_all,
 };
 pub use stages::{
-    Stage, backward_flops, backward_reads, chain, chain_with, cut_points, stage_of, stages,
+    Stage, chain, chain_of_step, chain_with, cut_points, stage_backward_reads, stage_of, stages,
     stages_from,
 };
 
