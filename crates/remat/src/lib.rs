@@ -18,7 +18,7 @@
 //!   While `R_i` is live, `X_{i+1}` is *available* (inside the record).
 //! * `δ_j` — the gradient of `X_j`, `input_bytes[j]` bytes; at most one live.
 //!
-//! Operations ([`Op`]):
+//! Operations ([`Action`]):
 //!
 //! * `Forward { stage: i, record: false }` (F_i^∅): needs `X_i` available;
 //!   creates the buffer `X_{i+1}` (error if that buffer is already live).
@@ -44,14 +44,96 @@ mod schemes;
 mod stages;
 
 pub use rewrite::{Remat, checkpoints, rematerialize};
+
+/// Why a chain, a schedule or a rewrite request is invalid.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+pub enum RematError {
+    /// A [`Chain`] with no stage.
+    #[error("chain has no stage")]
+    EmptyChain,
+    /// The per-stage vectors of a [`Chain`] disagree in length.
+    #[error(
+        "chain length mismatch: fwd {fwd}, bwd {bwd}, saved {saved}, fwd_tmp {fwd_tmp}, \
+         bwd_tmp {bwd_tmp}, input {input} (want n + 1)"
+    )]
+    ChainLengths {
+        fwd: usize,
+        bwd: usize,
+        saved: usize,
+        fwd_tmp: usize,
+        bwd_tmp: usize,
+        input: usize,
+    },
+    /// `saved_bytes[stage] < input_bytes[stage + 1]`.
+    #[error(
+        "stage {stage}: saved_bytes {saved} < output bytes {output} (the record includes the output)"
+    )]
+    RecordSmallerThanOutput {
+        stage: usize,
+        saved: u64,
+        output: u64,
+    },
+    /// Action `index` of a schedule cannot run ([`Schedule::simulate`]).
+    #[error("action {index} ({action:?}): {reason}")]
+    InvalidAction {
+        index: usize,
+        action: Action,
+        reason: String,
+    },
+    /// A schedule that does not end with the input gradient `δ_0` live.
+    #[error("schedule ends with gradient {}, expected δ_0", match .gradient { Some(j) => format!("δ_{j}"), None => "none".into() })]
+    Unfinished { gradient: Option<usize> },
+    /// [`rematerialize`]: `backward_of` does not have one entry per node.
+    #[error("backward_of has {entries} entries for {nodes} nodes")]
+    BackwardOfLength { entries: usize, nodes: usize },
+    /// [`rematerialize`] or a cost model without stages.
+    #[error("no stages")]
+    NoStages,
+    /// [`rematerialize`]: a schedule action names a stage that does not exist.
+    #[error("action {index}: stage {stage} out of range (n = {n})")]
+    StageOutOfRange {
+        index: usize,
+        stage: usize,
+        n: usize,
+    },
+    /// [`rematerialize`]: a stage whose backward runs twice.
+    #[error("stage {stage} runs backward twice")]
+    BackwardTwice { stage: usize },
+    /// [`rematerialize`]: a stage whose backward runs before any forward of it.
+    #[error("stage {stage} runs backward before forward")]
+    BackwardBeforeForward { stage: usize },
+    /// [`rematerialize`]: a stage whose backward never runs.
+    #[error("stage {stage} never runs backward")]
+    NeverBackward { stage: usize },
+    /// The rewritten graph would have more than 2^32 tensors.
+    #[error("rewritten graph: more than 2^32 tensors")]
+    TooManyTensors,
+    /// The rewritten graph could not be built.
+    #[error("rewritten graph: {0}")]
+    Graph(#[from] lowmem_ir::IrError),
+}
+
 pub use rotor::{InfeasibleError, min_peak_budget, optimal};
 pub use schemes::{
     chen_sqrt, chen_sqrt_best, chen_sqrt_thresholds, log_scheme, revolve, revolve_forward_count,
     store_all,
 };
 pub use stages::{
-    Stage, backward_flops, backward_reads, chain, chain_with, cut_points, stages, stages_from,
+    Stage, chain, chain_of_step, chain_with, cut_points, stage_backward_reads, stage_of, stages,
+    stages_from,
 };
+
+/// The index of a stage in a chain (`0..n`), where a stage index sits next to node and
+/// tensor indices (e.g. [`stage_of`]). Schedules ([`Action`]) use plain `usize` stage numbers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct StageId(pub u32);
+
+impl StageId {
+    /// The stage's position in the chain.
+    pub fn index(self) -> usize {
+        self.0 as usize
+    }
+}
 
 /// A chain of `n` stages with its cost model. See the crate docs.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -78,7 +160,7 @@ impl Chain {
         bwd: Vec<u64>,
         input_bytes: Vec<u64>,
         saved_bytes: Vec<u64>,
-    ) -> Result<Chain, String> {
+    ) -> Result<Chain, RematError> {
         let n = fwd.len();
         let c = Chain {
             fwd,
@@ -97,7 +179,7 @@ impl Chain {
         mut self,
         fwd_tmp: Vec<u64>,
         bwd_tmp: Vec<u64>,
-    ) -> Result<Chain, String> {
+    ) -> Result<Chain, RematError> {
         self.fwd_tmp = fwd_tmp;
         self.bwd_tmp = bwd_tmp;
         self.validate()?;
@@ -121,10 +203,10 @@ impl Chain {
     }
 
     /// Checks lengths, `n >= 1` and `saved_bytes[i] >= input_bytes[i + 1]`.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), RematError> {
         let n = self.fwd.len();
         if n == 0 {
-            return Err("chain has no stage".into());
+            return Err(RematError::EmptyChain);
         }
         if self.bwd.len() != n
             || self.saved_bytes.len() != n
@@ -132,22 +214,22 @@ impl Chain {
             || self.bwd_tmp.len() != n
             || self.input_bytes.len() != n + 1
         {
-            return Err(format!(
-                "length mismatch: fwd {n}, bwd {}, saved {}, fwd_tmp {}, bwd_tmp {}, input {} (want n + 1)",
-                self.bwd.len(),
-                self.saved_bytes.len(),
-                self.fwd_tmp.len(),
-                self.bwd_tmp.len(),
-                self.input_bytes.len()
-            ));
+            return Err(RematError::ChainLengths {
+                fwd: n,
+                bwd: self.bwd.len(),
+                saved: self.saved_bytes.len(),
+                fwd_tmp: self.fwd_tmp.len(),
+                bwd_tmp: self.bwd_tmp.len(),
+                input: self.input_bytes.len(),
+            });
         }
         for i in 0..n {
             if self.saved_bytes[i] < self.input_bytes[i + 1] {
-                return Err(format!(
-                    "stage {i}: saved_bytes {} < output bytes {} (the record includes the output)",
-                    self.saved_bytes[i],
-                    self.input_bytes[i + 1]
-                ));
+                return Err(RematError::RecordSmallerThanOutput {
+                    stage: i,
+                    saved: self.saved_bytes[i],
+                    output: self.input_bytes[i + 1],
+                });
             }
         }
         Ok(())
@@ -156,7 +238,7 @@ impl Chain {
 
 /// One operation of a schedule. See the crate docs for semantics.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Op {
+pub enum Action {
     /// Run stage `stage` forward; `record` keeps its record `R_stage`,
     /// otherwise only its output `X_{stage+1}` is kept.
     Forward { stage: usize, record: bool },
@@ -188,19 +270,19 @@ pub struct SimStats {
 /// A sequence of operations.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Schedule {
-    pub ops: Vec<Op>,
+    pub ops: Vec<Action>,
 }
 
 impl Schedule {
     /// Checks validity; returns `(peak_bytes, compute)`.
-    pub fn simulate(&self, chain: &Chain) -> Result<(u64, u64), String> {
+    pub fn simulate(&self, chain: &Chain) -> Result<(u64, u64), RematError> {
         self.simulate_detailed(chain)
             .map(|s| (s.peak_bytes, s.compute))
     }
 
     /// Checks validity and returns detailed statistics. The single source of
     /// truth for memory and compute of every scheme.
-    pub fn simulate_detailed(&self, chain: &Chain) -> Result<SimStats, String> {
+    pub fn simulate_detailed(&self, chain: &Chain) -> Result<SimStats, RematError> {
         chain.validate()?;
         let n = chain.len();
         let x = &chain.input_bytes;
@@ -218,12 +300,18 @@ impl Schedule {
         let avail =
             |j: usize, x_live: &[bool], r_live: &[bool]| x_live[j] || (j > 0 && r_live[j - 1]);
         for (k, op) in self.ops.iter().enumerate() {
-            let err = |m: String| Err(format!("op {k} ({op:?}): {m}"));
-            if !matches!(op, Op::Free { .. }) {
+            let err = |reason: String| {
+                Err(RematError::InvalidAction {
+                    index: k,
+                    action: *op,
+                    reason,
+                })
+            };
+            if !matches!(op, Action::Free { .. }) {
                 st.max_live_activations = st.max_live_activations.max(live_x_count);
             }
             match *op {
-                Op::Forward { stage: i, record } => {
+                Action::Forward { stage: i, record } => {
                     if i >= n {
                         return err(format!("stage out of range (n = {n})"));
                     }
@@ -252,7 +340,7 @@ impl Schedule {
                         st.forwards_plain += 1;
                     }
                 }
-                Op::Loss => {
+                Action::Loss => {
                     if grad.is_some() {
                         return err("a gradient is already live or the loss ran".into());
                     }
@@ -263,7 +351,7 @@ impl Schedule {
                     st.peak_bytes = st.peak_bytes.max(live);
                     grad = Some(n);
                 }
-                Op::Backward { stage: i } => {
+                Action::Backward { stage: i } => {
                     if i >= n {
                         return err(format!("stage out of range (n = {n})"));
                     }
@@ -282,7 +370,7 @@ impl Schedule {
                     grad = Some(i);
                     st.compute += chain.bwd[i];
                 }
-                Op::Free { activation: j } => {
+                Action::Free { activation: j } => {
                     if j > n || !x_live[j] {
                         return err(format!("X_{j} not live"));
                     }
@@ -293,9 +381,7 @@ impl Schedule {
             }
         }
         if grad != Some(0) {
-            return Err(format!(
-                "schedule ends with gradient {grad:?}, expected δ_0"
-            ));
+            return Err(RematError::Unfinished { gradient: grad });
         }
         Ok(st)
     }
@@ -303,27 +389,27 @@ impl Schedule {
 
 /// Appends F_c^∅ … F_{e-1}^∅ starting from the available `X_c`, freeing every
 /// intermediate boundary (but not `X_c` nor the final `X_e`).
-pub(crate) fn advance(ops: &mut Vec<Op>, c: usize, e: usize) {
+pub(crate) fn advance(ops: &mut Vec<Action>, c: usize, e: usize) {
     for k in c..e {
-        ops.push(Op::Forward {
+        ops.push(Action::Forward {
             stage: k,
             record: false,
         });
         if k > c {
-            ops.push(Op::Free { activation: k });
+            ops.push(Action::Free { activation: k });
         }
     }
 }
 
 /// Appends the "turn" of stage `i`: F_i^all, the loss if `i` is the last
 /// stage, then B_i.
-pub(crate) fn youturn(ops: &mut Vec<Op>, i: usize, n: usize) {
-    ops.push(Op::Forward {
+pub(crate) fn youturn(ops: &mut Vec<Action>, i: usize, n: usize) {
+    ops.push(Action::Forward {
         stage: i,
         record: true,
     });
     if i + 1 == n {
-        ops.push(Op::Loss);
+        ops.push(Action::Loss);
     }
-    ops.push(Op::Backward { stage: i });
+    ops.push(Action::Backward { stage: i });
 }

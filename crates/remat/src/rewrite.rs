@@ -29,7 +29,7 @@
 
 use lowmem_ir::{Graph, Node, NodeId, Tensor, TensorId};
 
-use crate::{Op, Schedule, Stage};
+use crate::{Action, RematError, Schedule, Stage, stage_of};
 
 /// A rematerialised step.
 #[derive(Clone, Debug)]
@@ -50,16 +50,16 @@ pub fn checkpoints(schedule: &Schedule, n: usize) -> Vec<usize> {
     let mut r = vec![false; n];
     for op in &schedule.ops {
         match *op {
-            Op::Forward { stage, record } if stage < n => {
+            Action::Forward { stage, record } if stage < n => {
                 if record {
                     r[stage] = true;
                 } else {
                     x[stage + 1] = true;
                 }
             }
-            Op::Free { activation } if activation <= n => x[activation] = false,
-            Op::Backward { stage } if stage < n => r[stage] = false,
-            Op::Loss => return (1..n).filter(|&j| x[j] || r[j - 1]).collect(),
+            Action::Free { activation } if activation <= n => x[activation] = false,
+            Action::Backward { stage } if stage < n => r[stage] = false,
+            Action::Loss => return (1..n).filter(|&j| x[j] || r[j - 1]).collect(),
             _ => {}
         }
     }
@@ -81,30 +81,25 @@ pub fn rematerialize(
     backward_of: &[Option<NodeId>],
     stages: &[Stage],
     schedule: &Schedule,
-) -> Result<Remat, String> {
+) -> Result<Remat, RematError> {
     let n = stages.len();
     let nn = g.nodes.len();
     if backward_of.len() != nn {
-        return Err(format!(
-            "backward_of has {} entries for {nn} nodes",
-            backward_of.len()
-        ));
+        return Err(RematError::BackwardOfLength {
+            entries: backward_of.len(),
+            nodes: nn,
+        });
     }
     if n == 0 {
-        return Err("no stages".into());
+        return Err(RematError::NoStages);
     }
-    let mut stage_of = vec![usize::MAX; nn];
-    for (i, st) in stages.iter().enumerate() {
-        for &v in &st.nodes {
-            stage_of[v.index()] = i;
-        }
-    }
+    let stage_of = stage_of(stages, nn);
     // Main-path tensors: depending on the first stage's input.
     let mut main_t = vec![false; g.tensors.len()];
     main_t[stages[0].input.index()] = true;
     let mut main_n = vec![false; nn];
     for (v, node) in g.nodes.iter().enumerate() {
-        if stage_of[v] != usize::MAX && node.inputs.iter().any(|t| main_t[t.index()]) {
+        if stage_of[v].is_some() && node.inputs.iter().any(|t| main_t[t.index()]) {
             main_n[v] = true;
             for o in &node.outputs {
                 main_t[o.index()] = true;
@@ -114,35 +109,45 @@ pub fn rematerialize(
     // Slot 0: before the schedule; slot p + 1: schedule op p.
     let slots = schedule.ops.len() + 1;
     let mut items: Vec<Vec<Item>> = vec![Vec::new(); slots];
-    let mut first_fwd = vec![usize::MAX; n];
-    let mut bwd = vec![usize::MAX; n];
+    // Per stage: the slot of its first forward and of its backward.
+    let mut first_fwd: Vec<Option<usize>> = vec![None; n];
+    let mut bwd: Vec<Option<usize>> = vec![None; n];
     for (p, op) in schedule.ops.iter().enumerate() {
         match *op {
-            Op::Forward { stage, .. } if stage < n => {
-                if first_fwd[stage] == usize::MAX {
-                    first_fwd[stage] = p + 1;
+            Action::Forward { stage, .. } if stage < n => {
+                if first_fwd[stage].is_none() {
+                    first_fwd[stage] = Some(p + 1);
                 } else {
                     items[p + 1].push(Item::Clone(stage));
                 }
             }
-            Op::Backward { stage } if stage < n => {
-                if bwd[stage] != usize::MAX {
-                    return Err(format!("stage {stage} runs backward twice"));
+            Action::Backward { stage } if stage < n => {
+                if bwd[stage].is_some() {
+                    return Err(RematError::BackwardTwice { stage });
                 }
-                if first_fwd[stage] == usize::MAX {
-                    return Err(format!("stage {stage} runs backward before forward"));
+                if first_fwd[stage].is_none() {
+                    return Err(RematError::BackwardBeforeForward { stage });
                 }
-                bwd[stage] = p + 1;
+                bwd[stage] = Some(p + 1);
             }
-            Op::Forward { stage, .. } | Op::Backward { stage } => {
-                return Err(format!("op {p}: stage {stage} out of range (n = {n})"));
+            Action::Forward { stage, .. } | Action::Backward { stage } => {
+                return Err(RematError::StageOutOfRange { index: p, stage, n });
             }
             _ => {}
         }
     }
-    if let Some(i) = (0..n).find(|&i| bwd[i] == usize::MAX) {
-        return Err(format!("stage {i} never runs backward"));
-    }
+    let Some(bwd) = bwd.iter().copied().collect::<Option<Vec<usize>>>() else {
+        let i = bwd
+            .iter()
+            .position(Option::is_none)
+            .expect("some stage is missing");
+        return Err(RematError::NeverBackward { stage: i });
+    };
+    // Every stage ran backward, so forward before it.
+    let first_fwd: Vec<usize> = first_fwd
+        .into_iter()
+        .map(|f| f.expect("a stage runs forward before its backward"))
+        .collect();
     let producers = g.producers();
     let mut slot_of = vec![0usize; nn];
     for v in 0..nn {
@@ -153,13 +158,10 @@ pub fn rematerialize(
             .map(|q| slot_of[q.index()])
             .max()
             .unwrap_or(0);
-        let want = if stage_of[v] != usize::MAX {
-            first_fwd[stage_of[v]]
-        } else {
-            match backward_of[v] {
-                Some(f) if stage_of[f.index()] != usize::MAX => bwd[stage_of[f.index()]],
-                _ => 0,
-            }
+        let want = match (stage_of[v], backward_of[v]) {
+            (Some(s), _) => first_fwd[s.index()],
+            (None, Some(f)) => stage_of[f.index()].map_or(0, |s| bwd[s.index()]),
+            (None, None) => 0,
         };
         slot_of[v] = want.max(ready);
         items[slot_of[v]].push(Item::Node(v));
@@ -209,7 +211,7 @@ pub fn rematerialize(
                             let t = g.tensor(o);
                             let id = TensorId(
                                 u32::try_from(base + extra.len())
-                                    .map_err(|_| "more than 2^32 tensors".to_string())?,
+                                    .map_err(|_| RematError::TooManyTensors)?,
                             );
                             let mut name = format!("{}.remat{k}", t.name);
                             if g.tensor_id(&name).is_some() {
@@ -270,9 +272,7 @@ pub fn rematerialize(
             recomputed_nodes += 1;
             for o in node.outputs.iter_mut() {
                 let t = &extra[o.index() - base];
-                let id = graph
-                    .add_activation(t.name.clone(), t.dtype, t.shape.clone())
-                    .map_err(|e| e.to_string())?;
+                let id = graph.add_activation(t.name.clone(), t.dtype, t.shape.clone())?;
                 new_id[o.index()] = Some(id);
                 *o = id;
             }

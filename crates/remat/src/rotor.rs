@@ -4,7 +4,7 @@
 //! # Family of schedules
 //!
 //! The loss is treated as an extra pseudo-stage `n` (no cost, record 0 bytes,
-//! its "turn" is the [`Op::Loss`] op, output 0 bytes). A sub-problem
+//! its "turn" is the [`Action::Loss`] op, output 0 bytes). A sub-problem
 //! `P(s, t, m)` back-propagates stages `s..t` (`t <= n + 1`): on entry `X_s`
 //! is available and held by the caller (not counted in `m`) and the gradient
 //! `δ_t` is live (counted in `m`); on exit `δ_s` is live. Its peak, relative to
@@ -70,7 +70,7 @@
 //! (u64, nothing shared) 8–12 s and 0.5 GB at `G = 100`, 13–16 s at
 //! `G = 200`, 17–27 s and 1.5–1.9 GB at `G = 500`.
 
-use crate::{Chain, Op, Schedule, store_all};
+use crate::{Action, Chain, Schedule, store_all};
 use std::cell::UnsafeCell;
 use std::collections::HashMap;
 use std::sync::OnceLock;
@@ -259,7 +259,7 @@ fn min_peak_table(z: &Sizes) -> (Vec<u64>, Vec<u32>) {
 
 /// Emits the schedule of sub-problem `(s, t)` given a choice function.
 fn emit(
-    ops: &mut Vec<Op>,
+    ops: &mut Vec<Action>,
     n: usize,
     s: usize,
     t: usize,
@@ -268,30 +268,30 @@ fn emit(
     z: &Sizes,
 ) {
     if s == n {
-        ops.push(Op::Loss);
+        ops.push(Action::Loss);
         return;
     }
     if t == s + 1 {
-        ops.push(Op::Forward {
+        ops.push(Action::Forward {
             stage: s,
             record: true,
         });
-        ops.push(Op::Backward { stage: s });
+        ops.push(Action::Backward { stage: s });
         return;
     }
     let k = choice(s, t, m);
     if k == 0 {
-        ops.push(Op::Forward {
+        ops.push(Action::Forward {
             stage: s,
             record: true,
         });
         emit(ops, n, s + 1, t, m - z.a[s], choice, z);
-        ops.push(Op::Backward { stage: s });
+        ops.push(Action::Backward { stage: s });
     } else {
         let sp = s + k;
         crate::advance(ops, s, sp);
         emit(ops, n, sp, t, m - z.x[sp], choice, z);
-        ops.push(Op::Free { activation: sp });
+        ops.push(Action::Free { activation: sp });
         emit(ops, n, s, sp, m, choice, z);
     }
 }
@@ -508,7 +508,7 @@ struct Scratch<T> {
     row: Vec<T>,
     fp: Vec<u64>,
     v: Vec<u32>,
-    guess: Vec<usize>,
+    guess: Vec<Option<usize>>,
     masks: Vec<u64>,
     runs: Vec<(u32, u32, u32)>,
 }
@@ -528,7 +528,7 @@ struct Dp<'a, T> {
     shift: u32,
     /// Row id of each pair `idx(s, t)`; pairs with identical sub-chains
     /// share their row.
-    class: Vec<u32>,
+    class: Vec<Option<u32>>,
     rows: Vec<OnceLock<Row<T>>>,
     /// The row of each pair, column `t` contiguous (at `idx(s, t)`) and row
     /// `s` contiguous (at `sl_off[s] / nblocks + t − s − 1`).
@@ -567,7 +567,7 @@ impl<'a, T: Cost> Dp<'a, T> {
             nblocks,
             fsum,
             shift,
-            class: vec![u32::MAX; idx(0, nn + 1)],
+            class: vec![None; idx(0, nn + 1)],
             rows: Vec::new(),
             ref_t: SharedTable::new(idx(0, nn + 1), RowRef::NONE),
             ref_s: SharedTable::new(sl_off[nn] / nblocks, RowRef::NONE),
@@ -585,14 +585,11 @@ impl<'a, T: Cost> Dp<'a, T> {
     fn classes(&mut self) {
         let z = self.z;
         let (n, nn) = (z.n, self.nn);
-        let mut types: HashMap<(u64, u64, u64, u64, u64), u32> = HashMap::new();
+        // The forward cost is `None` for the loss pseudo-stage.
+        let mut types: HashMap<(u64, u64, u64, u64, Option<u64>), u32> = HashMap::new();
         let ty: Vec<u32> = (0..nn)
             .map(|s| {
-                let f = if s < n {
-                    self.fsum[s + 1] - self.fsum[s]
-                } else {
-                    u64::MAX // the loss pseudo-stage
-                };
+                let f = (s < n).then(|| self.fsum[s + 1] - self.fsum[s]);
                 let key = (z.x[s], z.a[s], z.ft[s], z.bt[s], f);
                 let k = types.len() as u32;
                 *types.entry(key).or_insert(k)
@@ -600,8 +597,9 @@ impl<'a, T: Cost> Dp<'a, T> {
             .collect();
         // Per length: ids of the stage-type sequences s..t (from those of
         // s..t−1), then of the keys (sequence, x_t).
-        let mut seq = vec![u32::MAX; nn];
-        let mut seqs: HashMap<(u32, u32), u32> = HashMap::new();
+        // `None`: the empty sequence (before length 1).
+        let mut seq: Vec<Option<u32>> = vec![None; nn];
+        let mut seqs: HashMap<(Option<u32>, u32), u32> = HashMap::new();
         let mut keys: HashMap<(u32, u64), u32> = HashMap::new();
         let mut nclasses = 0usize;
         for len in 1..=nn {
@@ -610,19 +608,26 @@ impl<'a, T: Cost> Dp<'a, T> {
             for (s, sq) in seq.iter_mut().enumerate().take(nn - len + 1) {
                 let t = s + len;
                 let k = seqs.len() as u32;
-                *sq = *seqs.entry((*sq, ty[t - 1])).or_insert(k);
+                let id = *seqs.entry((*sq, ty[t - 1])).or_insert(k);
+                *sq = Some(id);
                 let k = (nclasses + keys.len()) as u32;
-                let c = *keys.entry((*sq, z.x[t])).or_insert(k);
-                self.class[idx(s, t)] = c;
+                let c = *keys.entry((id, z.x[t])).or_insert(k);
+                self.class[idx(s, t)] = Some(c);
             }
             nclasses += keys.len();
         }
         self.rows = (0..nclasses).map(|_| OnceLock::new()).collect();
     }
 
+    /// The row id of pair `(s, t)`, `s < t` (assigned by `classes`).
+    #[inline]
+    fn class_of(&self, s: usize, t: usize) -> usize {
+        self.class[idx(s, t)].expect("every pair has a class") as usize
+    }
+
     #[inline]
     fn row(&self, s: usize, t: usize) -> &Row<T> {
-        self.rows[self.class[idx(s, t)] as usize]
+        self.rows[self.class_of(s, t)]
             .get()
             .expect("row computed before use")
     }
@@ -679,7 +684,7 @@ impl<'a, T: Cost> Dp<'a, T> {
                         }
                     }
                     for s in (lo..=top.min(t - 1)).rev() {
-                        let c = self.class[idx(s, t)] as usize;
+                        let c = self.class_of(s, t);
                         self.rows[c].get_or_init(|| self.compute(s, t, &mut scratch));
                         // SAFETY: the places of pair (s, t) are written by this
                         // thread only, and read by pairs processed after this
@@ -858,7 +863,7 @@ impl<'a, T: Cost> Dp<'a, T> {
         v.clear();
         v.resize(nb * cm, u32::MAX);
         guess.clear();
-        guess.resize(nb, usize::MAX);
+        guess.resize(nb, None);
         let mut cnt = 0usize; // splits 0..cnt are defined somewhere in the block
         for kk in 0..nb {
             let k = k0 + kk;
@@ -875,12 +880,12 @@ impl<'a, T: Cost> Dp<'a, T> {
                 best = best.min(l + r);
             }
             if best < QINF {
-                guess[kk] = vk.iter().position(|&x| x == best).unwrap_or(usize::MAX);
+                guess[kk] = vk.iter().position(|&x| x == best);
             }
         }
         // Pass 1: the guesses on their block and the next one.
         for (kk, &j) in guess.iter().enumerate() {
-            if j != usize::MAX {
+            if let Some(j) = j {
                 let m1 = (k0 + kk) * self.block;
                 let m2 = ((k0 + kk + 2) * self.block).min(w);
                 relax(row, 0, &splits[j], m1, m2);

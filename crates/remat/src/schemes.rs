@@ -1,21 +1,21 @@
 //! Classic schedules: store-all, Chen et al. 2016 (sqrt and recursive log),
 //! and Griewank & Walther's binomial checkpointing (Revolve).
 
-use crate::{Chain, Op, Schedule, advance, youturn};
+use crate::{Action, Chain, Schedule, advance, youturn};
 
 /// No rematerialisation: record every stage, then run every backward.
 pub fn store_all(chain: &Chain) -> Schedule {
     let n = chain.len();
     let mut ops = Vec::with_capacity(2 * n + 1);
     for i in 0..n {
-        ops.push(Op::Forward {
+        ops.push(Action::Forward {
             stage: i,
             record: true,
         });
     }
-    ops.push(Op::Loss);
+    ops.push(Action::Loss);
     for i in (0..n).rev() {
-        ops.push(Op::Backward { stage: i });
+        ops.push(Action::Backward { stage: i });
     }
     Schedule { ops }
 }
@@ -35,19 +35,19 @@ pub(crate) fn segments_schedule(n: usize, ckpts: &[usize]) -> Schedule {
     for j in (0..bounds.len() - 1).rev() {
         let (s, e) = (bounds[j], bounds[j + 1]);
         for i in s..e {
-            ops.push(Op::Forward {
+            ops.push(Action::Forward {
                 stage: i,
                 record: true,
             });
         }
         if e == n {
-            ops.push(Op::Loss);
+            ops.push(Action::Loss);
         }
         for i in (s..e).rev() {
-            ops.push(Op::Backward { stage: i });
+            ops.push(Action::Backward { stage: i });
         }
         if s > 0 {
-            ops.push(Op::Free { activation: s });
+            ops.push(Action::Free { activation: s });
         }
     }
     Schedule { ops }
@@ -110,7 +110,7 @@ pub fn chen_sqrt_best(chain: &Chain) -> Schedule {
 /// right half, free it, recurse on the left half. `O(log n)` checkpoints,
 /// `O(n log n)` forward cost.
 pub fn log_scheme(chain: &Chain) -> Schedule {
-    fn rec(ops: &mut Vec<Op>, c: usize, e: usize, n: usize) {
+    fn rec(ops: &mut Vec<Action>, c: usize, e: usize, n: usize) {
         if e - c == 1 {
             youturn(ops, c, n);
             return;
@@ -118,7 +118,7 @@ pub fn log_scheme(chain: &Chain) -> Schedule {
         let m = c + (e - c) / 2;
         advance(ops, c, m);
         rec(ops, m, e, n);
-        ops.push(Op::Free { activation: m });
+        ops.push(Action::Free { activation: m });
         rec(ops, c, m, n);
     }
     let n = chain.len();
@@ -165,7 +165,7 @@ pub fn revolve_forward_count(l: u64, s: u64) -> u64 {
 pub fn revolve(chain_len: usize, slots: usize) -> Schedule {
     assert!(chain_len > 0, "empty chain");
     assert!(slots > 0, "revolve needs at least one checkpoint slot");
-    fn rec(ops: &mut Vec<Op>, c: usize, e: usize, s: usize, n: usize) {
+    fn rec(ops: &mut Vec<Action>, c: usize, e: usize, s: usize, n: usize) {
         let l = e - c;
         if l == 1 {
             youturn(ops, c, n);
@@ -176,7 +176,7 @@ pub fn revolve(chain_len: usize, slots: usize) -> Schedule {
                 advance(ops, c, i);
                 youturn(ops, i, n);
                 if i > c {
-                    ops.push(Op::Free { activation: i });
+                    ops.push(Action::Free { activation: i });
                 }
             }
             return;
@@ -201,7 +201,7 @@ pub fn revolve(chain_len: usize, slots: usize) -> Schedule {
         let m = c + best.1;
         advance(ops, c, m);
         rec(ops, m, e, s - 1, n);
-        ops.push(Op::Free { activation: m });
+        ops.push(Action::Free { activation: m });
         rec(ops, c, m, s, n);
     }
     let mut ops = Vec::new();

@@ -34,21 +34,25 @@
 //! f(x_k))`, so there each dense layer is a stage). Zoo counts: resnet50 18 (stem, 16
 //! bottleneck blocks, classifier), inception_v1 13, densenet121 63.
 //!
-//! # Cost model ([`chain`])
+//! # Cost model ([`chain_of_step`], [`chain`])
 //!
-//! "Requires a gradient" follows autodiff: the trainable weights
-//! ([`Graph::trainable_weights`]) require one, and so does every float output of a node
-//! with such an input. A node's backward runs iff one of its inputs requires a gradient.
+//! "Requires a gradient" follows autodiff: the parameters (a training step's parameter
+//! inputs; for [`chain`] the trainable weights, [`Graph::trainable_weights`]) require one,
+//! and so does every float output of a node with such an input.
 //!
-//! * `fwd[i]`: Σ [`Op::flops`] of the stage's nodes.
-//! * `bwd[i]`: Σ over nodes of [`backward_flops`]: the [`Op::flops`] of the backward ops
-//!   that `lowmem-autodiff`'s rules emit for the inputs that need a gradient (e.g. a `Conv`
-//!   costs its forward multiply-adds once for dX and once for dW, plus dY's element count
-//!   for the bias; a `Relu` costs one per element). Reshapes and transposes of the MatMul
-//!   rule and broadcast reductions of MatMul are not counted.
+//! The backward of a stage is not modelled from the gradient rules: it is the set of the
+//! step's real backward nodes whose `backward_of` (as `lowmem_autodiff::TrainingGraph::
+//! backward_of`: the forward node whose gradient rule emitted them) is a node of the stage.
+//! That includes the sums of a multi-use tensor's gradient parts, which autodiff emits with
+//! the rule of the tensor's producer. [`chain_of_step`] takes a step's backward as it is;
+//! [`chain_with`] and [`chain`] have `lowmem-autodiff` build one for the stages (loss: the
+//! sum of the last stage's output).
+//!
+//! * `fwd[i]`: Σ [`Graph::node_flops`] of the stage's nodes.
+//! * `bwd[i]`: Σ [`Graph::node_flops`] of the stage's backward nodes.
 //! * `input_bytes[i]`: bytes of stage `i`'s input; `input_bytes[n]`: bytes of `output`.
 //! * `saved_bytes[i]`: bytes of the set of tensors produced by stage `i`'s main-path nodes
-//!   that the backward of its nodes reads ([`backward_reads`]), plus the stage output
+//!   that the stage's backward nodes read ([`stage_backward_reads`]), plus the stage output
 //!   (so `a_i >= x_{i+1}`). The stage input, weights, graph inputs and side tensors are
 //!   not counted (the chain model holds `X_i` separately; the rest is live all along).
 //! * `fwd_tmp[i]`: each main-path tensor the stage produces is live from its producer to its
@@ -61,14 +65,18 @@
 //! * `bwd_tmp[i]`: gradients of the stage's internal tensors (produced in the stage, consumed
 //!   in the stage, not the output, requiring a gradient): the gradient of `t` is live, in
 //!   the reverse sweep, from the backward of its last consumer to that of its producer. At
-//!   node `v` the transient is the backward workspace of `v` (im2col columns of
-//!   `ConvBackwardData`/`ConvBackwardFilter`, `LayerNormGrad`'s statistics) plus the live
+//!   node `v` the transient is the largest [`Op::workspace_bytes`] of the backward nodes of
+//!   `v` (im2col columns of `ConvBackwardData`/`ConvBackwardFilter`, `LayerNormGrad`'s
+//!   statistics; they run one at a time) plus the live
 //!   internal gradients; `bwd_tmp` is the maximum over `v`. Weight gradients (optimizer
 //!   state) and the record being freed during the backward are not modelled.
 
-use lowmem_ir::{ConvAttrs, GemmAttrs, Graph, NodeId, Op, TensorId, shape::count};
+use std::sync::Arc;
 
-use crate::Chain;
+use lowmem_autodiff::{AutodiffError, Loss, Mode};
+use lowmem_ir::{Graph, NodeId, Op, TensorData, TensorId};
+
+use crate::{Chain, RematError, StageId};
 
 /// A stage of a chain: the nodes between two cut points.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -250,14 +258,14 @@ fn stages_inner(g: &Graph, output: TensorId, primary: Option<TensorId>) -> Vec<S
         merged[0].input = first.input;
     }
     // Assign nodes: main nodes by position, side nodes to their earliest consuming stage.
-    let mut stage_of = vec![usize::MAX; g.nodes.len()];
+    let mut stage_of: Vec<Option<usize>> = vec![None; g.nodes.len()];
     let mut s = 0;
     for (n, slot) in stage_of.iter_mut().enumerate() {
         if is_main(g, &p, n) {
             while merged[s].last < n {
                 s += 1;
             }
-            *slot = s;
+            *slot = Some(s);
         }
     }
     let consumers = g.consumers();
@@ -268,9 +276,12 @@ fn stages_inner(g: &Graph, output: TensorId, primary: Option<TensorId>) -> Vec<S
                 .iter()
                 .flat_map(|o| &consumers[o.index()])
                 .filter(|c| p.needed[c.index()])
-                .map(|c| stage_of[c.index()])
-                .min()
-                .expect("a needed side node has a needed consumer");
+                .map(|c| stage_of[c.index()].expect("needed nodes after a side node are staged"))
+                .min();
+            assert!(
+                stage_of[n].is_some(),
+                "a needed side node has a needed consumer"
+            );
         }
     }
     let mut out: Vec<Stage> = merged
@@ -282,186 +293,203 @@ fn stages_inner(g: &Graph, output: TensorId, primary: Option<TensorId>) -> Vec<S
         })
         .collect();
     for (n, &s) in stage_of.iter().enumerate() {
-        if s != usize::MAX {
+        if let Some(s) = s {
             out[s].nodes.push(NodeId(n as u32));
         }
     }
     out
 }
 
-/// The forward tensors that the backward of `op` reads, as `(input indices, output indices)`,
-/// given which inputs need a gradient (`needs[k]`). Mirrors the rules in
-/// `crates/autodiff/src/rules.rs` (keep the two in step): e.g. `Relu` reads its output,
-/// `Conv` reads X for dW and W for dX, inference `BatchNormalization` reads X, scale, mean
-/// and variance, training `BatchNormTrain` reads X, scale and its saved mean/invstd outputs.
-pub fn backward_reads(op: &Op, needs: &[bool]) -> (Vec<usize>, Vec<usize>) {
-    let need = |k: usize| needs.get(k).copied().unwrap_or(false);
-    // For `A op B` whose dA reads B and dB reads A (Mul, MatMul, Gemm, Conv).
-    let cross = || {
-        let mut v = Vec::new();
-        if need(1) {
-            v.push(0);
+/// Per node of a graph with `nodes` nodes: the stage it belongs to, if any.
+pub fn stage_of(stages: &[Stage], nodes: usize) -> Vec<Option<StageId>> {
+    let mut of = vec![None; nodes];
+    for (i, st) in stages.iter().enumerate() {
+        let id = StageId(u32::try_from(i).expect("fewer than 2^32 stages"));
+        for n in &st.nodes {
+            of[n.index()] = Some(id);
         }
-        if need(0) {
-            v.push(1);
-        }
-        v
-    };
-    match op {
-        Op::Relu | Op::Sigmoid | Op::Tanh | Op::Sqrt | Op::Softmax(_) | Op::LogSoftmax(_) => {
-            (vec![], vec![0])
-        }
-        Op::LeakyRelu { .. } | Op::Erf | Op::Gelu { .. } | Op::Clip(_) | Op::MaxPool(_) => {
-            (vec![0], vec![])
-        }
-        Op::DropoutTrain { .. } => (vec![1], vec![]),
-        Op::Mul | Op::MatMul | Op::Gemm(_) | Op::Conv(_) => (cross(), vec![]),
-        Op::Div => {
-            let ins = if need(0) || need(1) { vec![1] } else { vec![] };
-            (ins, if need(1) { vec![0] } else { vec![] })
-        }
-        Op::Pow => (vec![0, 1], vec![]),
-        Op::BatchNormalization(_) => (vec![0, 1, 3, 4], vec![]),
-        Op::BatchNormTrain(_) => (vec![0, 1], vec![1, 2]),
-        Op::LayerNormalization { .. } => (vec![0, 1], vec![]),
-        Op::Lrn(_) => (vec![0], vec![0]),
-        Op::SoftmaxCrossEntropy | Op::MseLoss => (vec![0, 1], vec![]),
-        _ => (vec![], vec![]),
     }
+    of
 }
 
-/// FLOPs ([`Op::flops`] rules) of the backward ops that autodiff emits for one node, given
-/// input and output shapes and which inputs need a gradient. See the module docs.
-pub fn backward_flops(op: &Op, ins: &[&[usize]], outs: &[&[usize]], needs: &[bool]) -> u64 {
-    let need = |k: usize| needs.get(k).copied().unwrap_or(false);
-    if !needs.iter().any(|&b| b) || outs.is_empty() {
-        return 0;
+/// The backward nodes of a step emitted for each node of `stages`: per node of `g`, the
+/// nodes `u` with `backward_of[u]` that node (empty for nodes outside the stages).
+fn backward_nodes(
+    g: &Graph,
+    backward_of: &[Option<NodeId>],
+    stage_of: &[Option<StageId>],
+) -> Vec<Vec<NodeId>> {
+    let mut by = vec![Vec::new(); g.nodes.len()];
+    for (u, f) in backward_of.iter().enumerate() {
+        if let Some(f) = *f
+            && stage_of[f.index()].is_some()
+        {
+            by[f.index()].push(NodeId(u as u32));
+        }
     }
-    let out = count(outs[0]) as u64;
-    // `SumTo` of a dY-shaped gradient down to input k's shape (skipped when equal).
-    let sum_to = |k: usize| if ins[k] != outs[0] { out } else { 0 };
-    let each = |f: &dyn Fn(usize) -> u64| (0..ins.len()).filter(|&k| need(k)).map(f).sum();
-    match op {
-        Op::Identity | Op::Dropout { .. } => 0,
-        Op::Neg
-        | Op::Scale { .. }
-        | Op::Relu
-        | Op::Sigmoid
-        | Op::Tanh
-        | Op::Sqrt
-        | Op::LeakyRelu { .. }
-        | Op::Clip(_)
-        | Op::DropoutTrain { .. } => out,
-        Op::Erf | Op::Gelu { .. } => 10 * out,
-        Op::Add | Op::Sum => each(&sum_to),
-        Op::Sub => each(&|k| sum_to(k) + if k == 1 { out } else { 0 }),
-        Op::Mul => each(&|k| out + sum_to(k)),
-        Op::Div => each(&|k| if k == 0 { out } else { 3 * out } + sum_to(k)),
-        Op::Pow => 6 * out + each(&sum_to),
-        Op::MatMul => {
-            let fwd = op.flops(ins, outs);
-            fwd * (u64::from(need(0)) + u64::from(need(1)))
-        }
-        Op::Gemm(a) => {
-            let GemmAttrs { trans_a, beta, .. } = a;
-            let k = if *trans_a { ins[0][0] } else { ins[0][1] } as u64;
-            let mm = 2 * out * k * (u64::from(need(0)) + u64::from(need(1)));
-            let c = if ins.len() == 3 && need(2) {
-                (if *beta == 1.0 { 0 } else { out }) + sum_to(2)
-            } else {
-                0
-            };
-            mm + c
-        }
-        Op::Conv(_) => {
-            let w = ins[1];
-            let per_out = (w[1] * count(&w[2..])) as u64;
-            2 * out * per_out * (u64::from(need(0)) + u64::from(need(1)))
-                + if ins.len() == 3 && need(2) { out } else { 0 }
-        }
-        Op::BatchNormalization(_) | Op::BatchNormTrain(_) => 8 * out,
-        Op::LayerNormalization { .. } => 10 * out,
-        Op::MaxPool(a) | Op::AveragePool(a) => out * count(&a.kernel_shape) as u64,
-        Op::GlobalAveragePool => count(ins[0]) as u64,
-        Op::Lrn(a) => out * (a.size as u64 + 6),
-        Op::Softmax(_) | Op::LogSoftmax(_) => 3 * out,
-        Op::ReduceMean(_) => out,
-        Op::Expand { .. } if ins[0] != outs[0] => out,
-        Op::SoftmaxCrossEntropy | Op::MseLoss => {
-            4 * ins.iter().map(|s| count(s) as u64).max().unwrap_or(0)
-        }
-        _ => 0,
-    }
+    by
 }
 
-/// Scratch bytes of the backward ops of one node (the largest, as they run one at a time).
-fn backward_workspace(op: &Op, ins: &[&[usize]], outs: &[&[usize]], needs: &[bool]) -> usize {
-    let need = |k: usize| needs.get(k).copied().unwrap_or(false);
-    match op {
-        Op::Conv(c) => {
-            let (x, w, dy) = (ins[0], ins[1], outs[0]);
-            let conv = ConvAttrs {
-                kernel_shape: w[2..].to_vec(),
-                ..c.clone()
-            };
-            let data = Op::ConvBackwardData {
-                conv: conv.clone(),
-                input_shape: x.to_vec(),
-            };
-            let filter = Op::ConvBackwardFilter {
-                conv,
-                weight_shape: w.to_vec(),
-            };
-            let a = if need(0) {
-                data.workspace_bytes(&[dy, w], &[x])
-            } else {
-                0
-            };
-            let b = if need(1) {
-                filter.workspace_bytes(&[dy, x], &[w])
-            } else {
-                0
-            };
-            a.max(b)
-        }
-        Op::LayerNormalization { axis, epsilon } if needs.iter().any(|&b| b) => Op::LayerNormGrad {
-            axis: *axis,
-            epsilon: *epsilon,
-        }
-        .workspace_bytes(&[outs[0], ins[0], ins[1]], outs),
-        _ => 0,
+/// Per stage: the forward tensors (outputs of stage nodes, of any stage) that the stage's
+/// backward reads, i.e. the inputs of the backward nodes `u` of the step whose
+/// `backward_of[u]` is a node of the stage; sorted, distinct. Their union over the stages is
+/// the step's saved set (`lowmem_autodiff::TrainingGraph::saved`) restricted to tensors
+/// produced by stage nodes. Errors when `backward_of` does not have one entry per node.
+pub fn stage_backward_reads(
+    g: &Graph,
+    backward_of: &[Option<NodeId>],
+    stages: &[Stage],
+) -> Result<Vec<Vec<TensorId>>, RematError> {
+    if backward_of.len() != g.nodes.len() {
+        return Err(RematError::BackwardOfLength {
+            entries: backward_of.len(),
+            nodes: g.nodes.len(),
+        });
     }
+    let stage_of = stage_of(stages, g.nodes.len());
+    let by = backward_nodes(g, backward_of, &stage_of);
+    let producers = g.producers();
+    Ok(stages
+        .iter()
+        .map(|st| {
+            let mut reads: Vec<TensorId> = st
+                .nodes
+                .iter()
+                .flat_map(|v| &by[v.index()])
+                .flat_map(|&u| &g.node(u).inputs)
+                .copied()
+                .filter(|t| producers[t.index()].is_some_and(|q| stage_of[q.index()].is_some()))
+                .collect();
+            reads.sort_unstable();
+            reads.dedup();
+            reads
+        })
+        .collect())
 }
 
-/// The cost model of `stages` (from [`stages`]) as a [`Chain`]; see the module docs for the
-/// rules. Panics if `stages` is empty.
+/// The cost model of `stages` (from [`stages`]) of a forward graph as a [`Chain`], every
+/// trainable weight ([`Graph::trainable_weights`]) requiring a gradient: [`chain_with`].
+/// Panics if `stages` is empty.
 pub fn chain(g: &Graph, stages: &[Stage]) -> Chain {
     chain_with(g, stages, &g.trainable_weights())
 }
 
-/// [`chain`] with the tensors that require a gradient given: in a training step the
-/// parameters are state inputs, not weights.
+/// [`chain`] with the tensors that require a gradient given (in a training step the
+/// parameters are state inputs, not weights). `g` is a forward graph or a whole training
+/// step; the backward costs are those of the backward nodes that `lowmem-autodiff` emits
+/// for the stages, with the sum of the last stage's output as the loss and `trainable` as
+/// the weights differentiated (a training step's own backward nodes are not used: with a
+/// step's `backward_of` at hand, [`chain_of_step`] costs its real backward directly and
+/// builds nothing). Panics if `stages` is empty, or if autodiff has no gradient rule for
+/// a stage node.
 pub fn chain_with(g: &Graph, stages: &[Stage], trainable: &[TensorId]) -> Chain {
     assert!(!stages.is_empty(), "a chain needs at least one stage");
+    let out = stages[stages.len() - 1].output;
+    // The forward graph to differentiate: `g` towards `out`, `trainable` turned into weights
+    // (their values are not read: only shapes matter to the cost model).
+    let mut f = g.clone();
+    f.outputs = vec![out];
+    for &t in trainable {
+        let tensor = &mut f.tensors[t.index()];
+        if tensor.value.is_none() {
+            tensor.value = Some(Arc::new(TensorData::zeros(tensor.dtype, tensor.numel())));
+        }
+    }
+    let tensors = &f.tensors;
+    f.inputs.retain(|i| tensors[i.index()].value.is_none());
+    // The nodes autodiff replays (those `out` needs, in order) and the tensors it reaches.
+    let producers = f.producers();
+    let mut seen = vec![false; f.tensors.len()];
+    let mut needed = vec![false; f.nodes.len()];
+    let mut stack = vec![out];
+    while let Some(t) = stack.pop() {
+        if std::mem::replace(&mut seen[t.index()], true) {
+            continue;
+        }
+        if let Some(n) = producers[t.index()] {
+            needed[n.index()] = true;
+            stack.extend(f.node(n).inputs.iter().copied());
+        }
+    }
+    let wrt: Vec<TensorId> = trainable
+        .iter()
+        .copied()
+        .filter(|&t| seen[t.index()] && f.tensor(t).dtype.is_float())
+        .collect();
+    let no_backward = || {
+        chain_of_step(g, &vec![None; g.nodes.len()], stages, &[])
+            .expect("stage costs form a valid chain")
+    };
+    if wrt.is_empty() {
+        return no_backward();
+    }
+    let gg = match lowmem_autodiff::gradients(&f, out, Loss::Sum, &wrt, Mode::Inference) {
+        Ok(gg) => gg,
+        // No stage output depends on a weight being differentiated: no backward.
+        Err(AutodiffError::Loss(_)) => return no_backward(),
+        Err(e) => panic!("chain_with: differentiating the stages: {e}"),
+    };
+    // The replay emits the needed nodes first, in order, and keeps tensor names.
+    let mut node_map = vec![None; f.nodes.len()];
+    for (j, n) in (0..f.nodes.len()).filter(|&n| needed[n]).enumerate() {
+        assert_eq!(
+            gg.graph.nodes[j].name, f.nodes[n].name,
+            "autodiff replays the forward nodes in order"
+        );
+        node_map[n] = Some(NodeId(j as u32));
+    }
+    let tmap = |t: TensorId| {
+        gg.graph
+            .tensor_id(&g.tensor(t).name)
+            .expect("autodiff keeps tensor names")
+    };
+    let mapped: Vec<Stage> = stages
+        .iter()
+        .map(|s| Stage {
+            nodes: s
+                .nodes
+                .iter()
+                .map(|n| node_map[n.index()].expect("stage nodes are needed for the output"))
+                .collect(),
+            input: tmap(s.input),
+            output: tmap(s.output),
+        })
+        .collect();
+    let params: Vec<TensorId> = wrt.iter().map(|&t| tmap(t)).collect();
+    chain_of_step(&gg.graph, &gg.backward_of, &mapped, &params)
+        .expect("stage costs form a valid chain")
+}
+
+/// The cost model of `stages` of the training step `g` (see the module docs), costing each
+/// stage's backward from the step's real backward nodes: `backward_of` (as
+/// `lowmem_autodiff::TrainingGraph::backward_of`) gives, per node, the forward node whose
+/// gradient rule emitted it. `params`: the tensors that require a gradient (the step's
+/// parameter inputs). Errors when `stages` is empty or `backward_of` does not have one
+/// entry per node.
+pub fn chain_of_step(
+    g: &Graph,
+    backward_of: &[Option<NodeId>],
+    stages: &[Stage],
+    params: &[TensorId],
+) -> Result<Chain, RematError> {
+    if stages.is_empty() {
+        return Err(RematError::NoStages);
+    }
+    let reads = stage_backward_reads(g, backward_of, stages)?;
     let nt = g.tensors.len();
     let bytes = |t: TensorId| g.tensor(t).bytes() as u64;
     let shapes =
         |ts: &[TensorId]| -> Vec<&[usize]> { ts.iter().map(|&t| &g.tensor(t).shape[..]).collect() };
     // Requires-gradient flags and main-path (depends on the first stage's input) flags.
     let mut requires = vec![false; nt];
-    for w in trainable {
+    for w in params {
         requires[w.index()] = true;
     }
-    let mut stage_of = vec![usize::MAX; g.nodes.len()];
-    for (s, st) in stages.iter().enumerate() {
-        for n in &st.nodes {
-            stage_of[n.index()] = s;
-        }
-    }
+    let stage_of = stage_of(stages, g.nodes.len());
     let mut dep = vec![false; nt];
     dep[stages[0].input.index()] = true;
     for (n, node) in g.nodes.iter().enumerate() {
-        if stage_of[n] == usize::MAX {
+        if stage_of[n].is_none() {
             continue;
         }
         let req = node.inputs.iter().any(|i| requires[i.index()]);
@@ -471,6 +499,7 @@ pub fn chain_with(g: &Graph, stages: &[Stage], trainable: &[TensorId]) -> Chain 
             dep[o.index()] = d;
         }
     }
+    let by = backward_nodes(g, backward_of, &stage_of);
     let consumers = g.consumers();
     let producers = g.producers();
     let n = stages.len();
@@ -485,33 +514,39 @@ pub fn chain_with(g: &Graph, stages: &[Stage], trainable: &[TensorId]) -> Chain 
     c.input_bytes.push(bytes(stages[n - 1].output));
     let mut in_record = vec![false; nt];
     for (i, st) in stages.iter().enumerate() {
+        let sid = StageId(i as u32);
         let pos = |node: NodeId| st.nodes.binary_search(&node).ok();
-        let mut record = vec![st.output];
         let mut ws_f = Vec::with_capacity(st.nodes.len());
         let mut ws_b = Vec::with_capacity(st.nodes.len());
         for &id in &st.nodes {
             let node = g.node(id);
-            let (ins, outs) = (shapes(&node.inputs), shapes(&node.outputs));
-            let needs: Vec<bool> = node.inputs.iter().map(|t| requires[t.index()]).collect();
-            c.fwd[i] += node.op.flops(&ins, &outs);
-            c.bwd[i] += backward_flops(&node.op, &ins, &outs, &needs);
-            ws_f.push(node.op.workspace_bytes(&ins, &outs) as u64);
-            ws_b.push(backward_workspace(&node.op, &ins, &outs, &needs) as u64);
-            if !needs.iter().any(|&b| b) {
-                continue;
+            c.fwd[i] = c.fwd[i].saturating_add(g.node_flops(node));
+            ws_f.push(
+                node.op
+                    .workspace_bytes(&shapes(&node.inputs), &shapes(&node.outputs))
+                    as u64,
+            );
+            // The backward nodes of `id` run one at a time: the largest workspace counts.
+            let mut ws = 0u64;
+            for &u in &by[id.index()] {
+                let b = g.node(u);
+                c.bwd[i] = c.bwd[i].saturating_add(g.node_flops(b));
+                ws = ws.max(b.op.workspace_bytes(&shapes(&b.inputs), &shapes(&b.outputs)) as u64);
             }
-            let (ri, ro) = backward_reads(&node.op, &needs);
-            let read = ri
-                .iter()
-                .filter_map(|&k| node.inputs.get(k))
-                .chain(ro.iter().filter_map(|&k| node.outputs.get(k)));
-            for &t in read {
-                let produced_here = producers[t.index()].is_some_and(|q| stage_of[q.index()] == i);
-                if produced_here && dep[t.index()] && t != st.input {
-                    record.push(t);
-                }
-            }
+            ws_b.push(ws);
         }
+        // The record: what the stage's backward reads of the main-path tensors the stage
+        // produces, and the output.
+        let mut record: Vec<TensorId> = reads[i]
+            .iter()
+            .copied()
+            .filter(|&t| {
+                producers[t.index()].is_some_and(|q| stage_of[q.index()] == Some(sid))
+                    && dep[t.index()]
+                    && t != st.input
+            })
+            .collect();
+        record.push(st.output);
         record.sort_unstable();
         record.dedup();
         c.saved_bytes[i] = record.iter().map(|&t| bytes(t)).sum();
@@ -556,6 +591,6 @@ pub fn chain_with(g: &Graph, stages: &[Stage], trainable: &[TensorId]) -> Chain 
         c.fwd_tmp[i] = rec.max(plain.saturating_sub(c.input_bytes[i + 1]));
         c.bwd_tmp[i] = bt;
     }
-    c.validate().expect("stage costs form a valid chain");
-    c
+    c.validate()?;
+    Ok(c)
 }

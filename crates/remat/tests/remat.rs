@@ -53,7 +53,7 @@ fn simulate_store_all_by_hand() {
 #[test]
 fn simulate_checkpointed_by_hand() {
     let c = hand_chain();
-    use Op::*;
+    use Action::*;
     // Keep X_2 only: F0∅ F1∅ free X1 | F2all loss B2 | free X2 | F0all F1all B1 B0
     let s = Schedule {
         ops: vec![
@@ -91,7 +91,7 @@ fn simulate_checkpointed_by_hand() {
 #[test]
 fn simulate_rejects_invalid() {
     let c = hand_chain();
-    use Op::*;
+    use Action::*;
     let bad = [
         vec![Forward {
             stage: 1,
@@ -168,7 +168,7 @@ struct IncSim<'a> {
     peak: u64,
     compute: u64,
     /// Applied ops with the peak before each.
-    stack: Vec<(Op, u64)>,
+    stack: Vec<(Action, u64)>,
 }
 
 impl<'a> IncSim<'a> {
@@ -193,13 +193,13 @@ impl<'a> IncSim<'a> {
     }
 
     /// Applies `op`, panicking if it is invalid.
-    fn push(&mut self, op: Op) {
+    fn push(&mut self, op: Action) {
         let c = self.c;
         let n = c.len();
         let x = &c.input_bytes;
         self.stack.push((op, self.peak));
         match op {
-            Op::Forward { stage: i, record } => {
+            Action::Forward { stage: i, record } => {
                 assert!(self.avail(i), "{op:?}: input not available");
                 self.compute += c.fwd[i];
                 if record {
@@ -214,13 +214,13 @@ impl<'a> IncSim<'a> {
                     self.live += x[i + 1];
                 }
             }
-            Op::Loss => {
+            Action::Loss => {
                 assert!(self.grad.is_none() && self.avail(n));
                 self.live += x[n];
                 self.peak = self.peak.max(self.live);
                 self.grad = Some(n);
             }
-            Op::Backward { stage: i } => {
+            Action::Backward { stage: i } => {
                 assert!(self.grad == Some(i + 1) && self.r_live[i] && self.avail(i));
                 self.peak = self.peak.max(self.live + x[i] + c.bwd_tmp[i]);
                 self.live = self.live + x[i] - x[i + 1] - c.saved_bytes[i];
@@ -228,7 +228,7 @@ impl<'a> IncSim<'a> {
                 self.grad = Some(i);
                 self.compute += c.bwd[i];
             }
-            Op::Free { activation: j } => {
+            Action::Free { activation: j } => {
                 assert!(self.x_live[j]);
                 self.x_live[j] = false;
                 self.live -= x[j];
@@ -243,7 +243,7 @@ impl<'a> IncSim<'a> {
         let (op, peak) = self.stack.pop().expect("an op to undo");
         self.peak = peak;
         match op {
-            Op::Forward { stage: i, record } => {
+            Action::Forward { stage: i, record } => {
                 self.compute -= c.fwd[i];
                 if record {
                     self.r_live[i] = false;
@@ -253,24 +253,24 @@ impl<'a> IncSim<'a> {
                     self.live -= x[i + 1];
                 }
             }
-            Op::Loss => {
+            Action::Loss => {
                 self.live -= x[c.len()];
                 self.grad = None;
             }
-            Op::Backward { stage: i } => {
+            Action::Backward { stage: i } => {
                 self.live = self.live + x[i + 1] + c.saved_bytes[i] - x[i];
                 self.r_live[i] = true;
                 self.grad = Some(i + 1);
                 self.compute -= c.bwd[i];
             }
-            Op::Free { activation: j } => {
+            Action::Free { activation: j } => {
                 self.x_live[j] = true;
                 self.live += x[j];
             }
         }
     }
 
-    fn ops(&self) -> Vec<Op> {
+    fn ops(&self) -> Vec<Action> {
         self.stack.iter().map(|&(op, _)| op).collect()
     }
 }
@@ -280,29 +280,29 @@ impl<'a> IncSim<'a> {
 /// completed sub-schedule (the ops stay applied during the call).
 fn walk(s: usize, t: usize, n: usize, sim: &mut IncSim, k: &mut dyn FnMut(&mut IncSim)) {
     if s == n {
-        sim.push(Op::Loss);
+        sim.push(Action::Loss);
         k(sim);
         sim.pop();
         return;
     }
     if t == s + 1 {
-        sim.push(Op::Forward {
+        sim.push(Action::Forward {
             stage: s,
             record: true,
         });
-        sim.push(Op::Backward { stage: s });
+        sim.push(Action::Backward { stage: s });
         k(sim);
         sim.pop();
         sim.pop();
         return;
     }
     // record s
-    sim.push(Op::Forward {
+    sim.push(Action::Forward {
         stage: s,
         record: true,
     });
     walk(s + 1, t, n, sim, &mut |sim: &mut IncSim| {
-        sim.push(Op::Backward { stage: s });
+        sim.push(Action::Backward { stage: s });
         k(sim);
         sim.pop();
     });
@@ -311,18 +311,18 @@ fn walk(s: usize, t: usize, n: usize, sim: &mut IncSim, k: &mut dyn FnMut(&mut I
     for sp in s + 1..t {
         let mut pushed = 0;
         for j in s..sp {
-            sim.push(Op::Forward {
+            sim.push(Action::Forward {
                 stage: j,
                 record: false,
             });
             pushed += 1;
             if j > s {
-                sim.push(Op::Free { activation: j });
+                sim.push(Action::Free { activation: j });
                 pushed += 1;
             }
         }
         walk(sp, t, n, sim, &mut |sim: &mut IncSim| {
-            sim.push(Op::Free { activation: sp });
+            sim.push(Action::Free { activation: sp });
             walk(s, sp, n, sim, &mut *k);
             sim.pop();
         });
@@ -333,10 +333,10 @@ fn walk(s: usize, t: usize, n: usize, sim: &mut IncSim, k: &mut dyn FnMut(&mut I
 }
 
 /// Brute force over the family: `best[p]` = the smallest compute of a
-/// schedule with peak exactly `p` (`u64::MAX` if none), and the number of
+/// schedule with peak exactly `p` (`None` if none), and the number of
 /// schedules. With `check`, every schedule is also run through
 /// `Schedule::simulate`, which must agree with the incremental simulator.
-fn brute_force(c: &Chain, check: bool) -> (Vec<u64>, u64) {
+fn brute_force(c: &Chain, check: bool) -> (Vec<Option<u64>>, u64) {
     let n = c.len();
     let mut best = Vec::new();
     let mut count = 0u64;
@@ -346,9 +346,9 @@ fn brute_force(c: &Chain, check: bool) -> (Vec<u64>, u64) {
         count += 1;
         let p = sim.peak as usize;
         if p >= best.len() {
-            best.resize(p + 1, u64::MAX);
+            best.resize(p + 1, None);
         }
-        best[p] = best[p].min(sim.compute);
+        best[p] = Some(best[p].map_or(sim.compute, |b: u64| b.min(sim.compute)));
         if check {
             let sched = Schedule { ops: sim.ops() };
             assert_eq!(sched.simulate(c), Ok((sim.peak, sim.compute)), "{sched:?}");
@@ -368,21 +368,21 @@ fn check_against_brute(c: &Chain, check_sim: bool) {
     let n = c.len();
     let (best, count) = brute_force(c, check_sim);
     assert_eq!(count, FAMILY_SIZE[n]);
-    let min_peak = best.iter().position(|&v| v != u64::MAX).unwrap() as u64;
-    let max_peak = best.iter().rposition(|&v| v != u64::MAX).unwrap() as u64;
+    let min_peak = best.iter().position(Option::is_some).unwrap() as u64;
+    let max_peak = best.iter().rposition(Option::is_some).unwrap() as u64;
     assert_eq!(min_peak_budget(c), min_peak);
     let err = optimal(c, min_peak - 1, 1000).unwrap_err();
     assert_eq!(err.min_budget, min_peak);
-    let mut brute = u64::MAX;
+    let mut brute: Option<u64> = None;
     for budget in min_peak..=max_peak + 1 {
-        if let Some(&v) = best.get(budget as usize) {
-            brute = brute.min(v);
+        if let Some(&Some(v)) = best.get(budget as usize) {
+            brute = Some(brute.map_or(v, |b| b.min(v)));
         }
         // granularity >= budget: unit = 1 byte, no rounding
         let s = optimal(c, budget, budget as usize).unwrap();
         let (peak, compute) = s.simulate(c).unwrap();
         assert!(peak <= budget, "peak {peak} > budget {budget}");
-        assert_eq!(compute, brute, "budget {budget}, chain {c:?}");
+        assert_eq!(Some(compute), brute, "budget {budget}, chain {c:?}");
     }
 }
 
@@ -478,10 +478,10 @@ fn optimal_is_exact_for_the_discretised_problem() {
                 let (best, _) = brute_force(&r, false);
                 let brute = best[..=(slots as usize).min(best.len() - 1)]
                     .iter()
+                    .flatten()
                     .min()
-                    .copied()
-                    .unwrap();
-                if brute != u64::MAX {
+                    .copied();
+                if let Some(brute) = brute {
                     assert_eq!(compute, brute, "g {g}, budget {budget}, chain {c:?}");
                     let (rp, rc) = s.simulate(&r).unwrap();
                     assert!(rp <= slots && rc == compute);

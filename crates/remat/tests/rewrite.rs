@@ -5,7 +5,7 @@
 use lowmem_autodiff::{Loss, Optimizer, training_step};
 use lowmem_ir::{DType, GemmAttrs, Graph, Op, TensorData, TensorId};
 use lowmem_remat::{
-    Op as SOp, Schedule, chain_with, checkpoints, log_scheme, rematerialize, revolve, stages_from,
+    Action, Schedule, chain_with, checkpoints, log_scheme, rematerialize, revolve, stages_from,
     store_all,
 };
 
@@ -109,7 +109,7 @@ fn schedules_become_equivalent_graphs_in_schedule_order() {
         let mut seen = vec![0usize; st.len()];
         let (mut clones, mut recomputes) = (0, 0);
         for op in &sched.ops {
-            if let SOp::Forward { stage, .. } = *op {
+            if let Action::Forward { stage, .. } = *op {
                 if seen[stage] > 0 {
                     clones += per_stage[stage];
                     recomputes += 1;
@@ -165,18 +165,18 @@ fn malformed_schedules_are_rejected() {
     let tg = training_step(&f, f.outputs[0], Loss::CrossEntropy, &sgd).unwrap();
     let st = stages_from(&tg.graph, tg.data[0], tg.loss);
     let missing = Schedule {
-        ops: vec![SOp::Forward {
+        ops: vec![Action::Forward {
             stage: 0,
             record: true,
         }],
     };
     let e = rematerialize(&tg.graph, &tg.backward_of, &st, &missing).unwrap_err();
-    assert!(e.contains("never runs backward"), "{e}");
+    assert!(e.to_string().contains("never runs backward"), "{e}");
     let early = Schedule {
-        ops: vec![SOp::Backward { stage: 0 }],
+        ops: vec![Action::Backward { stage: 0 }],
     };
     let e = rematerialize(&tg.graph, &tg.backward_of, &st, &early).unwrap_err();
-    assert!(e.contains("before forward"), "{e}");
+    assert!(e.to_string().contains("before forward"), "{e}");
     let e = rematerialize(
         &tg.graph,
         &tg.backward_of[1..],
@@ -184,5 +184,5 @@ fn malformed_schedules_are_rejected() {
         &store_all(&chain_with(&tg.graph, &st, &[])),
     )
     .unwrap_err();
-    assert!(e.contains("backward_of"), "{e}");
+    assert!(e.to_string().contains("backward_of"), "{e}");
 }
