@@ -5,21 +5,7 @@ use std::fmt::Write;
 
 use lowmem_ir::Graph;
 
-/// Bytes in human units (binary prefixes).
-pub fn human_bytes(b: u64) -> String {
-    const U: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = b as f64;
-    let mut i = 0;
-    while v >= 1024.0 && i + 1 < U.len() {
-        v /= 1024.0;
-        i += 1;
-    }
-    if i == 0 {
-        format!("{b} B")
-    } else {
-        format!("{v:.2} {}", U[i])
-    }
-}
+pub use lowmem_compile::human_bytes;
 
 /// Counts with thousands separators.
 pub fn grouped(n: u64) -> String {

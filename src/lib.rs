@@ -4,6 +4,8 @@
 //! what the `lowmem` command line shares between its subcommands.
 
 pub use lowmem_autodiff as autodiff;
+pub use lowmem_compile as compile;
+pub use lowmem_compile::remat;
 pub use lowmem_exec as exec;
 pub use lowmem_ir as ir;
 pub use lowmem_onnx as onnx;
@@ -16,7 +18,6 @@ pub mod inspect;
 pub mod model;
 pub mod models;
 pub mod planning;
-pub mod remat;
 pub mod report;
 pub mod train;
 
@@ -43,6 +44,8 @@ pub enum Error {
     Autodiff(#[from] lowmem_autodiff::AutodiffError),
     #[error("{0}")]
     Export(#[from] lowmem_onnx::ExportError),
+    #[error("{0}")]
+    Compile(#[from] lowmem_compile::CompileError),
     #[error("{0}")]
     Usage(String),
 }

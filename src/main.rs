@@ -3,7 +3,11 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use lowmem::autodiff::{Loss, Mode, Optimizer};
+use lowmem::autodiff::{Loss, Optimizer};
+use lowmem::compile::{CompileOptions, InputRole, Task, compile, human_bytes};
+use lowmem::exec::heap::CountingAlloc;
+use lowmem::exec::train::StepProbe;
+use lowmem::exec::Executor;
 use lowmem::train::{TrainConfig, train};
 use lowmem::{Error, data, inspect, model};
 use lowmem_ir::{DType, Graph, TensorData};
@@ -41,11 +45,17 @@ enum Cmd {
         #[arg(long, value_name = "N")]
         batch: Option<usize>,
     },
-    /// Time the forward pass on random inputs (median of several runs, model load excluded).
+    /// Time the compiled step (forward pass, or --train the whole training step) inside
+    /// its arena, on random inputs (median of several runs, compiling excluded).
     Bench {
         model: PathBuf,
         #[arg(long, value_name = "N")]
         batch: Option<usize>,
+        /// Time the training step (forward, loss, backward, update) instead.
+        #[arg(long)]
+        train: bool,
+        #[command(flatten)]
+        remat: RematOpts,
         /// Timed runs after one warm-up run.
         #[arg(long, default_value_t = 5)]
         iters: usize,
@@ -74,26 +84,37 @@ enum Cmd {
         #[arg(long, value_name = "N")]
         batch: Option<usize>,
     },
-    /// Train a model on a built-in data set, then report test accuracy and save it as ONNX.
+    /// Compile a model into one step (graph, order, arena plan, weights and optimizer state)
+    /// and write it as a .lmc file that `train` runs.
+    Compile {
+        model: PathBuf,
+        /// Compile the training step (default: the forward pass).
+        #[arg(long)]
+        train: bool,
+        #[arg(long, value_name = "N")]
+        batch: Option<usize>,
+        #[command(flatten)]
+        opt: OptimizerOpts,
+        #[command(flatten)]
+        remat: RematOpts,
+        /// Where to write the compiled step.
+        #[arg(short, long, value_name = "STEP.lmc")]
+        out: PathBuf,
+    },
+    /// Train a model (or a compiled .lmc step) on a built-in data set inside the planned
+    /// arena, then report test accuracy and save the trained model as ONNX.
     Train {
+        /// A `.onnx` or JSON model, or a `.lmc` compiled step.
         model: PathBuf,
         #[arg(long, default_value_t = 600)]
         steps: usize,
-        #[arg(long, default_value_t = 32)]
-        batch: usize,
-        #[arg(long, value_enum, default_value_t = OptimizerArg::Sgd)]
-        optimizer: OptimizerArg,
-        /// Learning rate (default: 0.1 for sgd, 0.001 for adam/adamw).
+        /// Batch size (default 32; fixed by a .lmc file).
         #[arg(long)]
-        lr: Option<f32>,
-        /// SGD momentum.
-        #[arg(long, default_value_t = 0.9)]
-        momentum: f32,
-        /// Weight decay (default: 0, or 0.01 for adamw).
-        #[arg(long)]
-        weight_decay: Option<f32>,
-        #[arg(long, value_enum, default_value_t = LossArg::Xent)]
-        loss: LossArg,
+        batch: Option<usize>,
+        #[command(flatten)]
+        opt: OptimizerOpts,
+        #[command(flatten)]
+        remat: RematOpts,
         #[arg(long, value_enum)]
         data: DataArg,
         /// Seed of the batch shuffle.
@@ -105,6 +126,9 @@ enum Cmd {
         /// Also report test accuracy every K steps.
         #[arg(long, value_name = "K", default_value_t = 0)]
         eval_every: usize,
+        /// Print one JSON object with the figures at the end (no progress lines).
+        #[arg(long)]
+        json: bool,
     },
     /// Plan the memory of a forward pass or (--train) a whole training step: schedule,
     /// liveness, in-place reuse and one arena with static offsets, verified independently.
@@ -180,6 +204,92 @@ enum Cmd {
         #[arg(long, default_value_t = 1)]
         align: u64,
     },
+}
+
+/// Checkpointing of a training step.
+#[derive(clap::Args, Clone, Default)]
+struct RematOpts {
+    /// Checkpointing scheme of the training step.
+    #[arg(long, value_enum, value_name = "SCHEME")]
+    remat: Option<RematArg>,
+    /// Memory budget of the whole step (planned peak): bytes, or e.g. 512MiB, 4GiB, 2GB.
+    #[arg(long, value_name = "BYTES")]
+    budget: Option<String>,
+}
+
+impl RematOpts {
+    fn given(&self) -> bool {
+        self.remat.is_some() || self.budget.is_some()
+    }
+    fn scheme(&self) -> Option<lowmem::remat::Scheme> {
+        self.remat.map(RematArg::scheme)
+    }
+    fn budget(&self) -> Result<Option<u64>, Error> {
+        Ok(self
+            .budget
+            .as_deref()
+            .map(lowmem::remat::parse_budget)
+            .transpose()?)
+    }
+}
+
+/// The loss and optimizer of a training step.
+#[derive(clap::Args, Clone)]
+struct OptimizerOpts {
+    #[arg(long, value_enum)]
+    optimizer: Option<OptimizerArg>,
+    /// Learning rate (default: 0.1 for sgd, 0.001 for adam/adamw).
+    #[arg(long)]
+    lr: Option<f32>,
+    /// SGD momentum (default 0.9).
+    #[arg(long)]
+    momentum: Option<f32>,
+    /// Weight decay (default: 0, or 0.01 for adamw).
+    #[arg(long)]
+    weight_decay: Option<f32>,
+    /// Loss of the training step (default xent).
+    #[arg(long, value_enum)]
+    loss: Option<LossArg>,
+}
+
+impl OptimizerOpts {
+    fn given(&self) -> bool {
+        self.optimizer.is_some()
+            || self.lr.is_some()
+            || self.momentum.is_some()
+            || self.weight_decay.is_some()
+            || self.loss.is_some()
+    }
+
+    fn task(&self) -> Task {
+        let lr = self.lr;
+        let wd = self.weight_decay;
+        let optimizer = match self.optimizer.unwrap_or(OptimizerArg::Sgd) {
+            OptimizerArg::Sgd => Optimizer::Sgd {
+                lr: lr.unwrap_or(0.1),
+                momentum: self.momentum.unwrap_or(0.9),
+                weight_decay: wd.unwrap_or(0.0),
+            },
+            OptimizerArg::Adam => Optimizer::Adam {
+                lr: lr.unwrap_or(1e-3),
+                beta1: 0.9,
+                beta2: 0.999,
+                epsilon: 1e-8,
+                weight_decay: wd.unwrap_or(0.0),
+            },
+            OptimizerArg::Adamw => Optimizer::AdamW {
+                lr: lr.unwrap_or(1e-3),
+                beta1: 0.9,
+                beta2: 0.999,
+                epsilon: 1e-8,
+                weight_decay: wd.unwrap_or(0.01),
+            },
+        };
+        Task::Training {
+            loss: self.loss.unwrap_or(LossArg::Xent).loss(),
+            optimizer,
+        }
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -353,52 +463,34 @@ fn grad(
         }
         None => None,
     };
-    let wrt = g.trainable_weights();
-    if wrt.is_empty() {
-        return Err(Error::Usage("the model has no trainable weights".into()));
-    }
-    let gg = lowmem::autodiff::gradients(&g, output, loss.loss(), &wrt, Mode::Inference)?;
-    let labels = match (gg.labels, labels_file) {
-        (Some(id), Some(t)) => {
-            let want = gg.graph.tensor(id);
-            if t.dtype != want.dtype || t.shape != want.shape {
-                return Err(Error::Usage(format!(
-                    "--labels: the file holds {} {:?}, --loss {} needs {} {:?}",
-                    t.dtype,
-                    t.shape,
-                    loss.name(),
-                    want.dtype,
-                    want.shape
-                )));
+    let step = compile(
+        &g,
+        &CompileOptions::new(Task::Gradient {
+            loss: loss.loss(),
+            output: Some(g.tensor(output).name.clone()),
+        }),
+    )?;
+    let mut ex = Executor::new(&step)?;
+    let mut labels = labels_file.map(|t| t.data);
+    for (k, role) in step.inputs.iter().enumerate() {
+        match *role {
+            InputRole::Data(j) => ex.set_input(k, &bound[j])?,
+            InputRole::Labels => {
+                let t = labels.take().ok_or_else(|| {
+                    Error::Usage(format!("--loss {} needs --labels FILE.pb", loss.name()))
+                })?;
+                ex.set_input(k, &t)?;
             }
-            Some(t.data)
-        }
-        (None, _) => None,
-        (Some(_), None) => {
-            return Err(Error::Usage(format!(
-                "--loss {} needs --labels FILE.pb",
-                loss.name()
-            )));
-        }
-    };
-    let mut labels = labels;
-    let mut fed = Vec::with_capacity(gg.graph.inputs.len());
-    for &i in &gg.graph.inputs {
-        let t = gg.graph.tensor(i);
-        if Some(i) == gg.labels {
-            fed.push(labels.take().expect("labels fed once"));
-        } else if Some(i) == gg.step {
-            fed.push(TensorData::I64(vec![1]));
-        } else if let Some(k) = g.inputs.iter().position(|&f| g.tensor(f).name == t.name) {
-            fed.push(bound[k].clone());
-        } else {
-            return Err(Error::Usage(format!(
-                "the gradient graph has an unexpected input '{}'",
-                t.name
-            )));
+            InputRole::Step => ex.set_input(k, &TensorData::I64(vec![1]))?,
+            InputRole::State(_) => {
+                return Err(Error::Usage(
+                    "internal error: a gradient step has no state".into(),
+                ));
+            }
         }
     }
-    let outs = lowmem_exec::run(&gg.graph, &fed)?;
+    ex.run()?;
+    let outs = ex.outputs();
     let loss_value = outs[0].to_f64().first().copied().unwrap_or(f64::NAN);
     std::fs::create_dir_all(output_dir).map_err(|source| Error::Io {
         path: output_dir.display().to_string(),
@@ -406,11 +498,11 @@ fn grad(
     })?;
     let mut taken = std::collections::HashSet::new();
     let mut index = serde_json::Map::new();
-    for (k, &(w, _)) in gg.grads.iter().enumerate() {
-        let wt = gg.graph.tensor(w);
-        let file = grad_file_name(&wt.name, &mut taken);
-        model::write_tensor(&output_dir.join(&file), &wt.name, &wt.shape, &outs[k + 1])?;
-        index.insert(wt.name.clone(), serde_json::Value::String(file));
+    for (k, (name, _)) in step.grads.iter().enumerate() {
+        let wt = g.tensor(g.tensor_id(name).expect("gradients are of the model's weights"));
+        let file = grad_file_name(name, &mut taken);
+        model::write_tensor(&output_dir.join(&file), name, &wt.shape, &outs[k + 1])?;
+        index.insert(name.clone(), serde_json::Value::String(file));
     }
     let json = serde_json::json!({"loss": loss_value, "gradients": index});
     let path = output_dir.join("index.json");
@@ -425,34 +517,84 @@ fn grad(
     println!("loss {loss_value}");
     println!(
         "wrote {} gradients to {}",
-        gg.grads.len(),
+        step.grads.len(),
         output_dir.display()
     );
     Ok(())
 }
 
-fn train_cmd(
-    model_path: &std::path::Path,
-    config: TrainConfig,
+/// Heap bytes, counted: `train --json` reports the measured peak of the step.
+#[global_allocator]
+static HEAP: CountingAlloc = CountingAlloc::new();
+
+/// Measures the peak of live heap bytes while each step runs.
+struct HeapProbe {
+    peak: usize,
+}
+
+impl StepProbe for HeapProbe {
+    fn before(&mut self) {
+        HEAP.reset_peak();
+    }
+    fn after(&mut self) {
+        self.peak = self.peak.max(HEAP.peak());
+    }
+}
+
+fn is_lmc(path: &std::path::Path) -> bool {
+    path.extension().is_some_and(|e| e == "lmc")
+        || std::fs::File::open(path)
+            .and_then(|mut f| {
+                let mut m = [0u8; 8];
+                std::io::Read::read_exact(&mut f, &mut m).map(|()| &m == lowmem::compile::lmc::MAGIC)
+            })
+            .unwrap_or(false)
+}
+
+struct TrainArgs {
+    steps: usize,
+    batch: Option<usize>,
+    opt: OptimizerOpts,
+    remat: RematOpts,
+    seed: u64,
     out: Option<PathBuf>,
-) -> Result<(), Error> {
-    let g = model::load(model_path, None)?;
+    eval_every: usize,
+    json: bool,
+}
+
+fn train_cmd(model_path: &std::path::Path, a: TrainArgs) -> Result<(), Error> {
+    if a.steps == 0 {
+        return Err(Error::Usage("--steps must be positive".into()));
+    }
     let split = data::digits()?;
-    let report = train(&g, &split.train, &split.test, &config)?;
-    println!("final loss: {:.4}", report.final_loss);
-    println!(
-        "test accuracy: {:.1}% ({}/{})",
-        100.0 * report.accuracy(),
-        report.correct,
-        report.total
-    );
-    println!(
-        "trained {} steps in {:.2} s, {:.0} steps/s",
-        report.steps,
-        report.seconds,
-        report.steps as f64 / report.seconds.max(1e-9)
-    );
-    let out = out.unwrap_or_else(|| {
+    let mut step = if is_lmc(model_path) {
+        if a.batch.is_some() || a.opt.given() || a.remat.given() {
+            return Err(Error::Usage(format!(
+                "{} is a compiled step: its batch, loss, optimizer, --remat and --budget were fixed by `lowmem compile`",
+                model_path.display()
+            )));
+        }
+        lowmem::compile::lmc::read(model_path)?
+    } else {
+        let g = model::load(model_path, None)?;
+        let mut opts = CompileOptions::new(a.opt.task());
+        opts.batch = Some(a.batch.unwrap_or(32));
+        opts.remat = a.remat.scheme();
+        opts.budget = a.remat.budget()?;
+        opts.plan.search_time = std::time::Duration::ZERO;
+        compile(&g, &opts)?
+    };
+    let config = TrainConfig {
+        steps: a.steps,
+        seed: a.seed,
+        eval_every: a.eval_every,
+    };
+    let baseline = HEAP.live();
+    let mut probe = HeapProbe { peak: baseline };
+    let report = train(&mut step, &split.train, &split.test, &config, &mut probe, a.json)?;
+    let measured = probe.peak.saturating_sub(baseline) as u64;
+    let planned = step.planned_peak_bytes();
+    let out = a.out.unwrap_or_else(|| {
         let stem = model_path
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
@@ -464,7 +606,56 @@ fn train_cmd(
         path: out.display().to_string(),
         source,
     })?;
-    println!("saved {}", out.display());
+    let rate = report.steps as f64 / report.seconds.max(1e-9);
+    let scheme = step.remat.as_ref().map_or("none", |r| r.scheme);
+    if a.json {
+        let j = serde_json::json!({
+            "model": step.model,
+            "batch": step.batch,
+            "steps": report.steps,
+            "final_loss": report.final_loss,
+            "test_accuracy": report.accuracy(),
+            "correct": report.correct,
+            "total": report.total,
+            "remat": scheme,
+            "budget_bytes": step.budget,
+            "planned_peak_bytes": planned,
+            "persistent_bytes": step.plan.persistent_bytes,
+            "arena_bytes": step.plan.arena_bytes,
+            "measured_peak_bytes": measured,
+            "recompute_overhead": step.costs.overhead(),
+            "steps_per_second": rate,
+            "seconds": report.seconds,
+            "saved": out.display().to_string(),
+        });
+        println!("{j}");
+    } else {
+        println!("final loss: {:.4}", report.final_loss);
+        println!(
+            "test accuracy: {:.1}% ({}/{})",
+            100.0 * report.accuracy(),
+            report.correct,
+            report.total
+        );
+        println!(
+            "memory: planned peak {} (persistent {} + arena {}), measured peak {}{}",
+            human_bytes(planned),
+            human_bytes(step.plan.persistent_bytes),
+            human_bytes(step.plan.arena_bytes),
+            human_bytes(measured),
+            step.budget
+                .map_or(String::new(), |b| format!(", budget {}", human_bytes(b)))
+        );
+        println!(
+            "remat: {scheme}, recompute overhead {:.1}%",
+            100.0 * step.costs.overhead()
+        );
+        println!(
+            "trained {} steps in {:.2} s, {rate:.0} steps/s",
+            report.steps, report.seconds
+        );
+        println!("saved {}", out.display());
+    }
     Ok(())
 }
 
@@ -497,7 +688,13 @@ fn run(cli: Cli) -> Result<(), Error> {
         } => {
             let g = model::load(&model, batch)?;
             let bound = model::inputs_from_specs(&g, &inputs)?;
-            let outputs = lowmem_exec::run(&g, &bound)?;
+            let step = compile(&g, &CompileOptions::new(Task::Inference))?;
+            let mut ex = Executor::new(&step)?;
+            for (k, d) in bound.iter().enumerate() {
+                ex.set_input(k, d)?;
+            }
+            ex.run()?;
+            let outputs = ex.outputs();
             std::fs::create_dir_all(&output_dir).map_err(|source| Error::Io {
                 path: output_dir.display().to_string(),
                 source,
@@ -519,36 +716,73 @@ fn run(cli: Cli) -> Result<(), Error> {
         Cmd::Bench {
             model,
             batch,
+            train,
+            remat,
             iters,
             json,
         } => {
             let g = model::load(&model, batch)?;
-            let inputs = random_inputs(&g, 1)?;
-            lowmem_exec::run(&g, &inputs)?;
+            let mut opts = CompileOptions::new(if train {
+                OptimizerOpts {
+                    optimizer: None,
+                    lr: None,
+                    momentum: None,
+                    weight_decay: None,
+                    loss: None,
+                }
+                .task()
+            } else {
+                Task::Inference
+            });
+            opts.remat = remat.scheme();
+            opts.budget = remat.budget()?;
+            opts.plan.search_time = std::time::Duration::ZERO;
+            if remat.given() && !train {
+                return Err(Error::Usage(
+                    "--remat and --budget apply to a training step: add --train".into(),
+                ));
+            }
+            let step = compile(&g, &opts)?;
+            let mut ex = Executor::new(&step)?;
+            let inputs = random_inputs(&step.graph, 1)?;
+            for (k, role) in step.inputs.iter().enumerate() {
+                match role {
+                    InputRole::State(_) => {}
+                    InputRole::Step => ex.set_step(1)?,
+                    _ => ex.set_input(k, &inputs[k])?,
+                }
+            }
+            ex.run()?;
             let mut times = Vec::with_capacity(iters.max(1));
             for _ in 0..iters.max(1) {
                 let t = Instant::now();
-                lowmem_exec::run(&g, &inputs)?;
+                ex.run()?;
                 times.push(t.elapsed().as_secs_f64());
             }
             times.sort_by(f64::total_cmp);
             let median = times[times.len() / 2];
-            let gflops = g.flops() as f64 / median / 1e9;
+            let flops = step.costs.forward_flops + step.costs.backward_flops + step.costs.recompute_flops;
+            let gflops = flops as f64 / median / 1e9;
             if json {
                 println!(
-                    "{{\"model\":{:?},\"batch\":{},\"iters\":{},\"median_s\":{median},\"min_s\":{},\"gflops\":{gflops}}}",
-                    g.name,
-                    g.tensor(g.inputs[0]).shape.first().copied().unwrap_or(1),
-                    times.len(),
-                    times[0]
+                    "{}",
+                    serde_json::json!({
+                        "model": g.name, "batch": step.batch, "task": step.task.name(),
+                        "iters": times.len(), "median_s": median, "min_s": times[0],
+                        "gflops": gflops, "planned_peak_bytes": step.planned_peak_bytes(),
+                        "remat": step.remat.as_ref().map_or("none", |r| r.scheme),
+                    })
                 );
             } else {
                 println!(
-                    "{}: median {:.2} ms, min {:.2} ms over {} runs ({gflops:.1} GFLOP/s)",
+                    "{} ({}, batch {}): median {:.2} ms, min {:.2} ms over {} runs ({gflops:.1} GFLOP/s), planned peak {}",
                     g.name,
+                    step.task.name(),
+                    step.batch,
                     median * 1e3,
                     times[0] * 1e3,
-                    times.len()
+                    times.len(),
+                    human_bytes(step.planned_peak_bytes())
                 );
             }
             Ok(())
@@ -570,54 +804,70 @@ fn run(cli: Cli) -> Result<(), Error> {
             &output_dir,
             batch,
         ),
+        Cmd::Compile {
+            model,
+            train,
+            batch,
+            opt,
+            remat,
+            out,
+        } => {
+            if !train && (opt.given() || remat.given()) {
+                return Err(Error::Usage(
+                    "--optimizer, --loss, --remat and --budget apply to a training step: add --train"
+                        .into(),
+                ));
+            }
+            let g = model::load(&model, None)?;
+            let mut opts = CompileOptions::new(if train { opt.task() } else { Task::Inference });
+            opts.batch = batch;
+            opts.remat = remat.scheme();
+            opts.budget = remat.budget()?;
+            let step = compile(&g, &opts)?;
+            lowmem::compile::lmc::write(&step, &out).map_err(|source| Error::Io {
+                path: out.display().to_string(),
+                source,
+            })?;
+            println!(
+                "{} ({} step, batch {}): {} nodes, planned peak {} (persistent {} + arena {}){}",
+                step.model,
+                step.task.name(),
+                step.batch,
+                step.graph.nodes.len(),
+                human_bytes(step.planned_peak_bytes()),
+                human_bytes(step.plan.persistent_bytes),
+                human_bytes(step.plan.arena_bytes),
+                step.remat
+                    .as_ref()
+                    .map_or(String::new(), |r| format!(", remat {} ({})", r.scheme, r.detail))
+            );
+            println!("wrote {}", out.display());
+            Ok(())
+        }
         Cmd::Train {
             model,
             steps,
             batch,
-            optimizer,
-            lr,
-            momentum,
-            weight_decay,
-            loss,
+            opt,
+            remat,
             data: DataArg::Digits,
             seed,
             out,
             eval_every,
-        } => {
-            let optimizer = match optimizer {
-                OptimizerArg::Sgd => Optimizer::Sgd {
-                    lr: lr.unwrap_or(0.1),
-                    momentum,
-                    weight_decay: weight_decay.unwrap_or(0.0),
-                },
-                OptimizerArg::Adam => Optimizer::Adam {
-                    lr: lr.unwrap_or(1e-3),
-                    beta1: 0.9,
-                    beta2: 0.999,
-                    epsilon: 1e-8,
-                    weight_decay: weight_decay.unwrap_or(0.0),
-                },
-                OptimizerArg::Adamw => Optimizer::AdamW {
-                    lr: lr.unwrap_or(1e-3),
-                    beta1: 0.9,
-                    beta2: 0.999,
-                    epsilon: 1e-8,
-                    weight_decay: weight_decay.unwrap_or(0.01),
-                },
-            };
-            if steps == 0 {
-                return Err(Error::Usage("--steps must be positive".into()));
-            }
-            let config = TrainConfig {
+            json,
+        } => train_cmd(
+            &model,
+            TrainArgs {
                 steps,
                 batch,
-                optimizer,
-                loss: loss.loss(),
+                opt,
+                remat,
                 seed,
+                out,
                 eval_every,
-            };
-            train_cmd(&model, config, out)
-        }
+                json,
+            },
+        ),
         Cmd::Plan {
             model,
             train,

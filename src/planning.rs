@@ -4,7 +4,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use lowmem_autodiff::{Loss, Optimizer, training_step};
-use lowmem_plan::{Claim, MemoryPlan, PlanOptions, plan, verify_plan};
+use lowmem_compile::{CompileOptions, CompiledStep, Task, compile};
+use lowmem_plan::{MemoryPlan, PlanOptions};
 use lowmem_schedule::Roles;
 
 use crate::inspect::{grouped, human_bytes};
@@ -25,14 +26,25 @@ pub struct PlanRequest {
     pub budget: Option<u64>,
 }
 
-/// The graph to plan (forward, or a whole training step), its roles, its plan, and the time
-/// the planning took (model loading and graph building excluded).
-pub fn make_plan(
-    model: &Path,
-    req: &PlanRequest,
-) -> Result<(lowmem_ir::Graph, Roles, MemoryPlan, Duration), Error> {
-    let (g, roles, p, took, _) = make_plan_remat(model, req)?;
-    Ok((g, roles, p, took))
+impl PlanRequest {
+    /// The compile options this request stands for.
+    pub fn options(&self) -> CompileOptions {
+        let task = if self.train {
+            Task::Training {
+                loss: self.loss,
+                optimizer: self.optimizer.clone(),
+            }
+        } else {
+            Task::Inference
+        };
+        CompileOptions {
+            task,
+            batch: self.batch,
+            remat: self.remat,
+            budget: self.budget,
+            plan: plan_options(self),
+        }
+    }
 }
 
 fn plan_options(req: &PlanRequest) -> PlanOptions {
@@ -43,94 +55,45 @@ fn plan_options(req: &PlanRequest) -> PlanOptions {
     }
 }
 
-fn training_graph(
-    model: &Path,
-    req: &PlanRequest,
-) -> Result<lowmem_autodiff::TrainingGraph, Error> {
-    let forward = model::load(model, req.batch)?;
-    let out = *forward
-        .outputs
-        .first()
-        .ok_or_else(|| Error::Usage("the model has no outputs".into()))?;
-    Ok(training_step(&forward, out, req.loss, &req.optimizer)?)
+/// Compiles `model` as `req` asks (the step `lowmem plan` shows and `train`/`run` execute).
+pub fn compile_model(model: &Path, req: &PlanRequest) -> Result<CompiledStep, Error> {
+    if (req.remat.is_some() || req.budget.is_some()) && !req.train {
+        return Err(Error::Usage(
+            "--remat and --budget apply to a training step: add --train".into(),
+        ));
+    }
+    let g = model::load(model, None)?;
+    Ok(compile(&g, &req.options())?)
 }
 
-/// [`make_plan`], rematerialising the training step when `req` asks for a scheme or budget.
-pub fn make_plan_remat(
+/// The graph to plan (forward, or a whole training step), its roles, its plan, and the time
+/// the planning took (model loading and graph building excluded).
+pub fn make_plan(
     model: &Path,
     req: &PlanRequest,
-) -> Result<
-    (
-        lowmem_ir::Graph,
-        Roles,
-        MemoryPlan,
-        Duration,
-        Option<RematInfo>,
-    ),
-    Error,
-> {
-    if req.remat.is_some() || req.budget.is_some() {
-        if !req.train {
-            return Err(Error::Usage(
-                "--remat and --budget apply to a training step: add --train".into(),
-            ));
-        }
-        let tg = training_graph(model, req)?;
-        let t = Instant::now();
-        let step = Step::new(&tg, plan_options(req))?;
-        let o = step.run(req.remat.unwrap_or(Scheme::None), req.budget)?;
-        let took = t.elapsed();
-        let info = RematInfo {
-            scheme: o.scheme.name(),
-            detail: o.detail.clone(),
-            budget: req.budget,
-            stages: step.stages.len(),
-            checkpoints: o.checkpoints.clone(),
-            recomputed_nodes: o.recomputed_nodes,
-            forward_flops: step.forward_flops,
-            backward_flops: step.backward_flops,
-            recompute_flops: o.recompute_flops,
-            overhead: step.overhead(o.recompute_flops),
-        };
-        return Ok((o.graph, o.roles, o.plan, took, Some(info)));
-    }
-    let forward = model::load(model, req.batch)?;
-    let (graph, roles) = if req.train {
-        let out = *forward
-            .outputs
-            .first()
-            .ok_or_else(|| Error::Usage("the model has no outputs".into()))?;
-        let tg = training_step(&forward, out, req.loss, &req.optimizer)?;
-        let roles = Roles::training_step(
-            &tg.graph,
-            tg.state.iter().map(|s| {
-                (
-                    s.input,
-                    s.output,
-                    s.kind == lowmem_autodiff::StateKind::Parameter,
-                )
-            }),
-            tg.grads.iter().map(|&(_, g)| g),
-        );
-        (tg.graph, roles)
-    } else {
-        let roles = Roles::inference(&forward);
-        (forward, roles)
-    };
-    let t = Instant::now();
-    let p = plan(&graph, &roles, &plan_options(req));
-    Ok((graph, roles, p, t.elapsed(), None))
+) -> Result<(lowmem_ir::Graph, Roles, MemoryPlan, Duration), Error> {
+    let s = compile_model(model, req)?;
+    Ok((s.graph, s.roles, s.plan, s.planning_time))
 }
 
 pub fn verify(graph: &lowmem_ir::Graph, roles: &Roles, p: &MemoryPlan) -> Result<(), Error> {
-    let claim = Claim {
-        order: &p.order,
-        tensor_offset: p.tensor_offset.as_slice(),
-        workspace: p.workspace.as_slice(),
-        arena_bytes: p.arena_bytes,
-    };
-    verify_plan(graph, roles, &claim)
-        .map_err(|e| Error::Usage(format!("the plan does not verify: {e}")))
+    lowmem_compile::verify(graph, roles, p).map_err(|e| Error::Usage(e.to_string()))
+}
+
+/// What `lowmem plan` reports of a compiled step's checkpointing.
+pub fn remat_info(s: &CompiledStep) -> Option<RematInfo> {
+    s.remat.as_ref().map(|r| RematInfo {
+        scheme: r.scheme,
+        detail: r.detail.clone(),
+        budget: s.budget,
+        stages: r.stages,
+        checkpoints: r.checkpoints.clone(),
+        recomputed_nodes: r.recomputed_nodes,
+        forward_flops: s.costs.forward_flops,
+        backward_flops: s.costs.backward_flops,
+        recompute_flops: s.costs.recompute_flops,
+        overhead: s.costs.overhead(),
+    })
 }
 
 pub fn plan_cmd(
@@ -140,26 +103,32 @@ pub fn plan_cmd(
     html: Option<&Path>,
     check: bool,
 ) -> Result<(), Error> {
-    let (graph, roles, p, took, remat) = make_plan_remat(model, req)?;
-    let batch = graph
-        .inputs
-        .first()
-        .and_then(|&i| graph.tensor(i).shape.first().copied())
-        .unwrap_or(1);
+    let step = compile_model(model, req)?;
+    report_step(&step, &model.display().to_string(), json, html, check)
+}
+
+/// Prints a compiled step's plan and writes its JSON and HTML.
+pub fn report_step(
+    step: &CompiledStep,
+    model: &str,
+    json: Option<&Path>,
+    html: Option<&Path>,
+    check: bool,
+) -> Result<(), Error> {
+    let (graph, roles, p, took) = (&step.graph, &step.roles, &step.plan, step.planning_time);
+    let remat = remat_info(step);
+    let batch = step.batch;
+    let train = matches!(step.task, Task::Training { .. });
     let meta = PlanMeta {
-        model: &model.display().to_string(),
+        model,
         batch,
-        train: req.train,
+        train,
         remat: remat.as_ref(),
     };
     println!(
         "{} ({}, batch {batch}): {} steps, {} tensors",
         graph.name,
-        if req.train {
-            "training step"
-        } else {
-            "inference"
-        },
+        if train { "training step" } else { "inference" },
         p.order.len(),
         graph.tensors.len()
     );
@@ -211,7 +180,7 @@ pub fn plan_cmd(
     }
     if check {
         let t = Instant::now();
-        verify(&graph, &roles, &p)?;
+        verify(graph, roles, p)?;
         println!(
             "  verified: no two live buffers overlap ({:.1} ms)",
             t.elapsed().as_secs_f64() * 1e3
@@ -220,16 +189,16 @@ pub fn plan_cmd(
     if let Some(path) = json {
         write_file(
             path,
-            serde_json::to_string_pretty(&plan_json(&graph, &p, &meta)).expect("plans serialise"),
+            serde_json::to_string_pretty(&plan_json(graph, p, &meta)).expect("plans serialise"),
         )?;
     }
     if let Some(path) = html {
-        write_file(path, plan_html(&graph, &p, &meta))?;
+        write_file(path, plan_html(graph, p, &meta))?;
     }
     Ok(())
 }
 
-fn write_file(path: &Path, text: String) -> Result<(), Error> {
+pub fn write_file(path: &Path, text: String) -> Result<(), Error> {
     std::fs::write(path, text).map_err(|source| Error::Io {
         path: path.display().to_string(),
         source,
@@ -245,7 +214,12 @@ pub fn frontier_cmd(
     json: Option<&Path>,
     html: Option<&Path>,
 ) -> Result<(), Error> {
-    let tg = training_graph(model, req)?;
+    let forward = model::load(model, req.batch)?;
+    let out = *forward
+        .outputs
+        .first()
+        .ok_or_else(|| Error::Usage("the model has no outputs".into()))?;
+    let tg = training_step(&forward, out, req.loss, &req.optimizer)?;
     let step = Step::new(&tg, plan_options(req))?;
     let (points, secs) = step.frontier(levels)?;
     let none = points

@@ -1,16 +1,16 @@
-//! `lowmem train` and `lowmem grad`: the training loop over a [`TrainingGraph`] and the
-//! helpers around it (feeding state, evaluating, writing weights back into the forward graph).
+//! `lowmem train`: the data set as a batch source for a compiled training step (run by
+//! [`lowmem_exec::train::Trainer`] inside its arena), progress, and test accuracy.
 
-use std::collections::HashMap;
 use std::io::IsTerminal;
 use std::sync::Arc;
 use std::time::Instant;
 
-use lowmem_autodiff::{Loss, Optimizer, StateKind, TrainingGraph, training_step};
-use lowmem_ir::{DType, Graph, TensorData, TensorId};
+use lowmem_compile::CompiledStep;
+use lowmem_exec::train::{BatchSource, Labels, StepProbe, Trainer};
+use lowmem_ir::{Graph, TensorData, TensorId};
 
 use crate::Error;
-use crate::data::{Batches, Dataset, one_hot};
+use crate::data::{Batches, Dataset};
 
 /// Sets the value of each named weight of `graph` (by tensor name), checking dtype and size.
 pub fn set_weights<'a>(
@@ -91,13 +91,11 @@ pub fn accuracy(forward: &Graph, data: &Dataset) -> Result<(usize, usize), Error
     Ok((correct, n))
 }
 
-/// Training settings.
+/// Training settings (the step itself: batch, loss, optimizer, remat, comes compiled).
 #[derive(Clone, Debug)]
 pub struct TrainConfig {
     pub steps: usize,
-    pub batch: usize,
-    pub optimizer: Optimizer,
-    pub loss: Loss,
+    /// Seed of the batch shuffle.
     pub seed: u64,
     /// Evaluate test accuracy every this many steps (0: only at the end).
     pub eval_every: usize,
@@ -106,7 +104,7 @@ pub struct TrainConfig {
 /// What training achieved.
 #[derive(Clone, Debug)]
 pub struct TrainReport {
-    /// The forward graph (at its original batch) with the trained weights.
+    /// The forward graph (at the compiled batch) with the trained weights.
     pub model: Graph,
     pub final_loss: f32,
     pub correct: usize,
@@ -124,11 +122,14 @@ impl TrainReport {
 enum Progress {
     Bar(indicatif::ProgressBar),
     Lines { every: usize },
+    Quiet,
 }
 
 impl Progress {
-    fn new(steps: usize) -> Progress {
-        if std::io::stderr().is_terminal() {
+    fn new(steps: usize, quiet: bool) -> Progress {
+        if quiet {
+            Progress::Quiet
+        } else if std::io::stderr().is_terminal() {
             let bar = indicatif::ProgressBar::new(steps as u64);
             bar.set_style(
                 indicatif::ProgressStyle::with_template(
@@ -156,6 +157,7 @@ impl Progress {
                     eprintln!("step {step}/{steps} loss {loss:.4} {rate:.1} steps/s");
                 }
             }
+            Progress::Quiet => {}
         }
     }
 
@@ -163,6 +165,7 @@ impl Progress {
         match self {
             Progress::Bar(b) => b.println(line),
             Progress::Lines { .. } => eprintln!("{line}"),
+            Progress::Quiet => {}
         }
     }
 
@@ -173,156 +176,121 @@ impl Progress {
     }
 }
 
-/// The forward graph (at its original batch) carrying the parameters and running statistics
-/// of the current training state.
-fn trained_model(model: &Graph, tg: &TrainingGraph, state: &[TensorData]) -> Result<Graph, Error> {
-    let mut g = model.clone();
-    let updates: Vec<(&str, Arc<TensorData>)> = tg
-        .state
-        .iter()
-        .zip(state)
-        .filter(|(s, _)| {
-            matches!(
-                s.kind,
-                StateKind::Parameter | StateKind::RunningMean | StateKind::RunningVar
-            )
-        })
-        .map(|(s, v)| {
-            // `of` names the forward weight; fall back to the state's own name.
-            let name = if g.tensor_id(&s.of).is_some() {
-                s.of.as_str()
-            } else {
-                s.name.as_str()
-            };
-            (name, Arc::new(v.clone()))
-        })
-        .collect();
-    set_weights(&mut g, updates)?;
-    Ok(g)
+/// Batches of a labelled data set for a training step: a fresh fixed-seed shuffle each
+/// epoch, examples gathered straight into the step's input slot.
+pub struct DatasetSource<'a> {
+    data: &'a Dataset,
+    batches: Batches,
 }
 
-/// Trains `model` (its batch is rewritten to `config.batch`) on `train`, reporting accuracy
-/// on `test`.
+impl<'a> DatasetSource<'a> {
+    pub fn new(data: &'a Dataset, seed: u64) -> DatasetSource<'a> {
+        DatasetSource {
+            data,
+            batches: Batches::new(data.len(), seed),
+        }
+    }
+}
+
+impl BatchSource for DatasetSource<'_> {
+    fn fill(&mut self, x: &mut [f32], labels: Option<Labels<'_>>) -> Result<(), String> {
+        let f = self.data.features;
+        if f == 0 || !x.len().is_multiple_of(f) || x.len() / f > self.data.len() {
+            return Err(format!(
+                "{} values do not hold whole batches of {f}-feature examples (at most {})",
+                x.len(),
+                self.data.len()
+            ));
+        }
+        let n = x.len() / f;
+        let idx = self.batches.next_batch(n);
+        for (row, &i) in x.chunks_exact_mut(f).zip(idx) {
+            row.copy_from_slice(&self.data.x[i * f..(i + 1) * f]);
+        }
+        match labels {
+            Some(Labels::Classes(y)) if y.len() == n => {
+                for (y, &i) in y.iter_mut().zip(idx) {
+                    *y = self.data.y[i];
+                }
+            }
+            Some(Labels::Targets(t)) if t.len() == n * self.data.classes => {
+                t.fill(0.0);
+                for (r, &i) in idx.iter().enumerate() {
+                    t[r * self.data.classes + self.data.y[i] as usize] = 1.0;
+                }
+            }
+            Some(_) => {
+                return Err(format!(
+                    "the labels do not fit {n} examples of {} classes",
+                    self.data.classes
+                ));
+            }
+            None => {}
+        }
+        Ok(())
+    }
+}
+
+/// Trains the compiled step `step` on `train` inside its arena (its state is updated to
+/// the trained values), reporting accuracy on `test`. `probe` runs around each step.
 pub fn train(
-    model: &Graph,
+    step: &mut CompiledStep,
     train: &Dataset,
     test: &Dataset,
     config: &TrainConfig,
+    probe: &mut dyn StepProbe,
+    quiet: bool,
 ) -> Result<TrainReport, Error> {
-    if config.batch == 0 || config.batch > train.len() {
+    if step.batch == 0 || step.batch > train.len() {
         return Err(Error::Usage(format!(
-            "--batch must be in 1..={} (the training set size), got {}",
+            "the batch must be in 1..={} (the training set size), got {}",
             train.len(),
-            config.batch
+            step.batch
         )));
     }
-    let forward = model.clone().with_batch(config.batch)?;
-    let x = data_input(&forward)?;
-    crate::data::check_input(&forward, x, train.features)?;
-    let output = *forward
-        .outputs
-        .first()
-        .ok_or_else(|| Error::Usage("the model has no outputs".into()))?;
-    let tg = training_step(&forward, output, config.loss, &config.optimizer)?;
-
-    // Where each graph input comes from.
-    enum Feed {
-        Data,
-        Labels,
-        Step,
-        State(usize),
-    }
-    let state_of: HashMap<TensorId, usize> = tg
-        .state
-        .iter()
-        .enumerate()
-        .map(|(k, s)| (s.input, k))
-        .collect();
-    let feeds: Vec<Feed> = tg
-        .graph
-        .inputs
-        .iter()
-        .map(|&i| {
-            if tg.data.contains(&i) {
-                Ok(Feed::Data)
-            } else if tg.labels == Some(i) {
-                Ok(Feed::Labels)
-            } else if tg.step == i {
-                Ok(Feed::Step)
-            } else if let Some(&k) = state_of.get(&i) {
-                Ok(Feed::State(k))
-            } else {
-                Err(Error::Usage(format!(
-                    "training graph input '{}' is neither data, labels, step nor state",
-                    tg.graph.tensor(i).name
-                )))
-            }
-        })
-        .collect::<Result<_, _>>()?;
-    let labels_onehot = tg
-        .labels
-        .map(|l| tg.graph.tensor(l))
-        .filter(|t| t.dtype != DType::I64)
-        .map(|t| t.shape.last().copied().unwrap_or(1));
-
-    let mut state: Vec<TensorData> = tg.state.iter().map(|s| (*s.init).clone()).collect();
-    let mut batches = Batches::new(train.len(), config.seed);
-    let progress = Progress::new(config.steps);
-    let start = Instant::now();
+    let x = data_input(&step.forward)?;
+    crate::data::check_input(&step.forward, x, train.features)?;
+    let mut source = DatasetSource::new(train, config.seed);
+    let progress = Progress::new(config.steps, quiet);
     let mut eval_time = 0.0;
     let mut loss = f32::NAN;
-    for step in 1..=config.steps {
-        let (bx, by) = train.gather(batches.next_batch(config.batch));
-        let mut bx = Some(TensorData::F32(bx));
-        let mut by = Some(match labels_onehot {
-            Some(classes) => one_hot(&by, classes),
-            None => TensorData::I64(by),
-        });
-        let mut taken: Vec<Option<TensorData>> =
-            std::mem::take(&mut state).into_iter().map(Some).collect();
-        let inputs: Vec<TensorData> = feeds
-            .iter()
-            .map(|f| match f {
-                Feed::Data => bx.take().expect("one data input"),
-                Feed::Labels => by.take().expect("one labels input"),
-                Feed::Step => TensorData::I64(vec![step as i64]),
-                Feed::State(k) => taken[*k].take().expect("each state fed once"),
-            })
-            .collect();
-        let mut outs = lowmem_exec::run(&tg.graph, &inputs)?.into_iter();
-        loss = outs
-            .next()
-            .map(|l| l.to_f32().first().copied().unwrap_or(f32::NAN))
-            .unwrap_or(f32::NAN);
-        state = outs.collect();
-        if state.len() != tg.state.len() {
-            return Err(Error::Usage(format!(
-                "the training graph gave {} state outputs for {} states",
-                state.len(),
-                tg.state.len()
-            )));
+    let start;
+    let state = {
+        let mut trainer = Trainer::new(step)?;
+        start = Instant::now();
+        for k in 1..=config.steps {
+            loss = trainer.step(&mut source, probe)?;
+            if !loss.is_finite() {
+                progress.finish();
+                return Err(Error::Usage(format!(
+                    "the loss diverged to {loss} at step {k} (try a smaller --lr)"
+                )));
+            }
+            progress.step(k, config.steps, loss, start);
+            if config.eval_every > 0 && k.is_multiple_of(config.eval_every) && k < config.steps
+            {
+                let t = Instant::now();
+                let mut now = step.clone();
+                for (s, v) in now.state.iter_mut().zip(trainer.state()) {
+                    s.value = v;
+                }
+                let (c, n) = accuracy(&now.trained_forward(None)?, test)?;
+                progress.println(&format!(
+                    "step {k}/{}: test accuracy {:.1}% ({c}/{n})",
+                    config.steps,
+                    100.0 * c as f64 / n as f64
+                ));
+                eval_time += t.elapsed().as_secs_f64();
+            }
         }
-        if !loss.is_finite() {
-            progress.finish();
-            return Err(Error::Usage(format!(
-                "the loss diverged to {loss} at step {step} (try a smaller --lr)"
-            )));
-        }
-        progress.step(step, config.steps, loss, start);
-        if config.eval_every > 0 && step.is_multiple_of(config.eval_every) && step < config.steps {
-            let t = Instant::now();
-            let (c, n) = accuracy(&trained_model(model, &tg, &state)?, test)?;
-            progress.println(&format!(
-                "step {step}/{}: test accuracy {:.1}% ({c}/{n})",
-                config.steps,
-                100.0 * c as f64 / n as f64
-            ));
-            eval_time += t.elapsed().as_secs_f64();
-        }
-    }
+        trainer.state()
+    };
     let seconds = start.elapsed().as_secs_f64() - eval_time;
     progress.finish();
-    let trained = trained_model(model, &tg, &state)?;
+    for (s, v) in step.state.iter_mut().zip(state) {
+        s.value = v;
+    }
+    let trained = step.trained_forward(None)?;
     let (correct, total) = accuracy(&trained, test)?;
     Ok(TrainReport {
         model: trained,

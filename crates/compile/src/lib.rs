@@ -16,7 +16,7 @@ use lowmem_plan::{Claim, MemoryPlan, PlanOptions, plan, verify_plan};
 use lowmem_schedule::Roles;
 use thiserror::Error;
 
-pub use remat::{Outcome, Point, Scheme, Step, first_fit, parse_budget};
+pub use remat::{Outcome, Point, Scheme, Step, first_fit, parse_budget, training_roles};
 
 #[derive(Debug, Error)]
 pub enum CompileError {

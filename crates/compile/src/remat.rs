@@ -126,6 +126,18 @@ impl Outcome {
     }
 }
 
+/// The roles of a training step's tensors: parameters, optimizer state and BatchNorm
+/// statistics (updated in place) and parameter gradients are persistent.
+pub fn training_roles(tg: &TrainingGraph) -> Roles {
+    Roles::training_step(
+        &tg.graph,
+        tg.state
+            .iter()
+            .map(|s| (s.input, s.output, s.kind == lowmem_autodiff::StateKind::Parameter)),
+        tg.grads.iter().map(|&(_, g)| g),
+    )
+}
+
 /// A frontier point.
 #[derive(Clone, Debug)]
 pub struct Point {
@@ -170,7 +182,8 @@ impl<'a> Step<'a> {
             .filter(|s| s.kind == lowmem_autodiff::StateKind::Parameter)
             .map(|s| s.input)
             .collect();
-        let chain = lowmem_remat::chain_with(g, &stages, &params);
+        let chain = lowmem_remat::chain_of_step(g, &tg.backward_of, &stages, &params)
+            .map_err(|e| Error::Internal(format!("the chain's cost model: {e}")))?;
         let (mut fwd, mut bwd) = (0u64, 0u64);
         for (v, node) in g.nodes.iter().enumerate() {
             let f = g.node_flops(node);

@@ -12,6 +12,8 @@ mod dispatch;
 pub mod kernels;
 mod planned;
 mod session;
+pub mod heap;
+pub mod train;
 mod storage;
 
 use dispatch::{OpCall, alias_input, exec_op, may_alias, workspace_len};

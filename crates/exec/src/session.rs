@@ -459,6 +459,34 @@ impl<'s> Executor<'s> {
         self.bytes_mut(t.index())
     }
 
+    /// Graph inputs `a` and `b` (distinct) at once, e.g. a batch's examples and labels.
+    pub fn input_pair_mut(
+        &mut self,
+        a: usize,
+        b: Option<usize>,
+    ) -> Result<(&mut [u8], Option<&mut [u8]>), ExecError> {
+        let g = &self.step.graph;
+        let la = self.loc[g.inputs[a].index()];
+        let lb = b.map(|b| self.loc[g.inputs[b].index()]);
+        if let Some(lb) = lb
+            && la.overlaps(lb)
+        {
+            return Err(ExecError::Layout(format!(
+                "inputs '{}' and '{}' overlap",
+                g.tensor(g.inputs[a]).name,
+                g.tensor(g.inputs[b.unwrap_or(a)]).name
+            )));
+        }
+        // SAFETY: both inside their block (checked when built) and disjoint (checked
+        // above); `&mut self` excludes every other slice.
+        unsafe {
+            Ok((
+                std::slice::from_raw_parts_mut(self.ptr(la), la.len),
+                lb.map(|l| std::slice::from_raw_parts_mut(self.ptr(l), l.len)),
+            ))
+        }
+    }
+
     /// Graph input `k` as f32 values.
     pub fn input_f32(&mut self, k: usize) -> Result<&mut [f32], ExecError> {
         let name = self.input_name(k);

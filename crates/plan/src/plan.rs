@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use lowmem_ir::{Graph, NodeId, SecondaryMap, TensorId};
-use lowmem_schedule::{
+use lowmem_schedule::{sink_state_updates, 
     Kind, LiveRange, Liveness, ProgPoint, Roles, StepId, memory_aware_order, program_order,
 };
 
@@ -205,9 +205,12 @@ fn problems(
     in_place: bool,
     fixed_order: bool,
 ) -> Vec<(Problem, u64, &'static str)> {
-    let mut orders = vec![("program", program_order(g))];
+    let mut orders = vec![("program", sink_state_updates(g, roles, program_order(g)))];
     if !fixed_order {
-        orders.push(("memory-aware", memory_aware_order(g, roles)));
+        orders.push((
+            "memory-aware",
+            sink_state_updates(g, roles, memory_aware_order(g, roles)),
+        ));
     }
     orders
         .into_iter()

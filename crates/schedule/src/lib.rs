@@ -217,6 +217,58 @@ pub fn program_order(g: &Graph) -> Vec<NodeId> {
     g.node_ids().collect()
 }
 
+/// Moves each node that updates state in place (an output with a `state_alias`) to just
+/// after the last reader of that state's input, so the update never overwrites a value
+/// still to be read (an anti-dependence that the data edges do not carry: an optimizer
+/// update may be ready before the input gradient that reads the same weight). Nodes whose
+/// outputs other nodes read are left where they are.
+pub fn sink_state_updates(g: &Graph, roles: &Roles, order: Vec<NodeId>) -> Vec<NodeId> {
+    let consumers = g.consumers();
+    let mut pos: SecondaryMap<NodeId, usize> = SecondaryMap::with_len(g.nodes.len());
+    for (i, &n) in order.iter().enumerate() {
+        pos[n] = i;
+    }
+    // (position to follow, node) for each update to move.
+    let mut moves: Vec<(usize, NodeId)> = Vec::new();
+    for &n in &order {
+        let node = g.node(n);
+        if node.outputs.iter().any(|&o| !consumers[o.index()].is_empty()) {
+            continue;
+        }
+        let after = node
+            .outputs
+            .iter()
+            .filter_map(|&o| roles.state_alias[o])
+            .flat_map(|input| consumers[input.index()].iter())
+            .filter(|&&r| r != n)
+            .map(|&r| pos[r])
+            .max();
+        if let Some(a) = after.filter(|&a| a > pos[n]) {
+            moves.push((a, n));
+        }
+    }
+    if moves.is_empty() {
+        return order;
+    }
+    let moved: std::collections::HashSet<NodeId> = moves.iter().map(|&(_, n)| n).collect();
+    moves.sort_by_key(|&(a, n)| (a, pos[n]));
+    let mut out = Vec::with_capacity(order.len());
+    let mut m = moves.iter().peekable();
+    for (i, &n) in order.iter().enumerate() {
+        if !moved.contains(&n) {
+            out.push(n);
+        }
+        while let Some(&&(a, u)) = m.peek() {
+            if a != i {
+                break;
+            }
+            out.push(u);
+            m.next();
+        }
+    }
+    out
+}
+
 /// A memory-aware topological order: list scheduling that runs, among ready nodes, the one
 /// that frees the most bytes net of what it allocates (ties to program order). Priorities
 /// are computed when a node becomes ready (lazily refreshed), so it runs in O(n log n).
