@@ -38,33 +38,21 @@ impl Cli {
         Invocation(c)
     }
 
-    /// Runs `lowmem args...`.
-    pub fn run<I, S>(&self, args: I) -> Run
-    where
-        I: IntoIterator<Item = S>,
-        S: AsRef<OsStr>,
-    {
+    /// Runs `lowmem args...` (see [`Cli::cmd`] for arguments that are paths).
+    pub fn run(&self, args: &[&str]) -> Run {
         self.cmd().args(args).run()
     }
 
     /// Runs `lowmem args...`, asserts it succeeded and returns its stdout.
     #[track_caller]
-    pub fn ok<I, S>(&self, args: I) -> String
-    where
-        I: IntoIterator<Item = S>,
-        S: AsRef<OsStr>,
-    {
+    pub fn ok(&self, args: &[&str]) -> String {
         self.run(args).assert_ok().stdout.clone()
     }
 
     /// Runs `lowmem args...`, asserts it failed cleanly (see [`Run::assert_fails_with`])
     /// and returns its stderr.
     #[track_caller]
-    pub fn fails<I, S>(&self, args: I, needles: &[&str]) -> String
-    where
-        I: IntoIterator<Item = S>,
-        S: AsRef<OsStr>,
-    {
+    pub fn fails(&self, args: &[&str], needles: &[&str]) -> String {
         self.run(args).assert_fails_with(needles).stderr.clone()
     }
 }

@@ -74,15 +74,14 @@ pub fn zoo_path(name: &str) -> PathBuf {
 }
 
 /// The model called `name`: the JSON example `ir/examples/{name}.json` if there is one, else
-/// `data/models/{name}.onnx` (which may be absent: check `exists()` to skip).
+/// `data/models/{name}.onnx` (panicking, as [`data_dir`] does, when `data/` is absent).
+#[track_caller]
 pub fn model_path(name: &str) -> PathBuf {
     let example = example_path(name);
     if example.is_file() {
         example
     } else {
-        workspace_root()
-            .join("data/models")
-            .join(format!("{name}.onnx"))
+        data_dir().join("models").join(format!("{name}.onnx"))
     }
 }
 
