@@ -3,24 +3,21 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::PathBuf;
 
-use common::{check_close, data_dir, read_pb};
+use common::{check_close, read_pb};
+use lowmem_testkit::{Cli, data_dir, lowmem_cli, workspace_root};
 
-fn lowmem(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_lowmem"))
-        .args(args)
-        .output()
-        .expect("lowmem runs")
-}
-
-fn root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+fn cli() -> Cli {
+    lowmem_cli!()
 }
 
 fn example(name: &str) -> String {
-    root().join("ir/examples").join(name).display().to_string()
+    workspace_root()
+        .join("ir/examples")
+        .join(name)
+        .display()
+        .to_string()
 }
 
 fn tmp(name: &str) -> PathBuf {
@@ -29,36 +26,9 @@ fn tmp(name: &str) -> PathBuf {
     d
 }
 
-/// The command failed cleanly: exit code 1 (not a panic's 101), and stderr says `needles`.
-fn fails_with(out: &Output, needles: &[&str]) {
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "expected a clean failure, stderr: {err}"
-    );
-    assert!(!err.contains("panicked"), "{err}");
-    for n in needles {
-        assert!(err.contains(n), "stderr lacks {n:?}: {err}");
-    }
-}
-
-fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "stderr: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout.clone()).unwrap()
-}
-
 #[test]
 fn inspect_reports_histogram_parameters_flops_and_shapes() {
-    let text = ok(&lowmem(&[
-        "inspect",
-        &example("tiny_cnn.json"),
-        "--verbose",
-    ]));
+    let text = cli().ok(&["inspect", &example("tiny_cnn.json"), "--verbose"]);
     // conv1 4*1*9+4, bn scale and bias 2*4, conv2 8*4*9, fc 10*8+10; bn mean and var are not
     // parameters.
     assert!(text.contains("parameters: 426 "), "{text}");
@@ -71,12 +41,7 @@ fn inspect_reports_histogram_parameters_flops_and_shapes() {
         "{text}"
     );
     assert!(text.contains("probs") && text.contains("[1, 10]"), "{text}");
-    let b = ok(&lowmem(&[
-        "inspect",
-        &example("tiny_cnn.json"),
-        "--batch",
-        "3",
-    ]));
+    let b = cli().ok(&["inspect", &example("tiny_cnn.json"), "--batch", "3"]);
     assert!(
         b.contains("x f32 [3, 1, 8, 8]") && b.contains("probs f32 [3, 10]"),
         "{b}"
@@ -86,7 +51,7 @@ fn inspect_reports_histogram_parameters_flops_and_shapes() {
 #[test]
 fn inspect_resnet50_counts_its_parameters() {
     let model = data_dir().join("models/resnet50.onnx");
-    let text = ok(&lowmem(&["inspect", model.to_str().unwrap()]));
+    let text = cli().ok(&["inspect", model.to_str().unwrap()]);
     assert!(text.contains("parameters: 25,557,032"), "{text}");
     assert!(text.contains("Conv                 53"), "{text}");
 }
@@ -94,7 +59,7 @@ fn inspect_resnet50_counts_its_parameters() {
 #[test]
 fn run_writes_outputs_that_match_onnxruntime() {
     let dir = tmp("run");
-    let out = lowmem(&[
+    let out = cli().run(&[
         "run",
         &example("encoder_block.json"),
         "--input",
@@ -102,7 +67,7 @@ fn run_writes_outputs_that_match_onnxruntime() {
         "--output-dir",
         dir.to_str().unwrap(),
     ]);
-    ok(&out);
+    out.assert_ok();
     let got = read_pb(&dir.join("output_0.pb"));
     let expected = read_pb(&data_dir().join("ref/examples/encoder_block/output_0.pb"));
     assert_eq!((got.name.as_str(), &got.shape), ("y", &expected.shape));
@@ -113,7 +78,7 @@ fn run_writes_outputs_that_match_onnxruntime() {
 fn run_zoo_model_at_batch_4() {
     let r = data_dir().join("ref/squeezenet");
     let dir = tmp("b4");
-    ok(&lowmem(&[
+    cli().ok(&[
         "run",
         r.join("model.onnx").to_str().unwrap(),
         "--batch",
@@ -122,7 +87,7 @@ fn run_zoo_model_at_batch_4() {
         &format!("data_0={}", r.join("b4/input_0.pb").display()),
         "--output-dir",
         dir.to_str().unwrap(),
-    ]));
+    ]);
     let got = read_pb(&dir.join("output_0.pb"));
     check_close(
         "squeezenet b4 via CLI",
@@ -139,27 +104,24 @@ fn garbage_and_truncated_protobuf_are_clean_errors() {
     let dir = tmp("garbage");
     let garbage = dir.join("garbage.onnx");
     std::fs::write(&garbage, b"\xff\xff\xff\xff not a model").unwrap();
-    fails_with(
-        &lowmem(&["inspect", garbage.to_str().unwrap()]),
+    cli().fails(
+        &["inspect", garbage.to_str().unwrap()],
         &["garbage.onnx", "ONNX"],
     );
     let bytes = std::fs::read(data_dir().join("models/resnet50.onnx")).unwrap();
     let cut = dir.join("cut.onnx");
     std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
-    fails_with(&lowmem(&["inspect", cut.to_str().unwrap()]), &["cut.onnx"]);
+    cli().fails(&["inspect", cut.to_str().unwrap()], &["cut.onnx"]);
     let empty = dir.join("empty.onnx");
     std::fs::write(&empty, b"").unwrap();
-    fails_with(
-        &lowmem(&["inspect", empty.to_str().unwrap()]),
-        &["empty.onnx"],
-    );
+    cli().fails(&["inspect", empty.to_str().unwrap()], &["empty.onnx"]);
 }
 
 #[test]
 fn unknown_op_names_op_node_and_opset() {
     let model = data_dir().join("ref/ops/globalmaxpool/model.onnx");
-    fails_with(
-        &lowmem(&["inspect", model.to_str().unwrap()]),
+    cli().fails(
+        &["inspect", model.to_str().unwrap()],
         &["GlobalMaxPool", "opset"],
     );
     let dir = tmp("unknown");
@@ -168,8 +130,8 @@ fn unknown_op_names_op_node_and_opset() {
         .unwrap()
         .replace("\"Gelu\"", "\"Frobnicate\"");
     std::fs::write(&j, text).unwrap();
-    fails_with(
-        &lowmem(&["inspect", j.to_str().unwrap()]),
+    cli().fails(
+        &["inspect", j.to_str().unwrap()],
         &["node 'act'", "Frobnicate"],
     );
 }
@@ -180,8 +142,8 @@ fn shape_mismatch_and_cycle_name_the_node() {
     let base = std::fs::read_to_string(example("mlp.json")).unwrap();
     let j = dir.join("shape.json");
     std::fs::write(&j, base.replacen("[64, 32]", "[63, 32]", 1)).unwrap();
-    fails_with(
-        &lowmem(&["inspect", j.to_str().unwrap()]),
+    cli().fails(
+        &["inspect", j.to_str().unwrap()],
         &["node 'fc1' (Gemm)", "inner dimensions"],
     );
     let c = dir.join("cycle.json");
@@ -190,7 +152,7 @@ fn shape_mismatch_and_cycle_name_the_node() {
         base.replacen("[\"x\", \"fc1.w\"", "[\"logp\", \"fc1.w\"", 1),
     )
     .unwrap();
-    fails_with(&lowmem(&["inspect", c.to_str().unwrap()]), &["cycle"]);
+    cli().fails(&["inspect", c.to_str().unwrap()], &["cycle"]);
 }
 
 #[test]
@@ -199,7 +161,7 @@ fn missing_inputs_files_and_wrong_dtypes_are_named() {
     let m = two_inputs.join("model.onnx");
     let dir = tmp("inputs");
     let a = read_pb(&two_inputs.join("input_0.pb"));
-    let out = lowmem(&[
+    let out = cli().run(&[
         "run",
         m.to_str().unwrap(),
         "--input",
@@ -207,8 +169,8 @@ fn missing_inputs_files_and_wrong_dtypes_are_named() {
         "--output-dir",
         dir.to_str().unwrap(),
     ]);
-    fails_with(&out, &["missing input"]);
-    let out = lowmem(&[
+    out.assert_fails_with(&["missing input"]);
+    let out = cli().run(&[
         "run",
         m.to_str().unwrap(),
         "--input",
@@ -216,7 +178,7 @@ fn missing_inputs_files_and_wrong_dtypes_are_named() {
         "--output-dir",
         dir.to_str().unwrap(),
     ]);
-    fails_with(&out, &["/no/such/file.pb"]);
+    out.assert_fails_with(&["/no/such/file.pb"]);
     let ints = dir.join("ints.pb");
     let n: usize = a.shape.iter().product();
     std::fs::write(
@@ -224,7 +186,7 @@ fn missing_inputs_files_and_wrong_dtypes_are_named() {
         lowmem_onnx::write_tensor(&a.name, &a.shape, &lowmem_ir::TensorData::I64(vec![1; n])),
     )
     .unwrap();
-    let out = lowmem(&[
+    let out = cli().run(&[
         "run",
         m.to_str().unwrap(),
         "--input",
@@ -232,8 +194,8 @@ fn missing_inputs_files_and_wrong_dtypes_are_named() {
         "--output-dir",
         dir.to_str().unwrap(),
     ]);
-    fails_with(&out, &[&format!("input '{}'", a.name), "i64", "f32"]);
-    let out = lowmem(&[
+    out.assert_fails_with(&[&format!("input '{}'", a.name), "i64", "f32"]);
+    let out = cli().run(&[
         "run",
         &example("mlp.json"),
         "--input",
@@ -241,8 +203,8 @@ fn missing_inputs_files_and_wrong_dtypes_are_named() {
         "--output-dir",
         dir.to_str().unwrap(),
     ]);
-    fails_with(&out, &["no input 'nope'"]);
-    let out = lowmem(&[
+    out.assert_fails_with(&["no input 'nope'"]);
+    let out = cli().run(&[
         "run",
         &example("mlp.json"),
         "--batch",
@@ -252,9 +214,9 @@ fn missing_inputs_files_and_wrong_dtypes_are_named() {
         "--output-dir",
         dir.to_str().unwrap(),
     ]);
-    fails_with(&out, &["input 'x'", "--batch"]);
-    fails_with(
-        &lowmem(&["inspect", "/no/such/model.onnx"]),
+    out.assert_fails_with(&["input 'x'", "--batch"]);
+    cli().fails(
+        &["inspect", "/no/such/model.onnx"],
         &["/no/such/model.onnx"],
     );
 }
@@ -268,9 +230,9 @@ fn batch_that_the_graph_pins_is_refused_by_node() {
       "outputs": ["y"]}"#;
     let j = dir.join("pinned.json");
     std::fs::write(&j, g).unwrap();
-    ok(&lowmem(&["inspect", j.to_str().unwrap()]));
-    fails_with(
-        &lowmem(&["inspect", j.to_str().unwrap(), "--batch", "4"]),
+    cli().ok(&["inspect", j.to_str().unwrap()]);
+    cli().fails(
+        &["inspect", j.to_str().unwrap(), "--batch", "4"],
         &["node 'fold' (Reshape)", "batch"],
     );
 }

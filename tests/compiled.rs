@@ -152,7 +152,7 @@ fn digits_models_train_bitwise_in_the_arena_under_every_scheme() {
 
 #[test]
 fn squeezenet_trains_bitwise_in_the_arena() {
-    let path = common::data_dir().join("models/squeezenet.onnx");
+    let path = lowmem_testkit::data_dir().join("models/squeezenet.onnx");
     let g = lowmem_onnx::import_model(&std::fs::read(path).unwrap(), "squeezenet").unwrap();
     let none = training(&g, 2, None, None);
     let want = reference(&none, 20, 1000);

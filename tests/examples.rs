@@ -4,25 +4,16 @@
 
 mod common;
 
-use std::path::Path;
-
-use common::{check_close, data_dir, read_pb};
+use common::{check_close, read_pb};
 use lowmem_ir::json;
+use lowmem_testkit::{data_dir, example_path, load_example};
 
 const EXAMPLES: &[&str] = &["tiny_cnn", "mlp", "encoder_block"];
-
-fn example(name: &str) -> lowmem_ir::Graph {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("ir/examples")
-        .join(format!("{name}.json"));
-    json::from_json(&std::fs::read_to_string(&path).unwrap())
-        .unwrap_or_else(|e| panic!("{name}: {e}"))
-}
 
 #[test]
 fn examples_round_trip_through_json_bit_for_bit() {
     for name in EXAMPLES {
-        let g = example(name);
+        let g = load_example(name);
         let text = json::to_json(&g);
         let g2 = json::from_json(&text).unwrap();
         assert!(json::same_graph(&g, &g2), "{name}");
@@ -33,12 +24,8 @@ fn examples_round_trip_through_json_bit_for_bit() {
 #[test]
 fn examples_match_onnxruntime() {
     for name in EXAMPLES {
-        let g = example(name);
-        let x = read_pb(
-            &Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("ir/examples")
-                .join(format!("{name}.x.pb")),
-        );
+        let g = load_example(name);
+        let x = read_pb(&example_path(name).with_extension("x.pb"));
         let expected = read_pb(
             &data_dir()
                 .join("ref/examples")

@@ -1,33 +1,23 @@
 //! `lowmem grad` writes one TensorProto per trainable weight and an index.
 
 use std::path::Path;
-use std::process::Command;
+
+use lowmem_testkit::{example_path, lowmem_cli};
 
 #[test]
 fn grad_writes_index_and_one_file_per_weight() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("grad-mlp");
     let _ = std::fs::remove_dir_all(&dir);
-    let o = Command::new(env!("CARGO_BIN_EXE_lowmem"))
-        .current_dir(root)
-        .args([
-            "grad",
-            "ir/examples/mlp.json",
-            "--input",
-            "x=ir/examples/mlp.x.pb",
-            "--loss",
-            "sum",
-            "--output-dir",
-            dir.to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&o.stdout);
-    assert!(
-        o.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
+    let stdout = lowmem_cli!().ok(&[
+        "grad",
+        "ir/examples/mlp.json",
+        "--input",
+        "x=ir/examples/mlp.x.pb",
+        "--loss",
+        "sum",
+        "--output-dir",
+        dir.to_str().unwrap(),
+    ]);
     assert!(stdout.contains("loss"), "{stdout}");
 
     let index: serde_json::Value =
@@ -35,7 +25,7 @@ fn grad_writes_index_and_one_file_per_weight() {
     assert!(index["loss"].as_f64().unwrap().is_finite());
     let grads = index["gradients"].as_object().unwrap();
 
-    let g = lowmem::model::load(&root.join("ir/examples/mlp.json"), None).unwrap();
+    let g = lowmem::model::load(&example_path("mlp"), None).unwrap();
     let weights = g.trainable_weights();
     assert_eq!(grads.len(), weights.len());
     for w in weights {
@@ -54,19 +44,18 @@ fn grad_writes_index_and_one_file_per_weight() {
 
 #[test]
 fn a_loss_on_an_output_that_does_not_exist_is_named() {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let dir = std::env::temp_dir().join(format!("lowmem-grad-output-{}", std::process::id()));
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_lowmem"))
+    let out = lowmem_cli!()
+        .cmd()
         .arg("grad")
-        .arg(root.join("ir/examples/mlp.json"))
+        .arg(example_path("mlp"))
         .arg("--input")
-        .arg(format!("x={}", root.join("ir/examples/mlp.x.pb").display()))
+        .arg("x=ir/examples/mlp.x.pb")
         .args(["--output", "nope", "--output-dir"])
         .arg(&dir)
-        .output()
-        .unwrap();
+        .run();
     assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = &out.stderr;
     assert!(
         err.contains("no output 'nope'") && err.contains("logp"),
         "{err}"

@@ -6,8 +6,9 @@ mod common;
 
 use std::sync::Arc;
 
-use common::{data_dir, read_pb};
+use common::read_pb;
 use lowmem_ir::{Graph, TensorData};
+use lowmem_testkit::{data_dir, load, lowmem_cli};
 
 const LABELS: [i64; 2] = [3, 417];
 
@@ -29,7 +30,7 @@ fn xent(g: &Graph, x: &TensorData) -> f64 {
 fn check_model(name: &str) {
     let dir = data_dir().join("ref").join(name);
     let model = dir.join("model.onnx");
-    let g = lowmem_onnx::load(&model).unwrap().with_batch(2).unwrap();
+    let g = load(&model, Some(2));
     let input = read_pb(&dir.join("b4/input_0.pb"));
     let per: usize = input.shape[1..].iter().product();
     let x = TensorData::F32(input.data.to_f32()[..2 * per].to_vec());
@@ -48,7 +49,8 @@ fn check_model(name: &str) {
         lowmem_onnx::write_tensor("labels", &[2], &TensorData::I64(LABELS.to_vec())),
     )
     .unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_lowmem"))
+    let out = lowmem_cli!()
+        .cmd()
         .args([
             "grad",
             model.to_str().unwrap(),
@@ -63,13 +65,8 @@ fn check_model(name: &str) {
         .arg(tmp.join("labels.pb"))
         .arg("--output-dir")
         .arg(tmp.join("grads"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{name}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+        .run();
+    assert!(out.status.success(), "{name}: {}", out.stderr);
     let index: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(tmp.join("grads/index.json")).unwrap())
             .unwrap();

@@ -4,6 +4,8 @@
 use std::path::Path;
 use std::process::Command;
 
+use lowmem_testkit::{example_path, lowmem_cli, workspace_root};
+
 const CHROMIUM: &str = "/usr/bin/chromium";
 
 #[test]
@@ -12,28 +14,23 @@ fn plan_page_renders_in_chromium() {
         eprintln!("note: {CHROMIUM} is absent; skipping the HTML rendering check");
         return;
     }
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("html-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let page = dir.join("tiny_cnn.html");
     let png = dir.join("tiny_cnn.png");
     let _ = std::fs::remove_file(&png);
 
-    let out = Command::new(env!("CARGO_BIN_EXE_lowmem"))
+    lowmem_cli!()
+        .cmd()
         .arg("plan")
-        .arg(root.join("ir/examples/tiny_cnn.json"))
+        .arg(example_path("tiny_cnn"))
         .args(["--train", "--batch", "4", "--html"])
         .arg(&page)
-        .output()
-        .expect("lowmem runs");
-    assert!(
-        out.status.success(),
-        "lowmem plan failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+        .run()
+        .assert_ok();
 
     let shot = Command::new("bash")
-        .arg(root.join("scripts/screenshot.sh"))
+        .arg(workspace_root().join("scripts/screenshot.sh"))
         .arg(&page)
         .arg(&png)
         .output()

@@ -4,7 +4,8 @@
 
 mod common;
 
-use common::{check_close, data_dir, read_pb};
+use common::{check_close, read_pb};
+use lowmem_testkit::data_dir;
 
 /// Tolerance for every case: float32 kernels against onnxruntime's.
 const RTOL: f64 = 1e-4;

@@ -4,13 +4,11 @@
 
 mod common;
 
-use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
-use common::data_dir;
 use lowmem::planning::{PlanRequest, make_plan, verify};
 use lowmem_autodiff::{Loss, Optimizer};
+use lowmem_testkit::{data_dir, example_path, load, lowmem_cli};
 
 fn request() -> PlanRequest {
     PlanRequest {
@@ -71,28 +69,17 @@ fn plan_cli_writes_documented_json_and_html() {
     let dir = std::env::temp_dir().join(format!("lowmem-plan-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let (json, html) = (dir.join("p.json"), dir.join("p.html"));
-    let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("ir/examples/tiny_cnn.json");
-    let out = Command::new(env!("CARGO_BIN_EXE_lowmem"))
-        .args([
-            "plan",
-            model.to_str().unwrap(),
-            "--train",
-            "--batch",
-            "4",
-            "--verify",
-            "--json",
-        ])
+    let out = lowmem_cli!()
+        .cmd()
+        .arg("plan")
+        .arg(example_path("tiny_cnn"))
+        .args(["--train", "--batch", "4", "--verify", "--json"])
         .arg(&json)
         .arg("--html")
         .arg(&html)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("verified"));
+        .run();
+    out.assert_ok();
+    assert!(out.stdout.contains("verified"));
     let v: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     assert_eq!(
@@ -173,17 +160,15 @@ fn pack_cli_solves_a_csv_instance() {
     )
     .unwrap();
     let out_csv = dir.join("out.csv");
-    let out = Command::new(env!("CARGO_BIN_EXE_lowmem"))
-        .args(["pack", csv.to_str().unwrap(), "--time-limit", "1", "--out"])
-        .arg(&out_csv)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8_lossy(&out.stdout);
+    let cli = lowmem_cli!();
+    let text = cli.ok(&[
+        "pack",
+        csv.to_str().unwrap(),
+        "--time-limit",
+        "1",
+        "--out",
+        out_csv.to_str().unwrap(),
+    ]);
     assert!(
         text.contains("height 10, lower bound 10, ratio 1.0000"),
         "{text}"
@@ -194,16 +179,9 @@ fn pack_cli_solves_a_csv_instance() {
             .starts_with("id,lower,upper,size,offset")
     );
     std::fs::write(&csv, "id,lower,upper,size\na,5,1,4\n").unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_lowmem"))
-        .args(["pack", csv.to_str().unwrap()])
-        .output()
-        .unwrap();
+    let out = cli.run(&["pack", csv.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("line 2"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.stderr.contains("line 2"), "{}", out.stderr);
 }
 
 /// Every zoo training step (batch 2) runs inside one arena of exactly the planned size, and
@@ -226,10 +204,7 @@ fn zoo_training_steps_execute_inside_the_planned_arena() {
         "zfnet512",
     ] {
         let dir = data_dir().join("ref").join(m);
-        let forward = lowmem_onnx::load(&dir.join("model.onnx"))
-            .unwrap()
-            .with_batch(2)
-            .unwrap();
+        let forward = load(&dir.join("model.onnx"), Some(2));
         let opt = Optimizer::Sgd {
             lr: 0.01,
             momentum: 0.9,

@@ -2,13 +2,12 @@
 //! to bitwise the same weights (and BatchNorm running statistics) as the step without
 //! rematerialisation, and its plan verifies and fits the budget.
 
-mod common;
-
 use lowmem::remat::{Outcome, Scheme, Step, parse_budget};
 use lowmem_autodiff::{Loss, Optimizer, TrainingGraph, training_step};
 use lowmem_exec::{Layout, run, run_planned};
 use lowmem_ir::{Graph, TensorData};
 use lowmem_plan::PlanOptions;
+use lowmem_testkit::{load_model, lowmem_cli, model_path};
 
 fn sgd() -> Optimizer {
     Optimizer::Sgd {
@@ -165,8 +164,7 @@ fn residual_mlp_trains_bitwise_identically_under_every_scheme() {
 
 #[test]
 fn squeezenet_trains_bitwise_identically_with_rematerialisation() {
-    let path = common::data_dir().join("models").join("squeezenet.onnx");
-    let g = lowmem::model::load(&path, Some(1)).unwrap();
+    let g = load_model("squeezenet", Some(1));
     let tg = training_step(&g, g.outputs[0], Loss::CrossEntropy, &sgd()).unwrap();
     let step = Step::new(&tg, opts()).unwrap();
     assert!(step.stages.len() >= 8, "{} stages", step.stages.len());
@@ -182,8 +180,7 @@ fn squeezenet_trains_bitwise_identically_with_rematerialisation() {
 /// per step, by the original nodes, however often a block is recomputed.
 #[test]
 fn resnet50_trains_bitwise_identically_with_rematerialisation() {
-    let path = common::data_dir().join("models").join("resnet50.onnx");
-    let g = lowmem::model::load(&path, Some(1)).unwrap();
+    let g = load_model("resnet50", Some(1));
     let tg = training_step(&g, g.outputs[0], Loss::CrossEntropy, &sgd()).unwrap();
     let step = Step::new(&tg, opts()).unwrap();
     assert_eq!(step.stages.len(), 18);
@@ -250,8 +247,7 @@ fn too_small_budgets_say_why_and_the_minimum() {
 /// At every classic schedule's planned peak, `optimal` fits with no more recomputation.
 #[test]
 fn optimal_is_never_worse_than_sqrt_log_or_revolve() {
-    let path = common::data_dir().join("models").join("resnet50.onnx");
-    let g = lowmem::model::load(&path, Some(32)).unwrap();
+    let g = load_model("resnet50", Some(32));
     let tg = training_step(&g, g.outputs[0], Loss::CrossEntropy, &sgd()).unwrap();
     let step = Step::new(&tg, opts()).unwrap();
     let mut classic = step.sqrt_candidates(12).unwrap();
@@ -275,59 +271,38 @@ fn optimal_is_never_worse_than_sqrt_log_or_revolve() {
     }
 }
 
-fn lowmem_cli(args: &[&str]) -> std::process::Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_lowmem"))
-        .args(args)
-        .output()
-        .expect("lowmem runs")
-}
-
 #[test]
 fn plan_cli_reports_remat_fields_and_frontier_plots() {
     let dir = std::env::temp_dir().join(format!("lowmem-remat-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let model = common::data_dir().join("models").join("squeezenet.onnx");
+    let model = model_path("squeezenet");
     let model = model.to_str().unwrap();
     let json = dir.join("plan.json");
     let base = ["plan", model, "--train", "--batch", "4", "--search-ms", "0"];
-    let none = lowmem_cli(
-        &[
-            &base[..],
-            &["--remat", "none", "--json", json.to_str().unwrap()],
-        ]
-        .concat(),
-    );
-    assert!(
-        none.status.success(),
-        "{}",
-        String::from_utf8_lossy(&none.stderr)
-    );
+    let cli = lowmem_cli!();
+    cli.ok(&[
+        &base[..],
+        &["--remat", "none", "--json", json.to_str().unwrap()],
+    ]
+    .concat());
     let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
     let none_peak = v["peak_bytes"].as_u64().unwrap();
     assert_eq!(v["remat"], "none");
     assert_eq!(v["recomputed_nodes"], 0);
     let budget = (none_peak * 3 / 4).to_string();
-    let out = lowmem_cli(
+    let stdout = cli.ok(&[
+        &base[..],
         &[
-            &base[..],
-            &[
-                "--remat",
-                "optimal",
-                "--budget",
-                &budget,
-                "--verify",
-                "--json",
-                json.to_str().unwrap(),
-            ],
-        ]
-        .concat(),
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+            "--remat",
+            "optimal",
+            "--budget",
+            &budget,
+            "--verify",
+            "--json",
+            json.to_str().unwrap(),
+        ],
+    ]
+    .concat());
     assert!(stdout.contains("verified"), "{stdout}");
     let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
     assert_eq!(v["remat"], "optimal");
@@ -366,7 +341,7 @@ fn plan_cli_reports_remat_fields_and_frontier_plots() {
     // Frontier: a table with every scheme and an HTML page with an SVG plot.
     let html = dir.join("frontier.html");
     let fj = dir.join("frontier.json");
-    let out = lowmem_cli(&[
+    let stdout = cli.ok(&[
         "frontier",
         model,
         "--train",
@@ -379,12 +354,6 @@ fn plan_cli_reports_remat_fields_and_frontier_plots() {
         "--json",
         fj.to_str().unwrap(),
     ]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     for s in [
         "none", "sqrt", "log", "revolve", "optimal", "fits 50%", "fits 25%",
     ] {
@@ -401,16 +370,11 @@ fn plan_cli_reports_remat_fields_and_frontier_plots() {
 
 #[test]
 fn plan_cli_budget_errors_are_clear() {
-    let model = common::data_dir().join("models").join("squeezenet.onnx");
+    let model = model_path("squeezenet");
     let model = model.to_str().unwrap();
+    let cli = lowmem_cli!();
     let fails = |args: &[&str], needles: &[&str]| {
-        let out = lowmem_cli(args);
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{err}");
-        assert!(!err.contains("panicked"), "{err}");
-        for n in needles {
-            assert!(err.contains(n), "'{n}' missing: {err}");
-        }
+        cli.fails(args, needles);
     };
     fails(
         &[

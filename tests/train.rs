@@ -2,19 +2,17 @@
 //! command line's errors for bad training/gradient arguments.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 use lowmem_ir::{DType, TensorData};
+use lowmem_testkit::{Cli, example_names, example_path, lowmem_cli, workspace_root};
 
-const BIN: &str = env!("CARGO_BIN_EXE_lowmem");
-
-fn root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+fn cli() -> Cli {
+    lowmem_cli!()
 }
 
 /// `data/digits.csv.gz`: the README's test command (`scripts/test.sh`) fetches it.
 fn digits_file() -> PathBuf {
-    let f = root().join("data").join("digits.csv.gz");
+    let f = workspace_root().join("data").join("digits.csv.gz");
     assert!(
         f.is_file(),
         "{} is missing: run `python3 scripts/fetch_data.py --digits` (scripts/test.sh does)",
@@ -28,21 +26,6 @@ fn tmp(name: &str) -> PathBuf {
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
     d
-}
-
-fn lowmem(args: &[&str]) -> Output {
-    Command::new(BIN)
-        .args(args)
-        .current_dir(root())
-        .output()
-        .expect("run lowmem")
-}
-
-fn text(o: &Output) -> (String, String) {
-    (
-        String::from_utf8_lossy(&o.stdout).into_owned(),
-        String::from_utf8_lossy(&o.stderr).into_owned(),
-    )
 }
 
 /// `test accuracy: 97.2% (350/360)` -> (350, 360).
@@ -61,7 +44,7 @@ fn mlp_learns_digits_and_the_saved_model_agrees() {
     digits_file();
     let dir = tmp("mlp");
     let out = dir.join("digits_mlp.onnx");
-    let o = lowmem(&[
+    let o = cli().run(&[
         "train",
         "ir/examples/digits_mlp.json",
         "--data",
@@ -85,9 +68,9 @@ fn mlp_learns_digits_and_the_saved_model_agrees() {
         "--out",
         out.to_str().unwrap(),
     ]);
-    let (stdout, stderr) = text(&o);
+    let (stdout, stderr) = (&o.stdout, &o.stderr);
     assert!(o.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
-    let (correct, total) = parse_accuracy(&stdout);
+    let (correct, total) = parse_accuracy(stdout);
     assert_eq!(total, lowmem::data::DIGITS_TEST);
     assert!(
         correct as f64 >= 0.95 * total as f64,
@@ -134,11 +117,8 @@ fn input_for(shape: &[usize]) -> TensorData {
 #[test]
 fn export_round_trips_the_examples() {
     let mut checked = 0;
-    for entry in std::fs::read_dir(root().join("ir/examples")).unwrap() {
-        let path = entry.unwrap().path();
-        if path.extension().and_then(|e| e.to_str()) != Some("json") {
-            continue;
-        }
+    for name in example_names() {
+        let path = example_path(&name);
         let g = lowmem::model::load(&path, None).unwrap();
         let x_pb = path.with_extension("x.pb");
         let inputs: Vec<TensorData> = if x_pb.is_file() {
@@ -180,7 +160,7 @@ fn export_round_trips_the_examples() {
 #[test]
 fn grad_xent_without_labels_is_an_error() {
     let dir = tmp("nolabels");
-    let o = lowmem(&[
+    let o = cli().run(&[
         "grad",
         "ir/examples/mlp.json",
         "--input",
@@ -190,7 +170,7 @@ fn grad_xent_without_labels_is_an_error() {
         "--output-dir",
         dir.to_str().unwrap(),
     ]);
-    let (_, stderr) = text(&o);
+    let stderr = &o.stderr;
     assert!(!o.status.success());
     assert!(stderr.contains("--labels"), "{stderr}");
 }
@@ -205,7 +185,7 @@ fn grad_labels_of_the_wrong_shape_are_an_error() {
         lowmem_onnx::write_tensor("labels", &[3], &TensorData::I64(vec![1, 2, 3])),
     )
     .unwrap();
-    let o = lowmem(&[
+    let o = cli().run(&[
         "grad",
         "ir/examples/mlp.json",
         "--input",
@@ -217,7 +197,7 @@ fn grad_labels_of_the_wrong_shape_are_an_error() {
         "--output-dir",
         dir.join("out").to_str().unwrap(),
     ]);
-    let (_, stderr) = text(&o);
+    let stderr = &o.stderr;
     assert!(!o.status.success());
     assert!(
         stderr.contains("[3]") && stderr.contains("[4]") && stderr.contains("i64"),
@@ -229,7 +209,7 @@ fn grad_labels_of_the_wrong_shape_are_an_error() {
         lowmem_onnx::write_tensor("labels", &[4], &TensorData::F32(vec![0.0; 4])),
     )
     .unwrap();
-    let o = lowmem(&[
+    let o = cli().run(&[
         "grad",
         "ir/examples/mlp.json",
         "--input",
@@ -241,14 +221,14 @@ fn grad_labels_of_the_wrong_shape_are_an_error() {
         "--output-dir",
         dir.join("out").to_str().unwrap(),
     ]);
-    let (_, stderr) = text(&o);
+    let stderr = &o.stderr;
     assert!(!o.status.success());
     assert!(stderr.contains("f32") && stderr.contains("i64"), "{stderr}");
 }
 
 #[test]
 fn unknown_loss_and_data_are_errors() {
-    let o = lowmem(&[
+    let o = cli().run(&[
         "grad",
         "ir/examples/mlp.json",
         "--input",
@@ -258,15 +238,15 @@ fn unknown_loss_and_data_are_errors() {
         "--output-dir",
         "unused",
     ]);
-    let (_, stderr) = text(&o);
+    let stderr = &o.stderr;
     assert!(!o.status.success());
     assert!(
         stderr.contains("hinge") && stderr.contains("xent"),
         "{stderr}"
     );
 
-    let o = lowmem(&["train", "ir/examples/digits_mlp.json", "--data", "mnist"]);
-    let (_, stderr) = text(&o);
+    let o = cli().run(&["train", "ir/examples/digits_mlp.json", "--data", "mnist"]);
+    let stderr = &o.stderr;
     assert!(!o.status.success());
     assert!(
         stderr.contains("mnist") && stderr.contains("digits"),
@@ -278,7 +258,7 @@ fn unknown_loss_and_data_are_errors() {
 fn train_rejects_a_model_of_the_wrong_input_shape() {
     digits_file();
     // encoder_block's input x [2, 8, 16] is not [B, 64] or [B, 1, 8, 8].
-    let o = lowmem(&[
+    let o = cli().run(&[
         "train",
         "ir/examples/encoder_block.json",
         "--data",
@@ -286,7 +266,7 @@ fn train_rejects_a_model_of_the_wrong_input_shape() {
         "--steps",
         "1",
     ]);
-    let (_, stderr) = text(&o);
+    let stderr = &o.stderr;
     assert!(!o.status.success());
     assert!(
         stderr.contains("'x'") && stderr.contains("[32, 8, 16]") && stderr.contains("[B, 64]"),
@@ -299,7 +279,7 @@ fn cnn_learns_digits() {
     digits_file();
     let dir = tmp("cnn");
     let out = dir.join("digits_cnn.onnx");
-    let o = lowmem(&[
+    let o = cli().run(&[
         "train",
         "ir/examples/digits_cnn.json",
         "--data",
@@ -313,9 +293,9 @@ fn cnn_learns_digits() {
         "--out",
         out.to_str().unwrap(),
     ]);
-    let (stdout, stderr) = text(&o);
+    let (stdout, stderr) = (&o.stdout, &o.stderr);
     assert!(o.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
-    let (correct, total) = parse_accuracy(&stdout);
+    let (correct, total) = parse_accuracy(stdout);
     assert!(
         correct as f64 >= 0.95 * total as f64,
         "accuracy {correct}/{total} below 95%:\n{stdout}"

@@ -4,15 +4,15 @@
 
 mod common;
 
-use common::{check_close, data_dir, read_pb};
+use common::{check_close, read_pb};
+use lowmem_testkit::{data_dir, load};
 
 const RTOL: f64 = 1e-3;
 const ATOL: f64 = 1e-4;
 
 fn check_model(name: &str) {
     let dir = data_dir().join("ref").join(name);
-    let graph =
-        lowmem_onnx::load(&dir.join("model.onnx")).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let graph = load(&dir.join("model.onnx"), None);
     assert_eq!(graph.outputs.len(), 1);
     for (batch, sub) in [(1usize, "b1"), (4, "b4")] {
         let g = if batch == 1 {

@@ -1,21 +1,11 @@
-//! Shared helpers for the end-to-end tests: locating the reference data made by
-//! `scripts/make_refs.py` (onnxruntime outputs) and comparing against it.
+//! Shared helpers for the end-to-end tests: reading the reference data made by
+//! `scripts/make_refs.py` (onnxruntime outputs; `lowmem_testkit::data_dir` locates it) and
+//! comparing against it.
 #![allow(dead_code)]
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use lowmem_ir::{DType, TensorData};
-
-/// `data/` at the repository root. The tests need it: the README's test command creates it.
-pub fn data_dir() -> PathBuf {
-    let d = Path::new(env!("CARGO_MANIFEST_DIR")).join("data");
-    assert!(
-        d.join("ref").is_dir(),
-        "{} is missing: run `python3 scripts/fetch_data.py && python3 scripts/make_refs.py` (the README's test command does)",
-        d.display()
-    );
-    d
-}
 
 pub struct Tensor {
     pub name: String,

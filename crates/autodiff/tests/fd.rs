@@ -11,21 +11,7 @@ use lowmem_ir::{
     AutoPad, BatchNormAttrs, ClipAttrs, ConvAttrs, DType, GeluApprox, GemmAttrs, Graph, LrnAttrs,
     Op, PoolAttrs, ReduceAttrs, SoftmaxAttrs, TensorData, TensorId,
 };
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> f32 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        ((self.0 >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-    }
-    fn vec(&mut self, n: usize, lo: f32, hi: f32) -> Vec<f32> {
-        (0..n)
-            .map(|_| lo + (hi - lo) * (self.next() * 0.5 + 0.5))
-            .collect()
-    }
-}
+use lowmem_testkit::Rng;
 
 /// A case under construction: weights with random values, then one op, then `* R`.
 struct Case {
@@ -38,7 +24,7 @@ impl Case {
     fn new(seed: u64) -> Case {
         Case {
             g: Graph::new("case"),
-            rng: Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1),
+            rng: Rng::new(seed),
             k: 0,
         }
     }
@@ -46,7 +32,7 @@ impl Case {
     fn w(&mut self, shape: &[usize], lo: f32, hi: f32) -> TensorId {
         self.k += 1;
         let n = shape.iter().product();
-        let v = self.rng.vec(n, lo, hi);
+        let v = self.rng.vec_in(n, lo, hi);
         self.g
             .add_weight(
                 format!("w{}", self.k),
@@ -67,10 +53,7 @@ impl Case {
         let mut v: Vec<f32> = (0..n)
             .map(|k| lo + (hi - lo) * (k as f32 + 0.5) / n as f32)
             .collect();
-        for i in (1..n).rev() {
-            let j = ((self.rng.next() * 0.5 + 0.5) * (i + 1) as f32) as usize;
-            v.swap(i, j.min(i));
-        }
+        self.rng.shuffle(&mut v);
         self.g
             .add_weight(
                 format!("w{}", self.k),

@@ -1,16 +1,10 @@
 //! Whole training steps: state layout, optimizers, running statistics and determinism.
 
-use std::path::Path;
-
 use lowmem_autodiff::{Loss, Optimizer, StateKind, TrainingGraph, step_value, training_step};
-use lowmem_ir::{Graph, TensorData, json};
+use lowmem_ir::{Graph, TensorData};
 
 fn tiny_cnn(batch: usize) -> Graph {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../ir/examples/tiny_cnn.json");
-    json::from_json(&std::fs::read_to_string(p).unwrap())
-        .unwrap()
-        .with_batch(batch)
-        .unwrap()
+    lowmem_testkit::load_model("tiny_cnn", Some(batch))
 }
 
 /// Runs `steps` steps on one fixed batch; returns the losses and the final state.

@@ -8,6 +8,7 @@ use common::*;
 use lowmem_exec::kernels::{self, UnaryGrad};
 use lowmem_exec::{ExecError, run};
 use lowmem_ir::{AutoPad, ConvAttrs, Graph, Op, PoolAttrs, TensorData};
+use lowmem_testkit::Rng;
 
 // ---------------------------------------------------------------- harness
 

@@ -6,6 +6,7 @@ mod common;
 use common::*;
 use lowmem_exec::kernels::{self, Binary, Unary};
 use lowmem_ir::{AutoPad, ConvAttrs, PoolAttrs};
+use lowmem_testkit::Rng;
 
 // ---------------------------------------------------------------- convolution
 

@@ -1,29 +1,15 @@
 //! `run_planned`: a whole step inside one arena gives `run`'s results bit for bit, on layouts
 //! built here (a bump layout and a greedy first-fit over live ranges with in-place reuse).
 
-use std::path::Path;
-
 use lowmem_autodiff::{Loss, Mode, Optimizer, gradients, step_value, training_step};
 use lowmem_exec::{ArenaStats, ExecError, Layout, run, run_planned};
-use lowmem_ir::{DType, Graph, NodeId, Op, TensorData, TensorId, json};
+use lowmem_ir::{DType, Graph, NodeId, Op, TensorData, TensorId};
+use lowmem_testkit::{Rng, load_example, load_model};
 
 const ALIGN: u64 = 256;
 
-fn example(name: &str) -> Graph {
-    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("../../ir/examples/{name}.json"));
-    json::from_json(&std::fs::read_to_string(p).unwrap()).unwrap()
-}
-
 fn example_names() -> Vec<String> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../ir/examples");
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
-        .filter_map(|e| {
-            let p = e.unwrap().path();
-            (p.extension()? == "json").then(|| p.file_stem().unwrap().to_string_lossy().into())
-        })
-        .collect();
-    names.sort();
+    let names = lowmem_testkit::example_names();
     assert!(names.len() >= 4, "{names:?}");
     names
 }
@@ -31,23 +17,13 @@ fn example_names() -> Vec<String> {
 /// Deterministic inputs: f32 in [-1, 1), an i64 scalar is the step (1), other i64 are class
 /// labels below 4.
 fn inputs_for(g: &Graph, seed: u64) -> Vec<TensorData> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut next = move || {
-        s ^= s >> 12;
-        s ^= s << 25;
-        s ^= s >> 27;
-        s.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    };
+    let mut rng = Rng::new(seed);
     g.inputs
         .iter()
         .map(|&i| {
             let t = g.tensor(i);
             match t.dtype {
-                DType::F32 => TensorData::F32(
-                    (0..t.numel())
-                        .map(|_| ((next() >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0)
-                        .collect(),
-                ),
+                DType::F32 => TensorData::F32(rng.vec(t.numel())),
                 DType::I64 if t.numel() == 1 => step_value(1),
                 DType::I64 => TensorData::I64((0..t.numel()).map(|k| (k * 3 % 4) as i64).collect()),
                 d => panic!("no test data for {d}"),
@@ -337,7 +313,7 @@ fn check(what: &str, g: &Graph, persistent: &[TensorId], inputs: &[TensorData]) 
 #[test]
 fn examples_match_run_bit_for_bit() {
     for name in example_names() {
-        let g = example(&name);
+        let g = load_example(&name);
         let inputs = inputs_for(&g, 7);
         let st = check(&name, &g, &[], &inputs);
         assert_eq!(st.outside_allocs, 0, "{name}");
@@ -345,7 +321,7 @@ fn examples_match_run_bit_for_bit() {
 }
 
 fn tiny_cnn(batch: usize) -> Graph {
-    example("tiny_cnn").with_batch(batch).unwrap()
+    load_model("tiny_cnn", Some(batch))
 }
 
 #[test]
@@ -400,7 +376,7 @@ fn training_steps_match_run_and_update_state_in_place() {
 
 #[test]
 fn gradient_graphs_match_run() {
-    let g = example("encoder_block");
+    let g = load_example("encoder_block");
     let gg = gradients(
         &g,
         g.outputs[0],
@@ -499,7 +475,7 @@ fn bad_layouts_are_errors() {
     assert!(e.contains(&g.tensor(g.inputs[0]).name), "{e}");
 
     // A write over a tensor that is still to be read (a residual in encoder_block).
-    let eg = example("encoder_block");
+    let eg = load_example("encoder_block");
     let earena = arena_tensors(&eg, &[]);
     let eorder: Vec<NodeId> = eg.node_ids().collect();
     let consumers = eg.consumers();

@@ -10,6 +10,7 @@ use lowmem_ir::{
     ClipAttrs, ConvAttrs, DType, GemmAttrs, Graph, Op, PoolAttrs, ReduceAttrs, SoftmaxAttrs,
     TensorData,
 };
+use lowmem_testkit::Rng;
 
 fn f32s(t: &TensorData) -> &[f32] {
     match t {

@@ -2,26 +2,14 @@
 //! `python3 scripts/fetch_data.py` and `python3 scripts/make_refs.py`) and checks that broken
 //! inputs give clear errors instead of panics.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use lowmem_ir::{Graph, Op};
 use lowmem_onnx::{
     ImportError, import_model, import_model_limited, load, pb, read_tensor, write_tensor,
 };
+use lowmem_testkit::try_data_dir;
 use prost::Message;
-
-fn data_dir() -> Option<PathBuf> {
-    let d = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data");
-    if d.is_dir() {
-        Some(d)
-    } else {
-        eprintln!(
-            "note: {} is missing; skipping (run scripts/make_refs.py)",
-            d.display()
-        );
-        None
-    }
-}
 
 fn shape_of(g: &Graph, id: lowmem_ir::TensorId) -> (lowmem_ir::DType, Vec<usize>) {
     let t = g.tensor(id);
@@ -50,7 +38,7 @@ fn check_io(g: &Graph, dir: &Path, what: &str) {
 
 #[test]
 fn op_cases_import_with_reference_shapes() {
-    let Some(d) = data_dir() else { return };
+    let Some(d) = try_data_dir() else { return };
     let ops = d.join("ref/ops");
     let mut dirs: Vec<_> = std::fs::read_dir(&ops)
         .map(|r| r.filter_map(|e| e.ok().map(|e| e.path())).collect())
@@ -157,7 +145,7 @@ fn trainable_params(g: &Graph) -> usize {
 
 #[test]
 fn zoo_light_models_import() {
-    let Some(d) = data_dir() else { return };
+    let Some(d) = try_data_dir() else { return };
     for (name, n_weights, n_elems, n_params) in ZOO {
         let p = d.join("models").join(format!("{name}.onnx"));
         if !p.exists() {
@@ -183,7 +171,7 @@ fn zoo_light_models_import() {
 
 #[test]
 fn small_randomized_zoo_models_match_reference_shapes() {
-    let Some(d) = data_dir() else { return };
+    let Some(d) = try_data_dir() else { return };
     for name in ["squeezenet", "shufflenet", "inception_v1", "densenet121"] {
         let dir = d.join("ref").join(name);
         if !dir.join("model.onnx").exists() {
@@ -314,7 +302,7 @@ fn write_i64(v: &[i64]) -> Vec<u8> {
 fn garbage_and_truncated_bytes_are_decode_errors() {
     let e = import_model(b"\xff\xff\xff\xff garbage", "x").unwrap_err();
     assert!(e.to_string().starts_with("not a valid ONNX model"), "{e}");
-    let bytes = match data_dir().map(|d| d.join("models/squeezenet.onnx")) {
+    let bytes = match try_data_dir().map(|d| d.join("models/squeezenet.onnx")) {
         Some(p) if p.exists() => std::fs::read(p).unwrap(),
         _ => model(
             vec![node("Relu", &["x"], &["y"])],

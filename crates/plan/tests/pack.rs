@@ -4,6 +4,7 @@ use lowmem_plan::{
     Buffer, best_fit_heap, greedy_by_breadth, greedy_by_size, lower_bound, pack, read_csv, verify,
     write_csv,
 };
+use lowmem_testkit::Rng;
 use proptest::prelude::*;
 
 fn buf(lower: u64, upper: u64, size: u64) -> Buffer {
@@ -176,13 +177,8 @@ fn csv_round_trip_and_errors() {
 #[test]
 fn tiny_instances_reach_the_optimum() {
     // Deterministic pseudo-random tiny instances; also reports the heuristics' mean gap.
-    let mut state = 0x9e37_79b9_7f4a_7c15u64;
-    let mut next = |m: u64| {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        state % m
-    };
+    let mut rng = Rng::new(1);
+    let mut next = |m: u64| rng.below(m);
     let names = [
         "greedy-by-size",
         "greedy-by-breadth",
@@ -265,13 +261,8 @@ fn pack_on_minimalloc_a() {
 #[test]
 #[ignore = "timing: run with --release -- --ignored --nocapture"]
 fn greedy_scales_to_100k_buffers() {
-    let mut state = 12345u64;
-    let mut next = |m: u64| {
-        state = state
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (state >> 33) % m
-    };
+    let mut rng = Rng::new(12345);
+    let mut next = |m: u64| rng.below(m);
     let bufs: Vec<Buffer> = (0..100_000)
         .map(|_| {
             let a = next(1_000_000);

@@ -4,37 +4,28 @@
 use lowmem_remat::*;
 use std::time::Instant;
 
-/// Small seeded PRNG (xorshift64*).
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.next() % (hi - lo + 1)
-    }
-}
+use lowmem_testkit::Rng;
 
 /// Random costs and sizes of the order of a deep ResNet's stages: forward
 /// 1e9..4e9 FLOPs, backward about twice that, boundaries 1e7..1e8 bytes,
 /// records 3..6 times the input, temporaries about the input size.
 fn resnet_like(n: usize, seed: u64) -> Chain {
-    let mut rng = Rng(seed);
+    let mut rng = Rng::new(seed);
     let fwd: Vec<u64> = (0..n)
-        .map(|_| rng.range(1_000_000_000, 4_000_000_000))
+        .map(|_| rng.range_u64(1_000_000_000, 4_000_000_001))
         .collect();
-    let bwd = fwd.iter().map(|&f| f * 2 + rng.range(0, f / 4)).collect();
+    let bwd = fwd
+        .iter()
+        .map(|&f| f * 2 + rng.range_u64(0, f / 4 + 1))
+        .collect();
     let x: Vec<u64> = (0..=n)
-        .map(|_| rng.range(10_000_000, 100_000_000))
+        .map(|_| rng.range_u64(10_000_000, 100_000_001))
         .collect();
     let a = (0..n)
-        .map(|i| x[i + 1].max(x[i] * rng.range(30, 60) / 10))
+        .map(|i| x[i + 1].max(x[i] * rng.range_u64(30, 61) / 10))
         .collect();
-    let ft = (0..n).map(|i| x[i] * rng.range(5, 15) / 10).collect();
-    let bt = (0..n).map(|i| x[i] * rng.range(5, 15) / 10).collect();
+    let ft = (0..n).map(|i| x[i] * rng.range_u64(5, 16) / 10).collect();
+    let bt = (0..n).map(|i| x[i] * rng.range_u64(5, 16) / 10).collect();
     Chain::new(fwd, bwd, x, a)
         .and_then(|c| c.with_temporaries(ft, bt))
         .expect("valid chain")

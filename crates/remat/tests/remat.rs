@@ -1,29 +1,19 @@
 use lowmem_remat::*;
 use std::time::Instant;
 
-/// Small seeded PRNG (xorshift64*).
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.next() % (hi - lo + 1)
-    }
-}
+use lowmem_testkit::Rng;
 
 fn random_chain(rng: &mut Rng, n: usize, max_size: u64, temps: bool) -> Chain {
-    let fwd = (0..n).map(|_| rng.range(1, 10)).collect();
-    let bwd = (0..n).map(|_| rng.range(1, 20)).collect();
-    let x: Vec<u64> = (0..=n).map(|_| rng.range(1, max_size)).collect();
-    let a = (0..n).map(|i| x[i + 1] + rng.range(0, max_size)).collect();
+    let fwd = (0..n).map(|_| rng.range_u64(1, 11)).collect();
+    let bwd = (0..n).map(|_| rng.range_u64(1, 21)).collect();
+    let x: Vec<u64> = (0..=n).map(|_| rng.range_u64(1, max_size + 1)).collect();
+    let a = (0..n)
+        .map(|i| x[i + 1] + rng.range_u64(0, max_size + 1))
+        .collect();
     let c = Chain::new(fwd, bwd, x, a).unwrap();
     if temps {
-        let ft = (0..n).map(|_| rng.range(0, 2)).collect();
-        let bt = (0..n).map(|_| rng.range(0, 2)).collect();
+        let ft = (0..n).map(|_| rng.range_u64(0, 3)).collect();
+        let bt = (0..n).map(|_| rng.range_u64(0, 3)).collect();
         c.with_temporaries(ft, bt).unwrap()
     } else {
         c
@@ -388,7 +378,7 @@ fn check_against_brute(c: &Chain, check_sim: bool) {
 
 #[test]
 fn incremental_simulator_matches_simulate() {
-    let mut rng = Rng(0x0bad_cafe_1234_5678);
+    let mut rng = Rng::new(0x0bad_cafe_1234_5678);
     for (n, &size) in FAMILY_SIZE.iter().enumerate().take(8).skip(1) {
         for trial in 0..3 {
             let c = random_chain(&mut rng, n, 6, trial != 0);
@@ -400,7 +390,7 @@ fn incremental_simulator_matches_simulate() {
 
 #[test]
 fn optimal_matches_brute_force_small() {
-    let mut rng = Rng(0x1234_5678_9abc_def1);
+    let mut rng = Rng::new(0x1234_5678_9abc_def1);
     for n in 1..=9 {
         for trial in 0..6 {
             let c = random_chain(&mut rng, n, 6, trial % 2 == 1);
@@ -413,7 +403,7 @@ fn optimal_matches_brute_force_small() {
 fn optimal_matches_brute_force_10_to_12() {
     // The acceptance criterion: chains of up to 12 stages with random costs
     // (27 297 738 schedules for n = 12), every budget of the family's range.
-    let mut rng = Rng(0xdead_beef_cafe_f00d);
+    let mut rng = Rng::new(0xdead_beef_cafe_f00d);
     for (n, trials) in [(10, 3), (11, 2), (12, 2)] {
         for trial in 0..trials {
             let c = random_chain(&mut rng, n, 5, trial % 2 == 1);
@@ -426,17 +416,17 @@ fn optimal_matches_brute_force_10_to_12() {
 fn optimal_matches_brute_force_large_costs() {
     // Costs of the order of real FLOP counts exercise the 64-bit tables; a
     // common factor of the forward costs exercises their gcd scaling.
-    let mut rng = Rng(0x5151_2323_abab_0101);
+    let mut rng = Rng::new(0x5151_2323_abab_0101);
     for n in [3usize, 6, 8, 9] {
         for trial in 0..3 {
             let mut c = random_chain(&mut rng, n, 6, trial != 1);
             for i in 0..n {
                 c.fwd[i] = match trial {
-                    0 => rng.range(1_000_000_000, 4_000_000_000),
-                    1 => rng.range(1, 40) << 20,
-                    _ => rng.range(0, 3),
+                    0 => rng.range_u64(1_000_000_000, 4_000_000_001),
+                    1 => rng.range_u64(1, 41) << 20,
+                    _ => rng.range_u64(0, 4),
                 };
-                c.bwd[i] = 2 * c.fwd[i] + rng.range(0, 1000);
+                c.bwd[i] = 2 * c.fwd[i] + rng.range_u64(0, 1001);
             }
             check_against_brute(&c, false);
         }
@@ -460,7 +450,7 @@ fn rounded(c: &Chain, unit: u64) -> Chain {
 fn optimal_is_exact_for_the_discretised_problem() {
     // With coarse slots, `optimal` equals brute force over the family on the
     // rounded chain and the rounded-down budget.
-    let mut rng = Rng(0x7777_1111_2222_3333);
+    let mut rng = Rng::new(0x7777_1111_2222_3333);
     for trial in 0..8 {
         let n = 6 + trial % 4;
         let c = random_chain(&mut rng, n, 200, trial % 2 == 1);
@@ -561,11 +551,11 @@ fn repeated_chain(rng: &mut Rng, n: usize, big: bool) -> Chain {
     let kinds: Vec<(u64, u64, u64, u64)> = (0..3)
         .map(|_| {
             let f = if big {
-                rng.range(1_000_000_000, 4_000_000_000)
+                rng.range_u64(1_000_000_000, 4_000_000_001)
             } else {
-                rng.range(1, 10)
+                rng.range_u64(1, 11)
             };
-            (f, 2 * f, rng.range(2, 8), rng.range(1, 3))
+            (f, 2 * f, rng.range_u64(2, 9), rng.range_u64(1, 4))
         })
         .collect();
     let mut x = vec![4u64];
@@ -590,13 +580,13 @@ fn repeated_chain(rng: &mut Rng, n: usize, big: bool) -> Chain {
 
 #[test]
 fn optimal_matches_reference_dp_on_long_chains() {
-    let mut rng = Rng(0x1357_9bdf_0246_8ace);
+    let mut rng = Rng::new(0x1357_9bdf_0246_8ace);
     let mut chains = Vec::new();
     for (n, big) in [(90usize, false), (130, true), (150, false)] {
         let mut c = random_chain(&mut rng, n, 20, true);
         if big {
             for i in 0..n {
-                c.fwd[i] = rng.range(1_000_000_000, 4_000_000_000);
+                c.fwd[i] = rng.range_u64(1_000_000_000, 4_000_000_001);
             }
         }
         chains.push(c);
@@ -677,7 +667,7 @@ fn revolve_schedule_counts() {
 
 #[test]
 fn classic_schemes_are_valid() {
-    let mut rng = Rng(42);
+    let mut rng = Rng::new(42);
     for n in [1usize, 2, 3, 10, 37] {
         let c = random_chain(&mut rng, n, 8, true);
         for s in [
@@ -697,7 +687,7 @@ fn classic_schemes_are_valid() {
 
 #[test]
 fn optimal_beats_classic_schemes() {
-    let mut rng = Rng(7);
+    let mut rng = Rng::new(7);
     for trial in 0..12 {
         let n = 6 + trial * 2;
         let c = random_chain(&mut rng, n, 8, trial % 3 == 0);
@@ -731,7 +721,7 @@ fn optimal_beats_classic_schemes() {
 
 #[test]
 fn infeasible_budget_reports_minimum() {
-    let mut rng = Rng(99);
+    let mut rng = Rng::new(99);
     for n in [3usize, 12, 40] {
         let c = random_chain(&mut rng, n, 50, true);
         let min = min_peak_budget(&c);

@@ -8,21 +8,17 @@ use lowmem_remat::{
     Action, Schedule, chain_with, checkpoints, log_scheme, rematerialize, revolve, stages_from,
     store_all,
 };
+use lowmem_testkit::Rng;
 
 /// `blocks` blocks of `h + Relu(Gemm(h))`, then a Gemm classifier; pseudo-random weights.
 fn model(blocks: usize, d: usize) -> Graph {
     let mut g = Graph::new("blocks");
     let mut h = g.add_input("x", DType::F32, vec![4, d]).unwrap();
-    let mut seed = 1u32;
+    let mut rng = Rng::new(1);
     let mut w = |g: &mut Graph, name: &str, shape: Vec<usize>| -> TensorId {
         let n: usize = shape.iter().product();
-        let v = (0..n)
-            .map(|_| {
-                seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12_345);
-                ((seed >> 16) % 200) as f32 / 1000.0 - 0.1
-            })
-            .collect();
-        g.add_weight(name, shape, TensorData::F32(v)).unwrap()
+        g.add_weight(name, shape, TensorData::F32(rng.vec_in(n, -0.1, 0.1)))
+            .unwrap()
     };
     for b in 0..blocks {
         let (wt, bias) = (

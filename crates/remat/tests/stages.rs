@@ -1,5 +1,3 @@
-use std::path::Path;
-
 use lowmem_autodiff::{Loss, Mode, gradients};
 use lowmem_ir::{ConvAttrs, DType, GemmAttrs, Graph, NodeId, Op, TensorData, TensorId};
 use lowmem_remat::{Stage, chain, cut_points, min_peak_budget, optimal, stages};
@@ -142,15 +140,12 @@ fn conv_chain_has_one_stage_per_conv_and_relu() {
 
 /// Loads a zoo model if present (relative to the repository root).
 fn zoo(name: &str) -> Option<Graph> {
-    let p = format!(
-        "{}/../../data/ref/{name}/model.onnx",
-        env!("CARGO_MANIFEST_DIR")
-    );
-    if !Path::new(&p).exists() {
-        eprintln!("skipping {name}: {p} is absent");
+    let p = lowmem_testkit::zoo_path(name);
+    if !p.exists() {
+        eprintln!("skipping {name}: {} is absent", p.display());
         return None;
     }
-    Some(lowmem_onnx::load(Path::new(&p)).unwrap())
+    Some(lowmem_testkit::load(&p, None))
 }
 
 fn zoo_stages(name: &str) -> Option<(Graph, Vec<Stage>)> {

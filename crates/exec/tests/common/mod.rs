@@ -1,36 +1,8 @@
 #![allow(dead_code)]
-//! Test helpers: a tiny deterministic PRNG, naive index arithmetic, comparisons and naive
-//! f64 references.
+//! Test helpers: naive index arithmetic, comparisons and naive f64 references (the seeded
+//! PRNG is `lowmem_testkit::Rng`).
 
 use lowmem_ir::Window;
-
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Rng {
-        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-    pub fn next_u64(&mut self) -> u64 {
-        // xorshift64*
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    /// Uniform in [lo, hi).
-    pub fn range(&mut self, lo: usize, hi: usize) -> usize {
-        lo + (self.next_u64() % (hi - lo) as u64) as usize
-    }
-    pub fn f(&mut self) -> f32 {
-        ((self.next_u64() >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-    }
-    pub fn vec(&mut self, n: usize) -> Vec<f32> {
-        (0..n).map(|_| self.f()).collect()
-    }
-    pub fn bool(&mut self) -> bool {
-        self.next_u64() & 1 == 1
-    }
-}
 
 pub fn numel(s: &[usize]) -> usize {
     s.iter().product()

@@ -1,0 +1,14 @@
+//! lowmem's test kit (a dev-dependency only): one seeded RNG ([`Rng`]), the model loader
+//! ([`data_dir`], [`model_path`], [`load_model`], ...) and the runner of the `lowmem` binary
+//! ([`Cli`], [`lowmem_cli!`]).
+
+mod cli;
+mod models;
+mod rng;
+
+pub use cli::{Cli, Invocation, Run};
+pub use models::{
+    data_dir, example_names, example_path, load, load_example, load_model, model_path,
+    try_data_dir, workspace_root, zoo_path,
+};
+pub use rng::Rng;
