@@ -34,30 +34,39 @@ pub(crate) fn may_alias(op: &Op, inp: (DType, &[usize]), out: (DType, &[usize]))
     op.may_overwrite(inp, out)
 }
 
-/// Workspace (f32 elements) the kernel of `op` needs for input shapes `shapes`.
+/// Workspace (f32 elements) the kernel of `op` needs for input shapes `shapes`: what
+/// [`Op::workspace_bytes`] plans (the one home of every kernel's scratch formula). Errors on
+/// shapes the kernels cannot run: a bad convolution window or a rank above
+/// [`kernels::MAX_RANK`].
 pub(crate) fn workspace_len(op: &Op, shapes: &[&[usize]]) -> Result<usize, String> {
-    Ok(match op {
-        Op::Conv(a) => {
-            let win = a.window(shapes[0], shapes[1])?;
-            check_spatial(win.kernel.len())?;
-            kernels::conv_workspace_len(shapes[0], shapes[1], &win, a.group)
+    if let Some(s) = shapes.iter().find(|s| s.len() > kernels::MAX_RANK) {
+        return Err(format!(
+            "rank {} ({s:?}) exceeds the executor's maximum rank {}",
+            s.len(),
+            kernels::MAX_RANK
+        ));
+    }
+    match op {
+        Op::Expand { shape } if shape.len() > kernels::MAX_RANK => {
+            return Err(format!(
+                "rank {} exceeds the executor's maximum rank {}",
+                shape.len(),
+                kernels::MAX_RANK
+            ));
         }
+        Op::Conv(a) => check_spatial(a.window(shapes[0], shapes[1])?.kernel.len())?,
         Op::ConvBackwardData { conv, input_shape } => {
-            let win = conv.window(input_shape, shapes[1])?;
-            check_spatial(win.kernel.len())?;
-            kernels::conv_backward_data_workspace_len(input_shape, shapes[1], &win, conv.group)
+            check_spatial(conv.window(input_shape, shapes[1])?.kernel.len())?
         }
         Op::ConvBackwardFilter { conv, weight_shape } => {
-            let win = conv.window(shapes[1], weight_shape)?;
-            check_spatial(win.kernel.len())?;
-            kernels::conv_backward_filter_workspace_len(shapes[1], weight_shape, &win, conv.group)
+            check_spatial(conv.window(shapes[1], weight_shape)?.kernel.len())?
         }
         Op::LayerNormGrad { axis, .. } => {
-            let ax = norm_axis(*axis, shapes[1].len()).ok_or("axis out of range")?;
-            kernels::layer_norm_grad_workspace_len(shapes[1], ax)
+            norm_axis(*axis, shapes[1].len()).ok_or("axis out of range")?;
         }
-        _ => 0,
-    })
+        _ => {}
+    }
+    Ok(op.workspace_bytes(shapes, &[]).div_ceil(4))
 }
 
 fn cast<T: Pod>(b: &[u8]) -> Result<&[T], String> {
@@ -257,7 +266,7 @@ pub(crate) fn exec_op(c: &OpCall, outs: &mut [&mut [u8]], ws: &mut [f32]) -> Res
                 kernels::binary_inplace(Binary::Add, o, os[0], x(i)?, shapes[i]);
             }
         }
-        Op::SumTo { .. } => kernels::sum_to(x(0)?, shapes[0], c.out1(outs)?, os[0]),
+        Op::SumTo { .. } => kernels::sum_to(x(0)?, shapes[0], c.out1(outs)?, os[0], ws),
         Op::Expand { .. } | Op::Slice { .. } | Op::Transpose { .. } | Op::Concat { .. } => {
             let out = outs.first_mut().ok_or("the node has no output")?;
             match c.in_dtypes[0].size() {
@@ -597,6 +606,7 @@ pub(crate) fn exec_op(c: &OpCall, outs: &mut [&mut [u8]], ws: &mut [f32]) -> Res
                 bias,
                 *epsilon,
                 c.out1(outs)?,
+                ws,
             );
         }
         Op::ReduceMean(a) | Op::ReduceSum(a) => {
@@ -618,6 +628,7 @@ pub(crate) fn exec_op(c: &OpCall, outs: &mut [&mut [u8]], ws: &mut [f32]) -> Res
                 &axes[..na],
                 matches!(op, Op::ReduceMean(_)),
                 c.out1(outs)?,
+                ws,
             );
         }
     }

@@ -160,8 +160,11 @@ pub fn run(graph: &Graph, inputs: &[TensorData]) -> Result<Vec<TensorData>, Exec
                         .ok_or_else(|| nerr("unwritable output".into()))
                 })
                 .collect::<Result<_, _>>()?;
-            let mut ws = vec![0f32; workspace_len(&node.op, &io.shapes).map_err(&nerr)?];
-            exec_op(&io.call(&node.op, &ins, &aliased), &mut outs, &mut ws).map_err(&nerr)?;
+            // f64-backed so that kernels find their f64 accumulators 8-byte aligned.
+            let need = workspace_len(&node.op, &io.shapes).map_err(&nerr)?;
+            let mut ws = vec![0f64; need.div_ceil(2)];
+            let ws: &mut [f32] = &mut bytemuck::cast_slice_mut(&mut ws[..])[..need];
+            exec_op(&io.call(&node.op, &ins, &aliased), &mut outs, ws).map_err(&nerr)?;
         }
         for (&o, s) in node.outputs.iter().zip(stores) {
             vals[o.index()] = Some(Val::Own(s));

@@ -501,7 +501,7 @@ fn layer_norm_backward() {
         let sc = rng.vec(numel(&ss));
         let bi = rng.vec(numel(&ss));
         let r = rng.vec(24);
-        let mut ws = vec![f32::NAN; kernels::layer_norm_grad_workspace_len(&xs, axis)];
+        let mut ws = vec![f32::NAN; kernels::layer_norm_grad_workspace_len(&xs, axis, numel(&ss))];
         let (mut dx, mut ds, mut db) = (vec![0.0; 24], vec![0.0; sc.len()], vec![0.0; sc.len()]);
         kernels::layer_norm_grad(
             &r, &x, &xs, axis, &sc, &ss, eps, &mut dx, &mut ds, &mut db, &mut ws,
@@ -769,8 +769,8 @@ fn pow_grad_and_sum_to() {
     let (mut da, mut db) = (vec![0.0; 24], vec![0.0; 24]);
     kernels::pow_grad(&r, &a, &ash, &b, &bsh, &mut da, &mut db, &os);
     let (mut ga, mut gb) = (vec![0.0; 6], vec![0.0; 12]);
-    kernels::sum_to(&da, &os, &mut ga, &ash);
-    kernels::sum_to(&db, &os, &mut gb, &bsh);
+    kernels::sum_to(&da, &os, &mut ga, &ash, &mut rws(6));
+    kernels::sum_to(&db, &os, &mut gb, &bsh, &mut rws(12));
     let (a64, b64) = (to64(&a), to64(&b));
     let f = |v: &[f64]| inner(&pow64(v, &ash, &b64, &bsh, &os), &r);
     check_grad("pow dA", &mut rng, &a, &ga, &f, 1e-5, TOL);
@@ -804,7 +804,7 @@ fn expand_sum_to_slice_adjoint() {
         let x = rng.vec(numel(&xs));
         let r = rng.vec(numel(&os));
         let mut g = vec![0.0; x.len()];
-        kernels::sum_to(&r, &os, &mut g, &xs);
+        kernels::sum_to(&r, &os, &mut g, &xs, &mut rws(x.len()));
         let f = |v: &[f64]| {
             let mut e = vec![0f64; numel(&os)];
             kernels::expand(v, &xs, &mut e, &os);
@@ -1123,7 +1123,7 @@ fn parallel_backward_is_deterministic() {
         );
         out.extend([bits(&dx), bits(&ds), bits(&db)]);
         let ls = [4, 16, 576];
-        let mut ws = vec![0.0; kernels::layer_norm_grad_workspace_len(&ls, 1)];
+        let mut ws = vec![0.0; kernels::layer_norm_grad_workspace_len(&ls, 1, 576)];
         let (mut gs, mut gb) = (vec![0.0; 576], vec![0.0; 576]);
         let mut lx = vec![0.0; x.len()];
         kernels::layer_norm_grad(
@@ -1167,4 +1167,9 @@ fn parallel_backward_is_deterministic() {
         .install(compute);
     assert!(one == many, "results depend on the thread count");
     assert!(compute() == many);
+}
+
+/// Workspace for [`kernels::reduce`] / [`kernels::sum_to`] with `n` outputs.
+fn rws(n: usize) -> Vec<f32> {
+    vec![f32::NAN; kernels::reduce_workspace_len(n)]
 }

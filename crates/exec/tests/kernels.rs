@@ -618,7 +618,17 @@ fn layer_norm_with_broadcast_scale() {
         let sc = rng.vec(numel(&ss));
         let bi = rng.vec(numel(&ss));
         let mut out = vec![0.0; 24];
-        kernels::layer_norm(&x, &xs, axis, &sc, &ss, Some((&bi, &ss)), 1e-5, &mut out);
+        kernels::layer_norm(
+            &x,
+            &xs,
+            axis,
+            &sc,
+            &ss,
+            Some((&bi, &ss)),
+            1e-5,
+            &mut out,
+            &mut vec![f32::NAN; kernels::layer_norm_workspace_len(&xs, axis, true)],
+        );
         let inner: usize = xs[axis..].iter().product();
         let norm = &xs[axis..];
         let mut want = vec![];
@@ -726,7 +736,8 @@ fn reduce_sum_and_mean() {
                 want.iter_mut().for_each(|w| *w /= nred as f64);
             }
             let mut out = vec![0.0; want.len()];
-            kernels::reduce(&x, &xs, &axes, mean, &mut out);
+            let mut ws = vec![f32::NAN; kernels::reduce_workspace_len(out.len())];
+            kernels::reduce(&x, &xs, &axes, mean, &mut out, &mut ws);
             assert_close(&out, &want, 1e-6, &format!("reduce {axes:?} mean {mean}"));
         }
     }

@@ -264,9 +264,20 @@ impl Op {
 }
 
 impl Op {
-    /// Scratch bytes the reference kernels need while running this op (im2col columns,
-    /// row statistics), planned as the step's workspace. `inputs` and `outputs` are shapes.
+    /// Scratch bytes the reference kernels (lowmem-exec) need while running this op, planned
+    /// as the step's workspace: the one home of these formulas (the executor checks and
+    /// slices its kernels' workspace by them). `inputs` and `outputs` are shapes; every
+    /// formula reads only `inputs` and the attributes.
+    ///
+    /// - Conv and its backward ops: im2col columns.
+    /// - LayerNormalization: scale (and bias) broadcast over the normalised dims.
+    /// - LayerNormGrad: three vectors over the normalised dims, two statistics per row, and
+    ///   f64 accumulators for a broadcasting scale's gradients.
+    /// - ReduceSum / ReduceMean / SumTo: one f64 accumulator per output element.
+    ///
+    /// f64 accumulators take `2 * n + 1` f32 slots (one spare to align to 8 bytes).
     pub fn workspace_bytes(&self, inputs: &[&[usize]], outputs: &[&[usize]]) -> usize {
+        let f64s = |n: usize| 2 * n + 1;
         // im2col columns: (C / group) * prod(kernel) * prod(output spatial) f32 values, none
         // for depthwise or pointwise (1x1, stride 1, no padding) convolutions.
         let columns = |conv: &crate::ConvAttrs, x: &[usize], w: &[usize]| -> usize {
@@ -290,8 +301,29 @@ impl Op {
             Op::LayerNormGrad { axis, .. } => {
                 let x = inputs[1];
                 let ax = crate::shape::axis(*axis, x.len()).unwrap_or(0);
-                (3 * count(&x[ax..]) + 2 * count(&x[..ax])) * 4
+                let (inner, n_scale) = (count(&x[ax..]), count(inputs[2]));
+                let sum = if n_scale == inner { 0 } else { f64s(n_scale) };
+                (3 * inner + 2 * count(&x[..ax]) + sum) * 4
             }
+            Op::LayerNormalization { axis, .. } => {
+                let x = inputs[0];
+                let ax = crate::shape::axis(*axis, x.len()).unwrap_or(0);
+                inputs.len().min(3).saturating_sub(1) * count(&x[ax..]) * 4
+            }
+            Op::ReduceSum(a) | Op::ReduceMean(a) => {
+                let x = inputs[0];
+                let reduced = |i: usize| match &a.axes {
+                    None => true,
+                    Some(ax) => ax
+                        .iter()
+                        .any(|&v| crate::shape::axis(v, x.len()) == Some(i)),
+                };
+                let n_out: usize = (0..x.len())
+                    .map(|i| if reduced(i) { 1 } else { x[i] })
+                    .product();
+                f64s(n_out) * 4
+            }
+            Op::SumTo { shape } => f64s(count(shape)) * 4,
             _ => {
                 let _ = outputs;
                 0

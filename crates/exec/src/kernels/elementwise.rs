@@ -2,7 +2,7 @@
 
 use rayon::prelude::*;
 
-use super::{PAR_ELEMS, next_index, strides, unravel};
+use super::{Dims, PAR_ELEMS, next_index, strides, unravel};
 
 /// Unary elementwise ops.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -164,43 +164,43 @@ impl Binary {
 /// A broadcast iteration: outer dims walked by odometer, then contiguous runs of `inner`
 /// outputs reading `a` and `b` with steps 0 or 1.
 struct Plan {
-    outer: Vec<usize>,
-    sa: Vec<usize>,
-    sb: Vec<usize>,
+    outer: Dims,
+    sa: Dims,
+    sb: Dims,
     inner: usize,
     step_a: usize,
     step_b: usize,
 }
 
 /// Strides of `s` (right-aligned to `out`'s rank) with 0 on broadcast dims.
-fn bstrides(s: &[usize], out: &[usize]) -> Vec<usize> {
+fn bstrides(s: &[usize], out: &[usize]) -> Dims {
     let r = out.len();
     assert!(s.len() <= r, "operand rank exceeds output rank");
     let st = strides(s);
     let pad = r - s.len();
-    (0..r)
-        .map(|i| {
-            if i < pad {
-                0
-            } else {
-                let d = s[i - pad];
-                assert!(
-                    d == out[i] || d == 1,
-                    "shape {s:?} does not broadcast to {out:?}"
-                );
-                if d == 1 { 0 } else { st[i - pad] }
-            }
-        })
-        .collect()
+    let mut b = Dims::new();
+    for i in 0..r {
+        b.push(if i < pad {
+            0
+        } else {
+            let d = s[i - pad];
+            assert!(
+                d == out[i] || d == 1,
+                "shape {s:?} does not broadcast to {out:?}"
+            );
+            if d == 1 { 0 } else { st[i - pad] }
+        });
+    }
+    b
 }
 
 impl Plan {
     fn new(out: &[usize], a: &[usize], b: &[usize]) -> Plan {
         let (fa, fb) = (bstrides(a, out), bstrides(b, out));
         // Drop size-1 dims, then merge neighbours whose strides chain for both operands.
-        let mut dims: Vec<usize> = Vec::new();
-        let mut sa: Vec<usize> = Vec::new();
-        let mut sb: Vec<usize> = Vec::new();
+        let mut dims = Dims::new();
+        let mut sa = Dims::new();
+        let mut sb = Dims::new();
         for i in 0..out.len() {
             if out[i] == 1 {
                 continue;
@@ -241,7 +241,7 @@ impl Plan {
         if count == 0 {
             return;
         }
-        let mut idx = vec![0; self.outer.len()];
+        let mut idx = Dims::filled(self.outer.len(), 0);
         unravel(start, &self.outer, &mut idx);
         let off = |idx: &[usize], s: &[usize]| idx.iter().zip(s).map(|(i, s)| i * s).sum::<usize>();
         for r in 0..count {
@@ -475,6 +475,6 @@ mod tests {
         let p = Plan::new(&[2, 3, 4, 5], &[2, 3, 4, 5], &[3, 1, 1]);
         assert_eq!(p.inner, 20);
         assert_eq!((p.step_a, p.step_b), (1, 0));
-        assert_eq!(p.outer, vec![2, 3]);
+        assert_eq!(&p.outer[..], [2, 3]);
     }
 }

@@ -306,15 +306,33 @@ pub fn mse_loss(p: &[f32], t: &[f32], out: &mut [f32]) {
             })
             .sum()
     };
-    let parts: Vec<f64> = if p.len() >= PAR_ELEMS {
-        p.par_chunks(CHUNK)
-            .zip(t.par_chunks(CHUNK))
-            .map(part)
-            .collect()
-    } else {
-        p.chunks(CHUNK).zip(t.chunks(CHUNK)).map(part).collect()
-    };
-    out[0] = (parts.iter().sum::<f64>() / p.len() as f64) as f32;
+    // The partial sums of BATCH chunks at a time in a stack buffer, added in chunk order.
+    const BATCH: usize = 64;
+    let mut total: Option<f64> = None;
+    for (p, t) in p.chunks(CHUNK * BATCH).zip(t.chunks(CHUNK * BATCH)) {
+        let mut parts = [0f64; BATCH];
+        let parts = &mut parts[..p.len().div_ceil(CHUNK)];
+        let go = |(s, (p, t)): (&mut f64, (&[f32], &[f32]))| *s = part((p, t));
+        if p.len() >= PAR_ELEMS {
+            parts
+                .par_iter_mut()
+                .zip(p.par_chunks(CHUNK).zip(t.par_chunks(CHUNK)))
+                .for_each(go);
+        } else {
+            parts
+                .iter_mut()
+                .zip(p.chunks(CHUNK).zip(t.chunks(CHUNK)))
+                .for_each(go);
+        }
+        // `Iterator::sum` order: left to right (its start value, +-0, adds exactly to the
+        // first part, a sum of squares).
+        for &v in parts.iter() {
+            total = Some(total.map_or(v, |s| s + v));
+        }
+    }
+    // An empty input: the sum of no parts.
+    let sum = total.unwrap_or_else(|| std::iter::empty::<f64>().sum());
+    out[0] = (sum / p.len() as f64) as f32;
 }
 
 /// The gradient of [`mse_loss`]: `out = (dloss * 2 / numel) * (p - t)` (f32).

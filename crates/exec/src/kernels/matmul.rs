@@ -1,10 +1,10 @@
 //! Matrix products through the `gemm` crate.
 
 use gemm::Parallelism;
-use lowmem_ir::shape::{broadcast, count};
+use lowmem_ir::shape::count;
 use rayon::prelude::*;
 
-use super::{next_index, strides};
+use super::{Dims, strides, unravel};
 
 /// Multiply-adds above which one GEMM is split over the rayon pool.
 const PAR_MACS: usize = 1 << 18;
@@ -98,21 +98,40 @@ pub fn matmul(a: &[f32], a_shape: &[usize], b: &[f32], b_shape: &[usize], out: &
         !a_shape.is_empty() && !b_shape.is_empty(),
         "matmul of a scalar"
     );
-    let a2: Vec<usize> = if a_shape.len() == 1 {
-        vec![1, a_shape[0]]
+    let a2 = if a_shape.len() == 1 {
+        Dims::from_slice(&[1, a_shape[0]])
     } else {
-        a_shape.to_vec()
+        Dims::from_slice(a_shape)
     };
-    let b2: Vec<usize> = if b_shape.len() == 1 {
-        vec![b_shape[0], 1]
+    let b2 = if b_shape.len() == 1 {
+        Dims::from_slice(&[b_shape[0], 1])
     } else {
-        b_shape.to_vec()
+        Dims::from_slice(b_shape)
     };
     let (m, k) = (a2[a2.len() - 2], a2[a2.len() - 1]);
     let (k2, n) = (b2[b2.len() - 2], b2[b2.len() - 1]);
     assert_eq!(k, k2, "matmul inner dimensions");
     let (ab, bb) = (&a2[..a2.len() - 2], &b2[..b2.len() - 2]);
-    let batch = broadcast(ab, bb).expect("matmul batch dims broadcast");
+    // The broadcast batch shape (numpy rules).
+    let r = ab.len().max(bb.len());
+    let mut batch = Dims::new();
+    for i in 0..r {
+        let da = if i + ab.len() >= r {
+            ab[i + ab.len() - r]
+        } else {
+            1
+        };
+        let db = if i + bb.len() >= r {
+            bb[i + bb.len() - r]
+        } else {
+            1
+        };
+        assert!(
+            da == db || da == 1 || db == 1,
+            "matmul batch dims {ab:?} and {bb:?} do not broadcast"
+        );
+        batch.push(if da == 1 { db } else { da });
+    }
     let nb = count(&batch);
     assert_eq!(a.len(), count(&a2));
     assert_eq!(b.len(), count(&b2));
@@ -125,39 +144,37 @@ pub fn matmul(a: &[f32], a_shape: &[usize], b: &[f32], b_shape: &[usize], out: &
         sgemm(nb * m, n, k, 1.0, a, false, b, false, 0.0, out);
         return;
     }
-    // Batch offsets of a and b (in matrices), broadcasting.
-    let r = batch.len();
-    let bstr = |s: &[usize]| -> Vec<usize> {
+    // Batch strides of a and b (in matrices), 0 on broadcast dims.
+    let bstr = |s: &[usize]| -> Dims {
         let st = strides(s);
         let pad = r - s.len();
-        (0..r)
-            .map(|i| {
-                if i < pad || s[i - pad] == 1 {
-                    0
-                } else {
-                    st[i - pad]
-                }
-            })
-            .collect()
+        let mut o = Dims::new();
+        for i in 0..r {
+            o.push(if i < pad || s[i - pad] == 1 {
+                0
+            } else {
+                st[i - pad]
+            });
+        }
+        o
     };
     let (sa, sb) = (bstr(ab), bstr(bb));
-    let mut offs = Vec::with_capacity(nb);
-    let mut idx = vec![0; r];
-    loop {
-        let oa: usize = idx.iter().zip(&sa).map(|(i, s)| i * s).sum();
-        let ob: usize = idx.iter().zip(&sb).map(|(i, s)| i * s).sum();
-        offs.push((oa * m * k, ob * k * n));
-        if !next_index(&mut idx, &batch) {
-            break;
-        }
-    }
-    let one = |(c, &(oa, ob)): (&mut [f32], &(usize, usize))| {
+    // Batch `bi`'s matrix offsets into a and b.
+    let offsets = |bi: usize| -> (usize, usize) {
+        let mut idx = Dims::filled(r, 0);
+        unravel(bi, &batch, &mut idx);
+        let oa: usize = idx.iter().zip(sa.iter()).map(|(i, s)| i * s).sum();
+        let ob: usize = idx.iter().zip(sb.iter()).map(|(i, s)| i * s).sum();
+        (oa * m * k, ob * k * n)
+    };
+    let one = |(bi, c): (usize, &mut [f32])| {
+        let (oa, ob) = offsets(bi);
         sgemm(m, n, k, 1.0, &a[oa..], false, &b[ob..], false, 0.0, c);
     };
     if m * n * k < PAR_MACS && nb > 1 {
-        out.par_chunks_mut(m * n).zip(offs.par_iter()).for_each(one);
+        out.par_chunks_mut(m * n).enumerate().for_each(one);
     } else {
-        out.chunks_mut(m * n).zip(offs.iter()).for_each(one);
+        out.chunks_mut(m * n).enumerate().for_each(one);
     }
 }
 

@@ -1,6 +1,6 @@
 //! Data movement for any element type: transpose and concat.
 
-use super::{next_index, strides};
+use super::{Dims, next_index, strides};
 
 /// General N-d transpose: `out` dimension `i` is `x` dimension `perm[i]`.
 pub fn transpose<T: Copy>(x: &[T], x_shape: &[usize], perm: &[usize], out: &mut [T]) {
@@ -17,8 +17,8 @@ pub fn transpose<T: Copy>(x: &[T], x_shape: &[usize], perm: &[usize], out: &mut 
     }
     let xs = strides(x_shape);
     // Output dims with their input strides; drop size 1, merge chains.
-    let mut dims: Vec<usize> = Vec::new();
-    let mut st: Vec<usize> = Vec::new();
+    let mut dims = Dims::new();
+    let mut st = Dims::new();
     for &p in perm {
         let (d, s) = (x_shape[p], xs[p]);
         if d == 1 {
@@ -38,7 +38,7 @@ pub fn transpose<T: Copy>(x: &[T], x_shape: &[usize], perm: &[usize], out: &mut 
         (Some(d), Some(s)) => (d, s),
         _ => (1, 1),
     };
-    let mut idx = vec![0; dims.len()];
+    let mut idx = Dims::filled(dims.len(), 0);
     let mut o = 0;
     loop {
         let base: usize = idx.iter().zip(&st).map(|(i, s)| i * s).sum();

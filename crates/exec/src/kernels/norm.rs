@@ -50,8 +50,15 @@ pub fn batch_norm(
     }
 }
 
+/// Workspace (f32 elements) [`layer_norm`] needs: `scale` (and `bias`, `with_bias`)
+/// broadcast over the normalised dims `x_shape[axis..]`.
+pub fn layer_norm_workspace_len(x_shape: &[usize], axis: usize, with_bias: bool) -> usize {
+    (1 + with_bias as usize) * x_shape[axis.min(x_shape.len())..].iter().product::<usize>()
+}
+
 /// LayerNormalization over dims `axis..` of `x`: biased variance, f64 statistics;
-/// `scale` (and `bias`) broadcast to `x_shape[axis..]`.
+/// `scale` (and `bias`) broadcast to `x_shape[axis..]`. `ws`: at least
+/// [`layer_norm_workspace_len`] elements.
 #[allow(clippy::too_many_arguments)]
 pub fn layer_norm(
     x: &[f32],
@@ -62,6 +69,7 @@ pub fn layer_norm(
     bias: Option<(&[f32], &[usize])>,
     eps: f32,
     out: &mut [f32],
+    ws: &mut [f32],
 ) {
     assert!(axis < x_shape.len().max(1), "layer_norm axis");
     let norm = &x_shape[axis..];
@@ -71,13 +79,18 @@ pub fn layer_norm(
     if x.is_empty() || inner == 0 {
         return;
     }
-    let full = |v: &[f32], s: &[usize]| -> Vec<f32> {
-        let mut e = vec![0.0; inner];
-        super::expand(v, s, &mut e, norm);
-        e
-    };
-    let sc = full(scale, scale_shape);
-    let bi = bias.map(|(b, s)| full(b, s));
+    assert!(
+        ws.len() >= (1 + bias.is_some() as usize) * inner,
+        "layer_norm workspace too small"
+    );
+    let (sc, rest) = ws.split_at_mut(inner);
+    super::expand(scale, scale_shape, sc, norm);
+    let sc = &*sc;
+    let bi = bias.map(|(b, s)| {
+        let e = &mut rest[..inner];
+        super::expand(b, s, e, norm);
+        &*e
+    });
     let go = |(o, x): (&mut [f32], &[f32])| {
         let mean = x.iter().map(|&v| v as f64).sum::<f64>() / inner as f64;
         let var = x.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / inner as f64;
@@ -118,17 +131,27 @@ pub fn lrn(
     }
     let (lo, hi) = ((size - 1) / 2, (size - 1).div_ceil(2));
     let k = alpha / size as f32;
+    // Squared sums over a stack buffer of ROW positions at a time (each position's sum
+    // is accumulated over the window's channels in channel order).
+    const ROW: usize = 256;
     let go = |(i, o): (usize, &mut [f32])| {
         let (n, ch) = (i / c, i % c);
         let img = &x[n * c * sp..(n + 1) * c * sp];
-        let mut sq = vec![0f32; sp];
-        for cc in ch.saturating_sub(lo)..(ch + hi + 1).min(c) {
-            for (s, &v) in sq.iter_mut().zip(&img[cc * sp..(cc + 1) * sp]) {
-                *s += v * v;
+        for (bi, o) in o.chunks_mut(ROW).enumerate() {
+            let j0 = bi * ROW;
+            let len = o.len();
+            let mut sq = [0f32; ROW];
+            let sq = &mut sq[..len];
+            for cc in ch.saturating_sub(lo)..(ch + hi + 1).min(c) {
+                let row = &img[cc * sp + j0..cc * sp + j0 + len];
+                for (s, &v) in sq.iter_mut().zip(row) {
+                    *s += v * v;
+                }
             }
-        }
-        for ((o, &v), &s) in o.iter_mut().zip(&img[ch * sp..(ch + 1) * sp]).zip(&sq) {
-            *o = v / (bias + k * s).powf(beta);
+            let xr = &img[ch * sp + j0..ch * sp + j0 + len];
+            for ((o, &v), &s) in o.iter_mut().zip(xr).zip(&*sq) {
+                *o = v / (bias + k * s).powf(beta);
+            }
         }
     };
     if x.len() * size >= PAR_ELEMS {

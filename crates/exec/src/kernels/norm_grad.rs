@@ -9,7 +9,7 @@ use rayon::prelude::*;
 
 use super::PAR_ELEMS;
 use super::elementwise::expand;
-use super::reduce::sum_to;
+use super::reduce::{reduce_workspace_len, sum_to};
 
 /// Per-channel statistics of `x [N, C, sp]`: `f(ch, plane iterator)`.
 fn channel_planes(
@@ -212,12 +212,19 @@ pub fn batch_norm_grad(
     }
 }
 
-/// Workspace (f32 elements) [`layer_norm_grad`] needs: three vectors over the normalised
-/// dims and two statistics per row.
-pub fn layer_norm_grad_workspace_len(x_shape: &[usize], axis: usize) -> usize {
+/// Workspace (f32 elements) [`layer_norm_grad`] needs with a `scale` of `scale_len`
+/// elements: three vectors over the normalised dims, two statistics per row and, when `scale`
+/// broadcasts (has fewer elements than the normalised dims), f64 accumulators for summing
+/// the parameter gradients down to its shape.
+pub fn layer_norm_grad_workspace_len(x_shape: &[usize], axis: usize, scale_len: usize) -> usize {
     let inner: usize = x_shape[axis..].iter().product();
     let outer: usize = x_shape[..axis].iter().product();
-    3 * inner + 2 * outer
+    let sum = if scale_len == inner {
+        0
+    } else {
+        reduce_workspace_len(scale_len)
+    };
+    3 * inner + 2 * outer + sum
 }
 
 /// LayerNormalization backward over dims `axis..` of `x` (statistics recomputed from `x` as
@@ -253,13 +260,13 @@ pub fn layer_norm_grad(
         "layer_norm_grad dscale/dbias length"
     );
     assert!(
-        workspace.len() >= layer_norm_grad_workspace_len(x_shape, axis),
+        workspace.len() >= layer_norm_grad_workspace_len(x_shape, axis, scale.len()),
         "layer_norm_grad workspace too small"
     );
     let (sc, rest) = workspace.split_at_mut(inner);
     let (gsum, rest) = rest.split_at_mut(inner);
     let (bsum, rest) = rest.split_at_mut(inner);
-    let stats = &mut rest[..2 * outer];
+    let (stats, acc) = rest.split_at_mut(2 * outer);
     if x.is_empty() || inner == 0 {
         dscale.fill(0.0);
         dbias.fill(0.0);
@@ -328,8 +335,18 @@ pub fn layer_norm_grad(
             .enumerate()
             .for_each(cols);
     }
-    sum_to(gsum, norm, dscale, scale_shape);
-    sum_to(bsum, norm, dbias, scale_shape);
+    if scale.len() == inner {
+        // Nothing to sum over: what `sum_to` gives (its f64 accumulators start at +0).
+        for (d, &g) in dscale.iter_mut().zip(&*gsum) {
+            *d = g + 0.0;
+        }
+        for (d, &b) in dbias.iter_mut().zip(&*bsum) {
+            *d = b + 0.0;
+        }
+    } else {
+        sum_to(gsum, norm, dscale, scale_shape, acc);
+        sum_to(bsum, norm, dbias, scale_shape, acc);
+    }
 }
 
 /// LRN backward (the exact derivative of [`super::lrn`]): `dy`, `x`, `y = lrn(x)` -> `dx`.

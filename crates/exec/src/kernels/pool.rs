@@ -17,34 +17,34 @@ struct Taps {
     padded: usize,
 }
 
-fn taps(g: &Geo, dim: usize) -> Vec<Taps> {
-    (0..g.o[dim])
-        .map(|o| {
-            let (s, d, pb, n, k) = (g.s[dim], g.d[dim], g.pb[dim], g.i[dim], g.k[dim]);
-            let start = o * s; // in padded coordinates
-            // tap t reads padded index start + t*d; valid when pb <= that < pb + n.
-            let k_lo = if pb > start {
-                (pb - start).div_ceil(d)
-            } else {
-                0
-            }
-            .min(k);
-            let k_hi = if pb + n > start {
-                ((pb + n - 1 - start) / d + 1).min(k)
-            } else {
-                0
-            }
-            .max(k_lo);
-            let padded_end = n + pb + g.pe[dim];
-            let padded = (0..k).filter(|t| start + t * d < padded_end).count();
-            Taps {
-                k_lo,
-                k_hi,
-                first: (start + k_lo * d).saturating_sub(pb),
-                padded,
-            }
-        })
-        .collect()
+/// The taps of output position `o` along `dim`.
+#[inline]
+fn taps(g: &Geo, dim: usize, o: usize) -> Taps {
+    {
+        let (s, d, pb, n, k) = (g.s[dim], g.d[dim], g.pb[dim], g.i[dim], g.k[dim]);
+        let start = o * s; // in padded coordinates
+        // tap t reads padded index start + t*d; valid when pb <= that < pb + n.
+        let k_lo = if pb > start {
+            (pb - start).div_ceil(d)
+        } else {
+            0
+        }
+        .min(k);
+        let k_hi = if pb + n > start {
+            ((pb + n - 1 - start) / d + 1).min(k)
+        } else {
+            0
+        }
+        .max(k_lo);
+        let padded_end = n + pb + g.pe[dim];
+        let padded = (0..k).filter(|t| start + t * d < padded_end).count();
+        Taps {
+            k_lo,
+            k_hi,
+            first: (start + k_lo * d).saturating_sub(pb),
+            padded,
+        }
+    }
 }
 
 fn pool_planes(
@@ -63,13 +63,14 @@ fn pool_planes(
     if out.is_empty() {
         return;
     }
-    let t = [taps(&g, 0), taps(&g, 1), taps(&g, 2)];
     let plane = |(o, xp): (&mut [f32], &[f32])| {
         let mut i = 0;
-        for t0 in &t[0] {
-            for t1 in &t[1] {
-                for t2 in &t[2] {
-                    o[i] = f(xp, &g, [t0, t1, t2]);
+        for o0 in 0..g.o[0] {
+            let t0 = taps(&g, 0, o0);
+            for o1 in 0..g.o[1] {
+                let t1 = taps(&g, 1, o1);
+                for o2 in 0..g.o[2] {
+                    o[i] = f(xp, &g, [&t0, &t1, &taps(&g, 2, o2)]);
                     i += 1;
                 }
             }
@@ -184,16 +185,17 @@ fn pool_grad_planes(
     if dx.is_empty() {
         return;
     }
-    let t = [taps(&g, 0), taps(&g, 1), taps(&g, 2)];
     let plane = |(pi, dxp): (usize, &mut [f32])| {
         dxp.fill(0.0);
         let xp = x.map_or(&[][..], |x| &x[pi * isz..(pi + 1) * isz]);
         let dyp = &dy[pi * osz..(pi + 1) * osz];
         let mut i = 0;
-        for t0 in &t[0] {
-            for t1 in &t[1] {
-                for t2 in &t[2] {
-                    f(dxp, xp, dyp[i], &g, [t0, t1, t2]);
+        for o0 in 0..g.o[0] {
+            let t0 = taps(&g, 0, o0);
+            for o1 in 0..g.o[1] {
+                let t1 = taps(&g, 1, o1);
+                for o2 in 0..g.o[2] {
+                    f(dxp, xp, dyp[i], &g, [&t0, &t1, &taps(&g, 2, o2)]);
                     i += 1;
                 }
             }
