@@ -19,8 +19,6 @@ mod norm_grad;
 mod pool;
 mod reduce;
 
-/// Highest tensor rank the kernels take (their index vectors live on the stack).
-pub const MAX_RANK: usize = 12;
 
 pub use conv::{MAX_SPATIAL_RANK, conv, conv_workspace_len, im2col};
 pub use conv_grad::{
