@@ -11,6 +11,7 @@ mod error;
 mod graph;
 pub mod json;
 mod op;
+pub mod scratch;
 pub mod shape;
 mod train_op;
 
