@@ -544,7 +544,7 @@ pub(crate) fn exec_op(c: &OpCall, outs: &mut [&mut [u8]], ws: &mut [f32]) -> Res
                 c.out1(outs)?,
             );
         }
-        Op::MatMul => kernels::matmul(x(0)?, shapes[0], x(1)?, shapes[1], c.out1(outs)?),
+        Op::MatMul => kernels::matmul(x(0)?, shapes[0], x(1)?, shapes[1], c.out1(outs)?, ws),
         Op::Gemm(a) => {
             let bias = if c.ins.len() == 3 {
                 Some((x(2)?, shapes[2]))
@@ -562,6 +562,7 @@ pub(crate) fn exec_op(c: &OpCall, outs: &mut [&mut [u8]], ws: &mut [f32]) -> Res
                 a.trans_a,
                 a.trans_b,
                 c.out1(outs)?,
+                ws,
             );
         }
         Op::MaxPool(a) | Op::AveragePool(a) => {

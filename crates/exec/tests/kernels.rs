@@ -340,7 +340,8 @@ fn matmul_numpy_semantics() {
                 .1
         );
         let mut out = vec![f32::NAN; want.len()];
-        kernels::matmul(&a, &ash, &b, &bsh, &mut out);
+        let mut ws = vec![f32::NAN; kernels::matmul_workspace_len(&ash, &bsh)];
+        kernels::matmul(&a, &ash, &b, &bsh, &mut out, &mut ws);
         assert_close(&out, &want, 1e-4, &format!("matmul {ash:?} x {bsh:?}"));
     }
 }
@@ -393,7 +394,10 @@ fn gemm_transposes_alpha_beta_and_c_broadcast() {
                 }
                 let mut out = vec![f32::NAN; m * n];
                 let cref = c.as_deref().zip(cs.as_deref());
-                kernels::gemm(&a, &ash, &b, &bsh, cref, alpha, beta, ta, tb, &mut out);
+                let mut ws = vec![f32::NAN; kernels::sgemm_workspace_len(m, n, k)];
+                kernels::gemm(
+                    &a, &ash, &b, &bsh, cref, alpha, beta, ta, tb, &mut out, &mut ws,
+                );
                 assert_close(&out, &want, 1e-5, &format!("gemm ta={ta} tb={tb} c={cs:?}"));
             }
         }
@@ -411,6 +415,7 @@ fn gemm_transposes_alpha_beta_and_c_broadcast() {
         false,
         false,
         &mut out,
+        &mut vec![f32::NAN; kernels::sgemm_workspace_len(2, 2, 2)],
     );
     assert_eq!(out, vec![2.0; 4]);
 }

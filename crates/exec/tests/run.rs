@@ -102,6 +102,7 @@ fn small_cnn_matches_kernel_composition() {
         false,
         true,
         &mut yv,
+        &mut vec![0.0; kernels::sgemm_workspace_len(2, 10, 64)],
     );
     let mut sv = vec![0.0; 20];
     kernels::softmax(&yv, &[2, 10], 1, false, false, &mut sv);

@@ -13,6 +13,7 @@ mod graph;
 mod inplace;
 pub mod json;
 mod op;
+pub mod scratch;
 pub mod shape;
 mod train_op;
 

@@ -269,7 +269,8 @@ impl Op {
     /// slices its kernels' workspace by them). `inputs` and `outputs` are shapes; every
     /// formula reads only `inputs` and the attributes.
     ///
-    /// - Conv and its backward ops: im2col columns.
+    /// - Conv and its backward ops: im2col columns and GEMM packing buffers.
+    /// - MatMul, Gemm: GEMM packing buffers ([`crate::scratch`]).
     /// - LayerNormalization: scale (and bias) broadcast over the normalised dims.
     /// - LayerNormGrad: three vectors over the normalised dims, two statistics per row, and
     ///   f64 accumulators for a broadcasting scale's gradients.
@@ -278,26 +279,35 @@ impl Op {
     /// f64 accumulators take `2 * n + 1` f32 slots (one spare to align to 8 bytes).
     pub fn workspace_bytes(&self, inputs: &[&[usize]], outputs: &[&[usize]]) -> usize {
         let f64s = |n: usize| 2 * n + 1;
-        // im2col columns: (C / group) * prod(kernel) * prod(output spatial) f32 values, none
-        // for depthwise or pointwise (1x1, stride 1, no padding) convolutions.
-        let columns = |conv: &crate::ConvAttrs, x: &[usize], w: &[usize]| -> usize {
+        use crate::scratch::{ConvPass, conv_workspace_len, matmul_workspace_len};
+        let conv = |conv: &crate::ConvAttrs, x: &[usize], w: &[usize], pass| -> usize {
             let Ok(win) = conv.window(x, w) else { return 0 };
-            let g = conv.group.max(1);
-            let depthwise = g > 1 && x[1] / g == 1 && w[1] == 1;
-            let pointwise = win.kernel.iter().all(|&k| k == 1)
-                && win.strides.iter().all(|&s| s == 1)
-                && win.pad_begin.iter().all(|&p| p == 0)
-                && win.output == win.input;
-            if depthwise || pointwise {
-                0
-            } else {
-                (x[1] / g) * win.kernel_size() * win.output_size() * 4
-            }
+            conv_workspace_len(x, w, &win, conv.group, pass) * 4
         };
         match self {
-            Op::Conv(c) => columns(c, inputs[0], inputs[1]),
-            Op::ConvBackwardData { conv, input_shape } => columns(conv, input_shape, inputs[1]),
-            Op::ConvBackwardFilter { conv, weight_shape } => columns(conv, inputs[1], weight_shape),
+            Op::Conv(c) => conv(c, inputs[0], inputs[1], ConvPass::Forward),
+            Op::ConvBackwardData {
+                conv: c,
+                input_shape,
+            } => conv(c, input_shape, inputs[1], ConvPass::BackwardData),
+            Op::ConvBackwardFilter {
+                conv: c,
+                weight_shape,
+            } => conv(c, inputs[1], weight_shape, ConvPass::BackwardFilter),
+            Op::MatMul => matmul_workspace_len(inputs[0], inputs[1]) * 4,
+            Op::Gemm(a) => {
+                let (x, w) = (inputs[0], inputs[1]);
+                if x.len() != 2 || w.len() != 2 {
+                    return 0;
+                }
+                let (m, k) = if a.trans_a {
+                    (x[1], x[0])
+                } else {
+                    (x[0], x[1])
+                };
+                let n = if a.trans_b { w[0] } else { w[1] };
+                crate::scratch::sgemm_workspace_len(m, n, k) * 4
+            }
             Op::LayerNormGrad { axis, .. } => {
                 let x = inputs[1];
                 let ax = crate::shape::axis(*axis, x.len()).unwrap_or(0);

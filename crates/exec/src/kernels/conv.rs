@@ -1,10 +1,11 @@
 //! N-d convolution (1-, 2- and 3-D): im2col + GEMM per group, a direct kernel for depthwise.
 
 use lowmem_ir::Window;
+use lowmem_ir::scratch::ConvPass;
 use rayon::prelude::*;
 
 use super::PAR_ELEMS;
-use super::matmul::sgemm;
+use super::sgemm::{sgemm, sgemm_workspace_len};
 
 /// Spatial ranks the convolution and pooling kernels support (1-D to 3-D).
 pub const MAX_SPATIAL_RANK: usize = 3;
@@ -153,19 +154,15 @@ pub(crate) fn depthwise(x_shape: &[usize], w_shape: &[usize], group: usize) -> b
     group > 1 && x_shape[1] / group == 1 && w_shape[1] == 1
 }
 
-/// Workspace (f32 elements) [`conv`] needs for these shapes and window.
+/// Workspace (f32 elements) [`conv`] needs for these shapes and window: the im2col columns
+/// (none for pointwise convolutions), then the GEMM's packing buffers.
 pub fn conv_workspace_len(
     x_shape: &[usize],
     w_shape: &[usize],
     win: &Window,
     group: usize,
 ) -> usize {
-    let g = Geo::new(win);
-    if depthwise(x_shape, w_shape, group) || g.pointwise() {
-        0
-    } else {
-        (x_shape[1] / group) * g.ksize() * g.osize()
-    }
+    lowmem_ir::scratch::conv_workspace_len(x_shape, w_shape, win, group, ConvPass::Forward)
 }
 
 /// Unfolds `channels` input planes (`x`, contiguous) into the `[channels * K, P]` column
@@ -261,9 +258,13 @@ pub fn conv(
         return depthwise_direct(x, w, bias, &g, c, m / group, out);
     }
     let pointwise = g.pointwise();
-    if !pointwise {
-        assert!(workspace.len() >= cg * kk * p, "conv workspace too small");
-    }
+    let cols = if pointwise { 0 } else { cg * kk * p };
+    let gk = if pointwise { cg } else { cg * kk };
+    assert!(
+        workspace.len() >= cols + sgemm_workspace_len(mg, p, gk),
+        "conv workspace too small"
+    );
+    let (colbuf, gws) = workspace.split_at_mut(cols);
     for b in 0..n {
         for gi in 0..group {
             let xg = &x[(b * c + gi * cg) * isz..(b * c + (gi + 1) * cg) * isz];
@@ -279,11 +280,10 @@ pub fn conv(
                 None => 0.0,
             };
             if pointwise {
-                sgemm(mg, p, cg, 1.0, wg, false, xg, false, beta, og);
+                sgemm(mg, p, cg, 1.0, wg, false, xg, false, beta, og, gws);
             } else {
-                let col = &mut workspace[..cg * kk * p];
-                im2col_geo(xg, cg, &g, col);
-                sgemm(mg, p, cg * kk, 1.0, wg, false, col, false, beta, og);
+                im2col_geo(xg, cg, &g, colbuf);
+                sgemm(mg, p, cg * kk, 1.0, wg, false, colbuf, false, beta, og, gws);
             }
         }
     }

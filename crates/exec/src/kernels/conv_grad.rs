@@ -3,12 +3,13 @@
 //! depthwise. Deterministic: every output element is accumulated in a fixed order.
 
 use lowmem_ir::Window;
+use lowmem_ir::scratch::ConvPass;
 use rayon::prelude::*;
 
 use super::PAR_ELEMS;
 // The backward passes unfold the same columns as the forward convolution.
-use super::conv::{ConvDims, Geo, conv_workspace_len, depthwise, im2col_geo};
-use super::matmul::sgemm;
+use super::conv::{ConvDims, Geo, depthwise, im2col_geo};
+use super::sgemm::{sgemm, sgemm_workspace_len};
 
 /// Workspace (f32 elements) [`conv_backward_data`] needs.
 pub fn conv_backward_data_workspace_len(
@@ -17,7 +18,7 @@ pub fn conv_backward_data_workspace_len(
     win: &Window,
     group: usize,
 ) -> usize {
-    conv_workspace_len(x_shape, w_shape, win, group)
+    lowmem_ir::scratch::conv_workspace_len(x_shape, w_shape, win, group, ConvPass::BackwardData)
 }
 
 /// Workspace (f32 elements) [`conv_backward_filter`] needs.
@@ -27,7 +28,7 @@ pub fn conv_backward_filter_workspace_len(
     win: &Window,
     group: usize,
 ) -> usize {
-    conv_workspace_len(x_shape, w_shape, win, group)
+    lowmem_ir::scratch::conv_workspace_len(x_shape, w_shape, win, group, ConvPass::BackwardFilter)
 }
 
 /// The adjoint of [`super::im2col`]: adds the `[channels * K, P]` column matrix `col` back
@@ -117,11 +118,14 @@ pub fn conv_backward_data(
         return depthwise_data(dy, w, &g, c, mg, dx);
     }
     let pointwise = g.pointwise();
+    let cols = if pointwise { 0 } else { cg * kk * p };
+    let gm = if pointwise { cg } else { cg * kk };
+    assert!(
+        workspace.len() >= cols + sgemm_workspace_len(gm, p, mg),
+        "conv_backward_data workspace too small"
+    );
+    let (col, gws) = workspace.split_at_mut(cols);
     if !pointwise {
-        assert!(
-            workspace.len() >= cg * kk * p,
-            "conv_backward_data workspace too small"
-        );
         dx.fill(0.0);
     }
     for b in 0..n {
@@ -130,10 +134,9 @@ pub fn conv_backward_data(
             let dxg = &mut dx[(b * c + gi * cg) * isz..(b * c + (gi + 1) * cg) * isz];
             let wg = &w[gi * mg * cg * kk..(gi + 1) * mg * cg * kk];
             if pointwise {
-                sgemm(cg, p, mg, 1.0, wg, true, dyg, false, 0.0, dxg);
+                sgemm(cg, p, mg, 1.0, wg, true, dyg, false, 0.0, dxg, gws);
             } else {
-                let col = &mut workspace[..cg * kk * p];
-                sgemm(cg * kk, p, mg, 1.0, wg, true, dyg, false, 0.0, col);
+                sgemm(cg * kk, p, mg, 1.0, wg, true, dyg, false, 0.0, col, gws);
                 col2im_geo(col, cg, &g, dxg);
             }
         }
@@ -226,12 +229,13 @@ pub fn conv_backward_filter(
         return depthwise_filter(dy, x, &g, n, c, mg, dw);
     }
     let pointwise = g.pointwise();
-    if !pointwise {
-        assert!(
-            workspace.len() >= cg * kk * p,
-            "conv_backward_filter workspace too small"
-        );
-    }
+    let cols = if pointwise { 0 } else { cg * kk * p };
+    let gn = if pointwise { cg } else { cg * kk };
+    assert!(
+        workspace.len() >= cols + sgemm_workspace_len(mg, gn, p),
+        "conv_backward_filter workspace too small"
+    );
+    let (col, gws) = workspace.split_at_mut(cols);
     for b in 0..n {
         let beta = if b == 0 { 0.0 } else { 1.0 };
         for gi in 0..group {
@@ -239,11 +243,10 @@ pub fn conv_backward_filter(
             let xg = &x[(b * c + gi * cg) * isz..(b * c + (gi + 1) * cg) * isz];
             let dwg = &mut dw[gi * mg * cg * kk..(gi + 1) * mg * cg * kk];
             if pointwise {
-                sgemm(mg, cg, p, 1.0, dyg, false, xg, true, beta, dwg);
+                sgemm(mg, cg, p, 1.0, dyg, false, xg, true, beta, dwg, gws);
             } else {
-                let col = &mut workspace[..cg * kk * p];
                 im2col_geo(xg, cg, &g, col);
-                sgemm(mg, cg * kk, p, 1.0, dyg, false, col, true, beta, dwg);
+                sgemm(mg, cg * kk, p, 1.0, dyg, false, col, true, beta, dwg, gws);
             }
         }
     }

@@ -1,99 +1,26 @@
-//! Matrix products through the `gemm` crate.
+//! numpy MatMul and ONNX Gemm over our SGEMM ([`super::sgemm`]).
 
-use gemm::Parallelism;
+use lowmem_ir::scratch::{matmul_plan, sgemm_workspace_len};
 use lowmem_ir::shape::count;
 use rayon::prelude::*;
 
+use super::sgemm::sgemm;
 use super::{Dims, strides, unravel};
 
-/// Multiply-adds above which one GEMM is split over the rayon pool.
-const PAR_MACS: usize = 1 << 18;
-
-fn parallelism(m: usize, n: usize, k: usize) -> Parallelism {
-    if m.saturating_mul(n).saturating_mul(k) >= PAR_MACS && rayon::current_num_threads() > 1 {
-        Parallelism::Rayon(0)
-    } else {
-        Parallelism::None
-    }
-}
-
-/// BLAS-style `c = alpha * op(a) * op(b) + beta * c` on contiguous row-major matrices.
-///
-/// `a` is `m x k` (`k x m` when `trans_a`), `b` is `k x n` (`n x k` when `trans_b`), `c` is
-/// `m x n`. With `beta == 0` the old contents of `c` are not read (NaNs there do not leak).
-#[allow(clippy::too_many_arguments)]
-pub fn sgemm(
-    m: usize,
-    n: usize,
-    k: usize,
-    alpha: f32,
-    a: &[f32],
-    trans_a: bool,
-    b: &[f32],
-    trans_b: bool,
-    beta: f32,
-    c: &mut [f32],
-) {
-    assert!(
-        a.len() >= m * k,
-        "sgemm: a has {} < {m}x{k} elements",
-        a.len()
-    );
-    assert!(
-        b.len() >= k * n,
-        "sgemm: b has {} < {k}x{n} elements",
-        b.len()
-    );
-    assert!(
-        c.len() >= m * n,
-        "sgemm: c has {} < {m}x{n} elements",
-        c.len()
-    );
-    if m == 0 || n == 0 {
-        return;
-    }
-    let (a_rs, a_cs) = if trans_a {
-        (1, m as isize)
-    } else {
-        (k as isize, 1)
-    };
-    let (b_rs, b_cs) = if trans_b {
-        (1, k as isize)
-    } else {
-        (n as isize, 1)
-    };
-    // SAFETY: the asserts above bound every access: a, b and c are read/written only at
-    // offsets below m*k, k*n and m*n for the strides given; c is uniquely borrowed.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            c.as_mut_ptr(),
-            1,
-            n as isize,
-            beta != 0.0,
-            a.as_ptr(),
-            a_cs,
-            a_rs,
-            b.as_ptr(),
-            b_cs,
-            b_rs,
-            // gemm computes dst = alpha * dst + beta * lhs * rhs.
-            beta,
-            alpha,
-            false,
-            false,
-            false,
-            parallelism(m, n, k),
-        )
-    }
-}
+pub use lowmem_ir::scratch::matmul_workspace_len;
 
 /// numpy `matmul` (ONNX MatMul): batched with broadcast batch dimensions; a 1-D `a` is a row
 /// vector and a 1-D `b` a column vector, their axis removed from the output. `out` has
-/// [`lowmem_ir::Op::infer`]'s output shape.
-pub fn matmul(a: &[f32], a_shape: &[usize], b: &[f32], b_shape: &[usize], out: &mut [f32]) {
+/// [`lowmem_ir::Op::infer`]'s output shape. `ws`: at least [`matmul_workspace_len`]
+/// elements.
+pub fn matmul(
+    a: &[f32],
+    a_shape: &[usize],
+    b: &[f32],
+    b_shape: &[usize],
+    out: &mut [f32],
+    ws: &mut [f32],
+) {
     assert!(
         !a_shape.is_empty() && !b_shape.is_empty(),
         "matmul of a scalar"
@@ -139,9 +66,12 @@ pub fn matmul(a: &[f32], a_shape: &[usize], b: &[f32], b_shape: &[usize], out: &
     if nb == 0 || m == 0 || n == 0 {
         return;
     }
+    let Some([_, _, _, gemms, groups]) = matmul_plan(a_shape, b_shape) else {
+        unreachable!("matmul shapes checked above")
+    };
     // b shared by every batch and a not broadcast: one tall GEMM.
-    if count(bb) == 1 && count(ab) == nb {
-        sgemm(nb * m, n, k, 1.0, a, false, b, false, 0.0, out);
+    if gemms == 1 {
+        sgemm(nb * m, n, k, 1.0, a, false, b, false, 0.0, out, ws);
         return;
     }
     // Batch strides of a and b (in matrices), 0 on broadcast dims.
@@ -167,19 +97,31 @@ pub fn matmul(a: &[f32], a_shape: &[usize], b: &[f32], b_shape: &[usize], out: &
         let ob: usize = idx.iter().zip(sb.iter()).map(|(i, s)| i * s).sum();
         (oa * m * k, ob * k * n)
     };
-    let one = |(bi, c): (usize, &mut [f32])| {
-        let (oa, ob) = offsets(bi);
-        sgemm(m, n, k, 1.0, &a[oa..], false, &b[ob..], false, 0.0, c);
+    // Batches in `groups` contiguous groups (in parallel when more than one), each with its
+    // own GEMM workspace.
+    let wl = sgemm_workspace_len(m, n, k);
+    assert!(ws.len() >= groups * wl, "matmul workspace too small");
+    let per = nb.div_ceil(groups);
+    let group = |(gi, (c, ws)): (usize, (&mut [f32], &mut [f32]))| {
+        for (j, c) in c.chunks_mut(m * n).enumerate() {
+            let (oa, ob) = offsets(gi * per + j);
+            sgemm(m, n, k, 1.0, &a[oa..], false, &b[ob..], false, 0.0, c, ws);
+        }
     };
-    if m * n * k < PAR_MACS && nb > 1 {
-        out.par_chunks_mut(m * n).enumerate().for_each(one);
+    let ws = &mut ws[..groups * wl];
+    // (wl == 0: k == 0, nothing worth splitting.)
+    if groups > 1 && wl > 0 {
+        out.par_chunks_mut(per * m * n)
+            .zip(ws.par_chunks_mut(wl))
+            .enumerate()
+            .for_each(group);
     } else {
-        out.chunks_mut(m * n).enumerate().for_each(one);
+        group((0, (out, ws)));
     }
 }
 
 /// ONNX Gemm: `out = alpha * op(a) * op(b) + beta * c`, `a`/`b` matrices, `c` optional and
-/// unidirectionally broadcast to `[M, N]`.
+/// unidirectionally broadcast to `[M, N]`. `ws`: at least [`sgemm_workspace_len`]`(M, N, K)`.
 #[allow(clippy::too_many_arguments)]
 pub fn gemm(
     a: &[f32],
@@ -192,6 +134,7 @@ pub fn gemm(
     trans_a: bool,
     trans_b: bool,
     out: &mut [f32],
+    ws: &mut [f32],
 ) {
     assert!(
         a_shape.len() == 2 && b_shape.len() == 2,
@@ -210,5 +153,5 @@ pub fn gemm(
         }
         _ => 0.0,
     };
-    sgemm(m, n, k, alpha, a, trans_a, b, trans_b, beta, out);
+    sgemm(m, n, k, alpha, a, trans_a, b, trans_b, beta, out, ws);
 }

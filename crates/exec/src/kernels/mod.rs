@@ -18,6 +18,7 @@ mod norm;
 mod norm_grad;
 mod pool;
 mod reduce;
+mod sgemm;
 
 
 pub use conv::{MAX_SPATIAL_RANK, conv, conv_workspace_len, im2col};
@@ -31,7 +32,7 @@ pub use grad::{
     pow_grad, sgd_update, softmax_cross_entropy, softmax_cross_entropy_grad, unary_grad,
     unary_grad_inplace,
 };
-pub use matmul::{gemm, matmul, sgemm};
+pub use matmul::{gemm, matmul, matmul_workspace_len};
 pub use movement::{concat, slice, transpose};
 pub use norm::{batch_norm, layer_norm, layer_norm_workspace_len, lrn, softmax};
 pub use norm_grad::{
@@ -42,6 +43,7 @@ pub use pool::{
     avg_pool, avg_pool_grad, global_avg_pool, global_avg_pool_grad, max_pool, max_pool_grad,
 };
 pub use reduce::{reduce, reduce_workspace_len, sum_to};
+pub use sgemm::{sgemm, sgemm_workspace_len};
 
 /// Element count above which elementwise-style kernels split their work over rayon.
 pub(crate) const PAR_ELEMS: usize = 1 << 15;
