@@ -5,9 +5,9 @@ use std::time::Instant;
 use clap::{Parser, Subcommand, ValueEnum};
 use lowmem::autodiff::{Loss, Optimizer};
 use lowmem::compile::{CompileOptions, InputRole, Task, compile, human_bytes};
+use lowmem::exec::Executor;
 use lowmem::exec::heap::CountingAlloc;
 use lowmem::exec::train::StepProbe;
-use lowmem::exec::Executor;
 use lowmem::train::{TrainConfig, train};
 use lowmem::{Error, data, inspect, model};
 use lowmem_ir::{DType, Graph, TensorData};
@@ -499,7 +499,10 @@ fn grad(
     let mut taken = std::collections::HashSet::new();
     let mut index = serde_json::Map::new();
     for (k, (name, _)) in step.grads.iter().enumerate() {
-        let wt = g.tensor(g.tensor_id(name).expect("gradients are of the model's weights"));
+        let wt = g.tensor(
+            g.tensor_id(name)
+                .expect("gradients are of the model's weights"),
+        );
         let file = grad_file_name(name, &mut taken);
         model::write_tensor(&output_dir.join(&file), name, &wt.shape, &outs[k + 1])?;
         index.insert(name.clone(), serde_json::Value::String(file));
@@ -527,12 +530,19 @@ fn grad(
 #[global_allocator]
 static HEAP: CountingAlloc = CountingAlloc::new();
 
-/// Measures the peak of live heap bytes while each step runs.
+/// Measures the peak of live heap bytes while each step runs, from a baseline taken just
+/// before the executor allocates the step's memory (data set, model and the executor's
+/// instruction table excluded).
 struct HeapProbe {
+    baseline: usize,
     peak: usize,
 }
 
 impl StepProbe for HeapProbe {
+    fn before_blocks(&mut self) {
+        self.baseline = HEAP.live();
+        self.peak = self.baseline;
+    }
     fn before(&mut self) {
         HEAP.reset_peak();
     }
@@ -546,7 +556,8 @@ fn is_lmc(path: &std::path::Path) -> bool {
         || std::fs::File::open(path)
             .and_then(|mut f| {
                 let mut m = [0u8; 8];
-                std::io::Read::read_exact(&mut f, &mut m).map(|()| &m == lowmem::compile::lmc::MAGIC)
+                std::io::Read::read_exact(&mut f, &mut m)
+                    .map(|()| &m == lowmem::compile::lmc::MAGIC)
             })
             .unwrap_or(false)
 }
@@ -589,10 +600,20 @@ fn train_cmd(model_path: &std::path::Path, a: TrainArgs) -> Result<(), Error> {
         seed: a.seed,
         eval_every: a.eval_every,
     };
-    let baseline = HEAP.live();
-    let mut probe = HeapProbe { peak: baseline };
-    let report = train(&mut step, &split.train, &split.test, &config, &mut probe, a.json)?;
-    let measured = probe.peak.saturating_sub(baseline) as u64;
+    lowmem_exec::start_threads();
+    let mut probe = HeapProbe {
+        baseline: HEAP.live(),
+        peak: 0,
+    };
+    let report = train(
+        &mut step,
+        &split.train,
+        &split.test,
+        &config,
+        &mut probe,
+        a.json,
+    )?;
+    let measured = probe.peak.saturating_sub(probe.baseline) as u64;
     let planned = step.planned_peak_bytes();
     let out = a.out.unwrap_or_else(|| {
         let stem = model_path
@@ -761,7 +782,8 @@ fn run(cli: Cli) -> Result<(), Error> {
             }
             times.sort_by(f64::total_cmp);
             let median = times[times.len() / 2];
-            let flops = step.costs.forward_flops + step.costs.backward_flops + step.costs.recompute_flops;
+            let flops =
+                step.costs.forward_flops + step.costs.backward_flops + step.costs.recompute_flops;
             let gflops = flops as f64 / median / 1e9;
             if json {
                 println!(
@@ -837,9 +859,10 @@ fn run(cli: Cli) -> Result<(), Error> {
                 human_bytes(step.planned_peak_bytes()),
                 human_bytes(step.plan.persistent_bytes),
                 human_bytes(step.plan.arena_bytes),
-                step.remat
-                    .as_ref()
-                    .map_or(String::new(), |r| format!(", remat {} ({})", r.scheme, r.detail))
+                step.remat.as_ref().map_or(String::new(), |r| format!(
+                    ", remat {} ({})",
+                    r.scheme, r.detail
+                ))
             );
             println!("wrote {}", out.display());
             Ok(())

@@ -256,7 +256,7 @@ pub fn train(
     let mut loss = f32::NAN;
     let start;
     let state = {
-        let mut trainer = Trainer::new(step)?;
+        let mut trainer = Trainer::with_hook(step, || probe.before_blocks())?;
         start = Instant::now();
         for k in 1..=config.steps {
             loss = trainer.step(&mut source, probe)?;
@@ -267,8 +267,7 @@ pub fn train(
                 )));
             }
             progress.step(k, config.steps, loss, start);
-            if config.eval_every > 0 && k.is_multiple_of(config.eval_every) && k < config.steps
-            {
+            if config.eval_every > 0 && k.is_multiple_of(config.eval_every) && k < config.steps {
                 let t = Instant::now();
                 let mut now = step.clone();
                 for (s, v) in now.state.iter_mut().zip(trainer.state()) {

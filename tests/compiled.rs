@@ -45,7 +45,12 @@ impl BatchSource for Synthetic {
     }
 }
 
-fn training(model: &Graph, batch: usize, scheme: Option<Scheme>, budget: Option<u64>) -> CompiledStep {
+fn training(
+    model: &Graph,
+    batch: usize,
+    scheme: Option<Scheme>,
+    budget: Option<u64>,
+) -> CompiledStep {
     let mut o = CompileOptions::new(Task::Training {
         loss: Loss::CrossEntropy,
         optimizer: sgd(),
@@ -68,15 +73,27 @@ fn in_arena(step: &CompiledStep, steps: usize, classes: usize) -> (Vec<f32>, Vec
 }
 
 /// The same steps on the unplanned reference executor, one allocation per tensor.
-fn reference(step: &CompiledStep, steps: usize, classes: usize) -> (Vec<f32>, Vec<Arc<TensorData>>) {
+fn reference(
+    step: &CompiledStep,
+    steps: usize,
+    classes: usize,
+) -> (Vec<f32>, Vec<Arc<TensorData>>) {
     let g = &step.graph;
     let mut state: Vec<TensorData> = step.state.iter().map(|s| (*s.value).clone()).collect();
     let mut src = Synthetic { step: 0, classes };
     let mut losses = Vec::new();
     for k in 1..=steps {
-        let data = step.inputs.iter().position(|r| matches!(r, InputRole::Data(_))).unwrap();
+        let data = step
+            .inputs
+            .iter()
+            .position(|r| matches!(r, InputRole::Data(_)))
+            .unwrap();
         let mut x = vec![0f32; g.tensor(g.inputs[data]).numel()];
-        let lk = step.inputs.iter().position(|r| *r == InputRole::Labels).unwrap();
+        let lk = step
+            .inputs
+            .iter()
+            .position(|r| *r == InputRole::Labels)
+            .unwrap();
         let mut y = vec![0i64; g.tensor(g.inputs[lk]).numel()];
         src.fill(&mut x, Some(Labels::Classes(&mut y))).unwrap();
         let inputs: Vec<TensorData> = step
@@ -96,9 +113,18 @@ fn reference(step: &CompiledStep, steps: usize, classes: usize) -> (Vec<f32>, Ve
     (losses, state.into_iter().map(Arc::new).collect())
 }
 
-fn assert_bitwise(what: &str, a: &(Vec<f32>, Vec<Arc<TensorData>>), b: &(Vec<f32>, Vec<Arc<TensorData>>)) {
+fn assert_bitwise(
+    what: &str,
+    a: &(Vec<f32>, Vec<Arc<TensorData>>),
+    b: &(Vec<f32>, Vec<Arc<TensorData>>),
+) {
     for (k, (x, y)) in a.0.iter().zip(&b.0).enumerate() {
-        assert_eq!(x.to_bits(), y.to_bits(), "{what}: loss of step {} differs", k + 1);
+        assert_eq!(
+            x.to_bits(),
+            y.to_bits(),
+            "{what}: loss of step {} differs",
+            k + 1
+        );
     }
     assert_eq!(a.1.len(), b.1.len());
     for (k, (x, y)) in a.1.iter().zip(&b.1).enumerate() {
@@ -134,12 +160,22 @@ fn schemes_train_bitwise(model: &Graph, batch: usize, steps: usize, classes: usi
         assert!(err.contains("smallest feasible budget"), "{err}");
         none.plan.persistent_bytes
     };
-    for budget in [peak, floor + (peak - floor) * 3 / 4, floor + (peak - floor) / 2] {
-        let Ok(c) = std::panic::catch_unwind(|| training(model, batch, Some(Scheme::Optimal), Some(budget))) else {
+    for budget in [
+        peak,
+        floor + (peak - floor) * 3 / 4,
+        floor + (peak - floor) / 2,
+    ] {
+        let Ok(c) = std::panic::catch_unwind(|| {
+            training(model, batch, Some(Scheme::Optimal), Some(budget))
+        }) else {
             continue; // below the smallest feasible budget of this model
         };
         assert!(c.planned_peak_bytes() <= budget);
-        assert_bitwise(&format!("optimal @ {budget}"), &in_arena(&c, steps, classes), &want);
+        assert_bitwise(
+            &format!("optimal @ {budget}"),
+            &in_arena(&c, steps, classes),
+            &want,
+        );
     }
 }
 
@@ -159,7 +195,11 @@ fn squeezenet_trains_bitwise_in_the_arena() {
     assert_bitwise("none", &in_arena(&none, 20, 1000), &want);
     for s in [Scheme::Sqrt, Scheme::Revolve] {
         let c = training(&g, 2, Some(s), None);
-        assert!(c.remat.as_ref().unwrap().recomputed_nodes > 0, "{} recomputes", s.name());
+        assert!(
+            c.remat.as_ref().unwrap().recomputed_nodes > 0,
+            "{} recomputes",
+            s.name()
+        );
         assert_bitwise(s.name(), &in_arena(&c, 20, 1000), &want);
     }
     let half = none.plan.persistent_bytes + none.plan.arena_bytes / 2;
@@ -205,7 +245,10 @@ fn bad_compiled_files_get_clear_errors() {
     let mut v = good.clone();
     v[8] = 9;
     let e = err(&v);
-    assert!(e.contains("version 9") && e.contains("reads version 1"), "{e}");
+    assert!(
+        e.contains("version 9") && e.contains("reads version 1"),
+        "{e}"
+    );
     let mut v = good.clone();
     let mid = v.len() / 2;
     v[mid] ^= 0x40;
@@ -220,7 +263,9 @@ fn bad_compiled_files_get_clear_errors() {
 #[test]
 fn inference_and_gradient_steps_run_in_their_arena() {
     let g = example("mlp");
-    let x = common::read_pb(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("ir/examples/mlp.x.pb"));
+    let x = common::read_pb(
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("ir/examples/mlp.x.pb"),
+    );
     let want = lowmem_exec::run(&g, std::slice::from_ref(&x.data)).unwrap();
     let c = compile(&g, &CompileOptions::new(Task::Inference)).unwrap();
     let mut ex = lowmem::exec::Executor::new(&c).unwrap();

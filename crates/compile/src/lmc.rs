@@ -299,9 +299,12 @@ impl<'a> J<'a> {
             .map(|v| J { v, path: key })
     }
     fn u64(&self) -> Result<u64, CompileError> {
-        self.v
-            .as_u64()
-            .ok_or_else(|| bad(format!("header: '{}' is not an unsigned integer", self.path)))
+        self.v.as_u64().ok_or_else(|| {
+            bad(format!(
+                "header: '{}' is not an unsigned integer",
+                self.path
+            ))
+        })
     }
     fn usize(&self) -> Result<usize, CompileError> {
         usize::try_from(self.u64()?)
@@ -533,7 +536,9 @@ pub fn from_bytes(bytes: &[u8]) -> Result<CompiledStep, CompileError> {
         )));
     }
     let (h, d) = (le_u64(bytes, 16), le_u64(bytes, 24));
-    let want = (PREFIX as u64).checked_add(h).and_then(|x| x.checked_add(d));
+    let want = (PREFIX as u64)
+        .checked_add(h)
+        .and_then(|x| x.checked_add(d));
     match want {
         Some(w) if w == bytes.len() as u64 => {}
         Some(w) if w > bytes.len() as u64 => {
@@ -595,7 +600,10 @@ pub fn from_bytes(bytes: &[u8]) -> Result<CompiledStep, CompileError> {
         "inference" => Task::Inference,
         "gradient" => Task::Gradient {
             loss: read_loss(t.get("loss")?)?,
-            output: t.opt("output").map(|o| o.str().map(String::from)).transpose()?,
+            output: t
+                .opt("output")
+                .map(|o| o.str().map(String::from))
+                .transpose()?,
         },
         "training" => Task::Training {
             loss: read_loss(t.get("loss")?)?,
@@ -639,7 +647,9 @@ pub fn from_bytes(bytes: &[u8]) -> Result<CompiledStep, CompileError> {
             (Some("step"), _, _) => Ok(InputRole::Step),
             (None, Some(k), None) => k.usize().map(InputRole::Data),
             (None, None, Some(k)) => k.usize().map(InputRole::State),
-            _ => Err(bad("header: an input role is not data, labels, step or state")),
+            _ => Err(bad(
+                "header: an input role is not data, labels, step or state",
+            )),
         })
         .collect::<Result<_, _>>()?;
     if inputs.len() != graph.inputs.len() {

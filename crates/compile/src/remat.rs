@@ -131,9 +131,13 @@ impl Outcome {
 pub fn training_roles(tg: &TrainingGraph) -> Roles {
     Roles::training_step(
         &tg.graph,
-        tg.state
-            .iter()
-            .map(|s| (s.input, s.output, s.kind == lowmem_autodiff::StateKind::Parameter)),
+        tg.state.iter().map(|s| {
+            (
+                s.input,
+                s.output,
+                s.kind == lowmem_autodiff::StateKind::Parameter,
+            )
+        }),
         tg.grads.iter().map(|&(_, g)| g),
     )
 }

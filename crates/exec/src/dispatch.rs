@@ -262,8 +262,8 @@ pub(crate) fn exec_op(c: &OpCall, outs: &mut [&mut [u8]], ws: &mut [f32]) -> Res
             if !c.aliased[0] {
                 kernels::expand(x(0)?, shapes[0], o, os[0]);
             }
-            for i in 1..c.ins.len() {
-                kernels::binary_inplace(Binary::Add, o, os[0], x(i)?, shapes[i]);
+            for (i, &s) in shapes.iter().enumerate().take(c.ins.len()).skip(1) {
+                kernels::binary_inplace(Binary::Add, o, os[0], x(i)?, s);
             }
         }
         Op::SumTo { .. } => kernels::sum_to(x(0)?, shapes[0], c.out1(outs)?, os[0], ws),
@@ -671,7 +671,10 @@ fn movement<T: Pod + Send + Sync>(c: &OpCall, out: &mut [u8]) -> Result<(), Stri
             match perm {
                 Some(q) if q.len() == r => p[..r].copy_from_slice(q),
                 Some(q) => return Err(format!("perm {q:?} does not fit rank {r}")),
-                None => p[..r].iter_mut().enumerate().for_each(|(i, v)| *v = r - 1 - i),
+                None => p[..r]
+                    .iter_mut()
+                    .enumerate()
+                    .for_each(|(i, v)| *v = r - 1 - i),
             }
             kernels::transpose(inp(0)?, s0, &p[..r], out);
         }

@@ -54,7 +54,10 @@ impl CountingAlloc {
     /// (allocations, bytes) made by tracked threads so far (reallocations count as one
     /// allocation of the new size).
     pub fn tracked(&self) -> (u64, u64) {
-        (self.tracked_allocs.load(Relaxed), self.tracked_bytes.load(Relaxed))
+        (
+            self.tracked_allocs.load(Relaxed),
+            self.tracked_bytes.load(Relaxed),
+        )
     }
 
     fn added(&self, n: usize) {

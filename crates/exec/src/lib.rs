@@ -9,12 +9,12 @@
 //! slices.
 
 mod dispatch;
+pub mod heap;
 pub mod kernels;
 mod planned;
 mod session;
-pub mod heap;
-pub mod train;
 mod storage;
+pub mod train;
 
 use dispatch::{OpCall, alias_input, exec_op, may_alias, workspace_len};
 use lowmem_ir::{DType, Graph, Node, NodeId, Op, TensorData, TensorId};
@@ -211,6 +211,12 @@ pub fn run(graph: &Graph, inputs: &[TensorData]) -> Result<Vec<TensorData>, Exec
 /// [`Op::workspace_bytes`] plans as the step's workspace).
 pub fn kernel_workspace_bytes(op: &Op, inputs: &[&[usize]]) -> Result<usize, String> {
     Ok(workspace_len(op, inputs)? * 4)
+}
+
+/// Starts the kernels' thread pool now (it is started lazily by the first parallel kernel),
+/// so that its one-time allocations fall outside a measured step; returns its size.
+pub fn start_threads() -> usize {
+    rayon::current_num_threads()
 }
 
 /// Checks the graph inputs' count, dtypes and sizes.

@@ -53,8 +53,9 @@ impl Block {
             .map_err(|e| ExecError::Layout(format!("{what} of {len} bytes: {e}")))?;
         // SAFETY: `layout` has a non-zero size.
         let ptr = unsafe { alloc::alloc_zeroed(layout) };
-        let ptr = NonNull::new(ptr)
-            .ok_or_else(|| ExecError::Layout(format!("cannot allocate the {what} of {len} bytes")))?;
+        let ptr = NonNull::new(ptr).ok_or_else(|| {
+            ExecError::Layout(format!("cannot allocate the {what} of {len} bytes"))
+        })?;
         Ok(Block { ptr, len })
     }
 }
@@ -121,6 +122,16 @@ impl<'s> Executor<'s> {
     /// Allocates the arena and the persistent block, checks the plan, and loads the
     /// weights and the step's current state.
     pub fn new(step: &'s CompiledStep) -> Result<Executor<'s>, ExecError> {
+        Executor::with_hook(step, || {})
+    }
+
+    /// [`Executor::new`], calling `before_blocks` once the plan is checked and the
+    /// instruction table built, just before the arena and the persistent block are
+    /// allocated (a measurement of the step's tensor memory starts there).
+    pub fn with_hook(
+        step: &'s CompiledStep,
+        before_blocks: impl FnOnce(),
+    ) -> Result<Executor<'s>, ExecError> {
         let g = &step.graph;
         let p = &step.plan;
         let (nt, nn) = (g.tensors.len(), g.nodes.len());
@@ -151,14 +162,14 @@ impl<'s> Executor<'s> {
                 (Some(o), None) => (Place::Arena, o, p.arena_bytes),
                 (None, Some(o)) => (Place::Persistent, o, p.persistent_bytes),
                 (Some(_), Some(_)) => {
-                    return Err(terr(
-                        "has both an arena and a persistent offset".into(),
-                    ));
+                    return Err(terr("has both an arena and a persistent offset".into()));
                 }
                 (None, None) => return Err(terr("has no offset in the plan".into())),
             };
             if t.value.is_some() && place == Place::Arena {
-                return Err(terr("is a weight, but the plan puts it in the arena".into()));
+                return Err(terr(
+                    "is a weight, but the plan puts it in the arena".into(),
+                ));
             }
             let bytes = t.bytes() as u64;
             if off.checked_add(bytes).is_none_or(|e| e > size) {
@@ -192,7 +203,10 @@ impl<'s> Executor<'s> {
         }
         // Persistent tensors never share bytes, except a state output with its input.
         let mut spans: Vec<(usize, usize, usize)> = (0..nt)
-            .filter(|&i| loc[i].place == Place::Persistent && step.roles.state_alias[TensorId(i as u32)].is_none())
+            .filter(|&i| {
+                loc[i].place == Place::Persistent
+                    && step.roles.state_alias[TensorId(i as u32)].is_none()
+            })
             .map(|i| (loc[i].off, loc[i].len, i))
             .collect();
         spans.sort_unstable();
@@ -233,7 +247,10 @@ impl<'s> Executor<'s> {
         }
         let kept = |t: usize| g.outputs.iter().any(|o| o.index() == t);
         let mut written: Vec<bool> = (0..nt)
-            .map(|i| loc[i].place == Place::Persistent && step.graph.kind(TensorId(i as u32)) != lowmem_ir::TensorKind::Activation)
+            .map(|i| {
+                loc[i].place == Place::Persistent
+                    && step.graph.kind(TensorId(i as u32)) != lowmem_ir::TensorKind::Activation
+            })
             .collect();
         let mut live: Vec<usize> = Vec::new();
         let mut instrs = Vec::with_capacity(nn);
@@ -290,12 +307,16 @@ impl<'s> Executor<'s> {
                 }
             }
             let in_place: Vec<bool> = (0..node.inputs.len())
-                .map(|j| (0..aliased.len()).any(|k| aliased[k] && alias_input(&node.op, k) == Some(j)))
+                .map(|j| {
+                    (0..aliased.len()).any(|k| aliased[k] && alias_input(&node.op, k) == Some(j))
+                })
                 .collect();
             let need = workspace_len(&node.op, &io.shapes).map_err(&nerr)? * 4;
             let ws = match p.workspace.as_slice()[s] {
                 Some((off, bytes)) if bytes as usize >= need => {
-                    if off.checked_add(bytes).is_none_or(|e| e > p.arena_bytes) || !off.is_multiple_of(8) {
+                    if off.checked_add(bytes).is_none_or(|e| e > p.arena_bytes)
+                        || !off.is_multiple_of(8)
+                    {
                         return Err(nerr(format!(
                             "workspace at offset {off} + {bytes} bytes is past the arena of {} bytes or misaligned",
                             p.arena_bytes
@@ -386,6 +407,7 @@ impl<'s> Executor<'s> {
             }
         }
 
+        before_blocks();
         let arena = Block::new(p.arena_bytes, "arena")?;
         let persistent = Block::new(p.persistent_bytes, "persistent block")?;
         let mut ex = Executor {
@@ -582,7 +604,12 @@ impl<'s> Executor<'s> {
 
     /// The graph outputs' values.
     pub fn outputs(&self) -> Vec<TensorData> {
-        self.step.graph.outputs.iter().map(|&o| self.read(o)).collect()
+        self.step
+            .graph
+            .outputs
+            .iter()
+            .map(|&o| self.read(o))
+            .collect()
     }
 
     /// The scalar loss (first output) of a training or gradient step, without allocating.
@@ -599,10 +626,6 @@ impl<'s> Executor<'s> {
 
     /// The current state values, in `step.state` order.
     pub fn state_values(&self) -> Vec<TensorData> {
-        self.step
-            .state
-            .iter()
-            .map(|s| self.read(s.input))
-            .collect()
+        self.step.state.iter().map(|s| self.read(s.input)).collect()
     }
 }

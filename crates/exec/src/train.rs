@@ -28,6 +28,9 @@ pub trait BatchSource {
 pub trait StepProbe {
     fn before(&mut self) {}
     fn after(&mut self) {}
+    /// Called once the executor's instruction table is built, before its arena and
+    /// persistent block are allocated.
+    fn before_blocks(&mut self) {}
 }
 
 /// No hooks.
@@ -45,6 +48,14 @@ pub struct Trainer<'s> {
 impl<'s> Trainer<'s> {
     /// Builds the executor of `step`, which must be a training step with one f32 data input.
     pub fn new(step: &'s CompiledStep) -> Result<Trainer<'s>, ExecError> {
+        Trainer::with_hook(step, || {})
+    }
+
+    /// [`Trainer::new`] with [`Executor::with_hook`]'s hook.
+    pub fn with_hook(
+        step: &'s CompiledStep,
+        before_blocks: impl FnOnce(),
+    ) -> Result<Trainer<'s>, ExecError> {
         if !matches!(step.task, Task::Training { .. }) {
             return Err(ExecError::Layout(format!(
                 "the compiled step is a {} step, not a training step",
@@ -69,7 +80,7 @@ impl<'s> Trainer<'s> {
         }
         let labels = step.inputs.iter().position(|r| *r == InputRole::Labels);
         Ok(Trainer {
-            ex: Executor::new(step)?,
+            ex: Executor::with_hook(step, before_blocks)?,
             data,
             labels,
             steps: 0,

@@ -4,8 +4,8 @@
 
 mod common;
 
-use common::Rng;
 use lowmem_exec::kernels;
+use lowmem_testkit::Rng;
 
 #[allow(clippy::too_many_arguments)]
 fn reference(

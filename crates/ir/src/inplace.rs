@@ -2,8 +2,8 @@
 //! fact: the scheduler plans in-place reuse from it and the executors' kernels implement
 //! exactly these in-place forms.
 
-use crate::{DType, Op};
 use crate::shape::count;
+use crate::{DType, Op};
 
 impl Op {
     /// Reshape-type ops: the output is the input's bytes.

@@ -38,10 +38,19 @@ pub fn sgemm_tasks(m: usize, n: usize, k: usize) -> usize {
     items.clamp(1, GEMM_MAX_TASKS)
 }
 
+/// Multiply-adds up to which an SGEMM runs directly, without packing (and so without
+/// workspace): small products, where packing costs more than it saves.
+pub const GEMM_DIRECT_MACS: usize = 1 << 22;
+
+/// Whether an `m x n x k` SGEMM packs its operands into workspace.
+pub fn sgemm_packs(m: usize, n: usize, k: usize) -> bool {
+    m.saturating_mul(n).saturating_mul(k) > GEMM_DIRECT_MACS
+}
+
 /// f32 workspace an `m x n x k` SGEMM needs: the packed B block (`kc x nc`, padded to the
 /// widest micro-tile) and one packed A block (`mc x kc`, padded to the tallest) per task.
 pub fn sgemm_workspace_len(m: usize, n: usize, k: usize) -> usize {
-    if m == 0 || n == 0 || k == 0 {
+    if m == 0 || n == 0 || k == 0 || !sgemm_packs(m, n, k) {
         return 0;
     }
     let kc = k.min(GEMM_KC);

@@ -4,8 +4,9 @@
 use std::time::Duration;
 
 use lowmem_ir::{Graph, NodeId, SecondaryMap, TensorId};
-use lowmem_schedule::{sink_state_updates, 
+use lowmem_schedule::{
     Kind, LiveRange, Liveness, ProgPoint, Roles, StepId, memory_aware_order, program_order,
+    sink_state_updates,
 };
 
 use crate::pack::{self, Buffer, BufferId, Packing};

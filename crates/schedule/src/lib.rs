@@ -232,7 +232,11 @@ pub fn sink_state_updates(g: &Graph, roles: &Roles, order: Vec<NodeId>) -> Vec<N
     let mut moves: Vec<(usize, NodeId)> = Vec::new();
     for &n in &order {
         let node = g.node(n);
-        if node.outputs.iter().any(|&o| !consumers[o.index()].is_empty()) {
+        if node
+            .outputs
+            .iter()
+            .any(|&o| !consumers[o.index()].is_empty())
+        {
             continue;
         }
         let after = node

@@ -48,12 +48,7 @@ pub fn batch_norm_train(
     for v in [scale, bias] {
         assert_eq!(v.len(), c, "batch_norm_train per-channel length");
     }
-    for v in [
-        &*saved_mean,
-        &*saved_invstd,
-        &*running_mean,
-        &*running_var,
-    ] {
+    for v in [&*saved_mean, &*saved_invstd, &*running_mean, &*running_var] {
         assert_eq!(v.len(), c, "batch_norm_train per-channel output length");
     }
     let cnt = (n * sp) as f64;

@@ -180,6 +180,10 @@ pub fn sgemm(
         }
         return;
     }
+    if !lowmem_ir::scratch::sgemm_packs(m, n, k) {
+        direct(m, n, k, alpha, a, trans_a, b, trans_b, beta, c);
+        return;
+    }
     assert!(
         ws.len() >= sgemm_workspace_len(m, n, k),
         "sgemm: workspace of {} < {} elements",
@@ -345,6 +349,60 @@ fn driver<const MR: usize, const NR: usize>(
                     .for_each(|(ti, abuf)| run(abuf, ti * items / t, (ti + 1) * items / t));
             } else {
                 run(&mut abufs[..a_len], 0, items);
+            }
+        }
+    }
+}
+
+/// Small products without packing (no workspace): row `i` of C accumulates `A[i, p] * B[p, :]`
+/// over `p` in order (or dot products along `p` when B is transposed).
+#[allow(clippy::too_many_arguments)]
+fn direct(
+    m: usize,
+    n: usize,
+    k: usize,
+    alpha: f32,
+    a: &[f32],
+    trans_a: bool,
+    b: &[f32],
+    trans_b: bool,
+    beta: f32,
+    c: &mut [f32],
+) {
+    let at = |i: usize, p: usize| if trans_a { a[p * m + i] } else { a[i * k + p] };
+    for (i, row) in c.chunks_exact_mut(n).enumerate() {
+        if trans_b {
+            for (j, o) in row.iter_mut().enumerate() {
+                let bj = &b[j * k..(j + 1) * k];
+                let mut acc = 0f32;
+                for (p, &bv) in bj.iter().enumerate() {
+                    acc += at(i, p) * bv;
+                }
+                *o = if beta == 0.0 {
+                    alpha * acc
+                } else {
+                    alpha * acc + beta * *o
+                };
+            }
+        } else if beta == 0.0 {
+            row.fill(0.0);
+            for p in 0..k {
+                let x = at(i, p);
+                for (o, &bv) in row.iter_mut().zip(&b[p * n..(p + 1) * n]) {
+                    *o += x * bv;
+                }
+            }
+            if alpha != 1.0 {
+                row.iter_mut().for_each(|v| *v *= alpha);
+            }
+        } else {
+            // C[i, :] = beta * C[i, :] + alpha * sum_p A[i, p] * B[p, :]
+            row.iter_mut().for_each(|v| *v *= beta);
+            for p in 0..k {
+                let x = alpha * at(i, p);
+                for (o, &bv) in row.iter_mut().zip(&b[p * n..(p + 1) * n]) {
+                    *o += x * bv;
+                }
             }
         }
     }
