@@ -578,6 +578,7 @@ fn train_cmd(model_path: &std::path::Path, a: TrainArgs) -> Result<(), Error> {
         return Err(Error::Usage("--steps must be positive".into()));
     }
     let split = data::digits()?;
+    let mut export_batch = None;
     let mut step = if is_lmc(model_path) {
         if a.batch.is_some() || a.opt.given() || a.remat.given() {
             return Err(Error::Usage(format!(
@@ -588,8 +589,15 @@ fn train_cmd(model_path: &std::path::Path, a: TrainArgs) -> Result<(), Error> {
         lowmem::compile::lmc::read(model_path)?
     } else {
         let g = model::load(model_path, None)?;
+        let batch = a.batch.unwrap_or(32);
+        let gb = g.clone().with_batch(batch)?;
+        data::check_input(&gb, lowmem::train::data_input(&gb)?, split.train.features)?;
+        export_batch = g
+            .inputs
+            .first()
+            .and_then(|&i| g.tensor(i).shape.first().copied());
         let mut opts = CompileOptions::new(a.opt.task());
-        opts.batch = Some(a.batch.unwrap_or(32));
+        opts.batch = Some(batch);
         opts.remat = a.remat.scheme();
         opts.budget = a.remat.budget()?;
         opts.plan.search_time = std::time::Duration::ZERO;
@@ -622,7 +630,11 @@ fn train_cmd(model_path: &std::path::Path, a: TrainArgs) -> Result<(), Error> {
             .unwrap_or_else(|| "model".into());
         PathBuf::from(format!("{stem}.trained.onnx"))
     });
-    let bytes = lowmem_onnx::export_model(&report.model)?;
+    let trained = match export_batch {
+        Some(b) => report.model.clone().with_batch(b)?,
+        None => report.model.clone(),
+    };
+    let bytes = lowmem_onnx::export_model(&trained)?;
     std::fs::write(&out, bytes).map_err(|source| Error::Io {
         path: out.display().to_string(),
         source,
