@@ -61,12 +61,14 @@
 //! * `bwd_tmp[i]`: gradients of the stage's internal tensors (produced in the stage, consumed
 //!   in the stage, not the output, requiring a gradient): the gradient of `t` is live, in
 //!   the reverse sweep, from the backward of its last consumer to that of its producer. At
-//!   node `v` the transient is the backward workspace of `v` (im2col columns of
-//!   `ConvBackwardData`/`ConvBackwardFilter`, `LayerNormGrad`'s statistics) plus the live
+//!   node `v` the transient is the backward workspace of `v` (the [`Op::workspace_bytes`] of
+//!   the backward ops autodiff emits: im2col columns and GEMM packing of
+//!   `ConvBackwardData`/`ConvBackwardFilter`, GEMM packing of Gemm/MatMul's gradient
+//!   products, `SumTo` accumulators, `LayerNormGrad`'s statistics) plus the live
 //!   internal gradients; `bwd_tmp` is the maximum over `v`. Weight gradients (optimizer
 //!   state) and the record being freed during the backward are not modelled.
 
-use lowmem_ir::{ConvAttrs, GemmAttrs, Graph, NodeId, Op, TensorId, shape::count};
+use lowmem_ir::{ConvAttrs, DType, GemmAttrs, Graph, NodeId, Op, TensorId, shape::count};
 
 use crate::Chain;
 
@@ -423,6 +425,61 @@ fn backward_workspace(op: &Op, ins: &[&[usize]], outs: &[&[usize]], needs: &[boo
                 0
             };
             a.max(b)
+        }
+        Op::Gemm(a) => {
+            // The products autodiff emits (lowmem-autodiff's Gemm rule) and the bias SumTo.
+            let (xa, xb, dy) = (ins[0], ins[1], outs[0]);
+            let g = |trans_a, trans_b| {
+                Op::Gemm(GemmAttrs {
+                    alpha: a.alpha,
+                    beta: 0.0,
+                    trans_a,
+                    trans_b,
+                })
+            };
+            let da = match (need(0), a.trans_a) {
+                (false, _) => 0,
+                (true, true) => g(a.trans_b, true).workspace_bytes(&[xb, dy], &[xa]),
+                (true, false) => g(false, !a.trans_b).workspace_bytes(&[dy, xb], &[xa]),
+            };
+            let db = match (need(1), a.trans_b) {
+                (false, _) => 0,
+                (true, true) => g(true, a.trans_a).workspace_bytes(&[dy, xa], &[xb]),
+                (true, false) => g(!a.trans_a, false).workspace_bytes(&[xa, dy], &[xb]),
+            };
+            let dc = match ins.get(2) {
+                Some(&cs) if need(2) && cs != dy => {
+                    Op::SumTo { shape: cs.to_vec() }.workspace_bytes(&[dy], &[cs])
+                }
+                _ => 0,
+            };
+            da.max(db).max(dc)
+        }
+        Op::MatMul if ins[0].len() >= 2 && ins[1].len() >= 2 => {
+            // dA = dY x B^T and dB = A^T x dY over the batched operands, then SumTo down to
+            // a broadcast operand's shape (lowmem-autodiff's MatMul rule).
+            let (sa, sb, dy) = (ins[0], ins[1], outs[0]);
+            let t2 = |s: &[usize]| {
+                let mut t = s.to_vec();
+                let r = t.len();
+                t.swap(r - 2, r - 1);
+                t
+            };
+            let prod = |x: &[usize], y: &[usize], want: &[usize]| -> usize {
+                let mm = Op::MatMul.workspace_bytes(&[x, y], &[]);
+                let out = Op::MatMul.infer(&[(DType::F32, x), (DType::F32, y)], 1);
+                let sum = match out.as_deref() {
+                    Ok([(_, o)]) if o[..] != *want => Op::SumTo {
+                        shape: want.to_vec(),
+                    }
+                    .workspace_bytes(&[o], &[want]),
+                    _ => 0,
+                };
+                mm.max(sum)
+            };
+            let da = if need(0) { prod(dy, &t2(sb), sa) } else { 0 };
+            let db = if need(1) { prod(&t2(sa), dy, sb) } else { 0 };
+            da.max(db)
         }
         Op::LayerNormalization { axis, epsilon } if needs.iter().any(|&b| b) => Op::LayerNormGrad {
             axis: *axis,
