@@ -84,10 +84,30 @@ fn residual_mlp_has_one_stage_per_block_with_hand_counted_costs() {
     assert_eq!(c.input_bytes, vec![act; 4]);
     // Record: the Relu output (read by ReluGrad and by fc2's dW) and the block output.
     assert_eq!(c.saved_bytes, vec![2 * act; 3]);
-    // Forward: fc1's output is the only transient outside the record.
-    assert_eq!(c.fwd_tmp, vec![act; 3]);
-    // Backward: dRelu and dFc1 (or dFc2 and dRelu) live together.
-    assert_eq!(c.bwd_tmp, vec![2 * act; 3]);
+    // Forward: fc1's output is the only transient outside the record, next to a Gemm's
+    // workspace (the executor's GEMM packing buffers).
+    let gemm_ws = Op::Gemm(GemmAttrs::default())
+        .workspace_bytes(&[&[4, 8], &[8, 8], &[8]], &[&[4, 8]]) as u64;
+    assert_eq!(c.fwd_tmp, vec![act + gemm_ws; 3]);
+    // Backward: dRelu and dFc1 (or dFc2 and dRelu) live together, next to the largest
+    // workspace of a Gemm's backward ops (dA = dY W^T, dW = X^T dY, the bias SumTo).
+    let g = |trans_a, trans_b| {
+        Op::Gemm(GemmAttrs {
+            beta: 0.0,
+            trans_a,
+            trans_b,
+            ..Default::default()
+        })
+    };
+    let back_ws = [
+        g(false, true).workspace_bytes(&[&[4, 8], &[8, 8]], &[&[4, 8]]),
+        g(true, false).workspace_bytes(&[&[4, 8], &[4, 8]], &[&[8, 8]]),
+        Op::SumTo { shape: vec![8] }.workspace_bytes(&[&[4, 8]], &[&[8]]),
+    ]
+    .into_iter()
+    .max()
+    .unwrap() as u64;
+    assert_eq!(c.bwd_tmp, vec![2 * act + back_ws; 3]);
     let budget = min_peak_budget(&c);
     let s = optimal(&c, budget, 100).expect("the minimal budget is feasible");
     assert!(s.simulate(&c).unwrap().0 <= budget);

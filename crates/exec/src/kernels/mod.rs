@@ -1,8 +1,12 @@
 //! The executor's kernels as plain functions over slices and shapes.
 //!
-//! Every kernel writes into a caller-provided output slice (and, where it needs scratch, a
-//! caller-provided workspace whose size [`conv_workspace_len`] or another `*_workspace_len`
-//! function reports); none allocates its output, so a planned-arena executor or the autodiff backward ops can reuse them. Shapes are
+//! Every kernel writes into a caller-provided output slice and, where it needs scratch
+//! proportional to its tensors, a caller-provided workspace whose size [`conv_workspace_len`]
+//! or another `*_workspace_len` function reports (the formulas themselves live in
+//! [`lowmem_ir::Op::workspace_bytes`] and [`lowmem_ir::scratch`], which is what the planner
+//! plans). No kernel allocates on its success path: index and stride vectors are stack
+//! [`Dims`] (ranks up to [`MAX_RANK`]) and small fixed buffers live on the stack, so a
+//! planned-arena step allocates nothing in its kernels. Shapes are
 //! row-major (`[N, C, spatial...]` for images). Kernels trust their arguments: they panic on
 //! slices of the wrong length or shapes that do not agree (the graph executor [`crate::run`]
 //! checks everything before calling them). The few data-dependent failures (a bad class label)
