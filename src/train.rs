@@ -238,7 +238,7 @@ pub fn train(
     train: &Dataset,
     test: &Dataset,
     config: &TrainConfig,
-    probe: &mut dyn StepProbe,
+    probe: &mut (dyn StepProbe + Send),
     quiet: bool,
 ) -> Result<TrainReport, Error> {
     if step.batch == 0 || step.batch > train.len() {
@@ -258,30 +258,36 @@ pub fn train(
     let state = {
         let mut trainer = Trainer::with_hook(step, || probe.before_blocks())?;
         start = Instant::now();
-        for k in 1..=config.steps {
-            loss = trainer.step(&mut source, probe)?;
-            if !loss.is_finite() {
-                progress.finish();
-                return Err(Error::Usage(format!(
-                    "the loss diverged to {loss} at step {k} (try a smaller --lr)"
-                )));
-            }
-            progress.step(k, config.steps, loss, start);
-            if config.eval_every > 0 && k.is_multiple_of(config.eval_every) && k < config.steps {
-                let t = Instant::now();
-                let mut now = step.clone();
-                for (s, v) in now.state.iter_mut().zip(trainer.state()) {
-                    s.value = v;
+        let now: &CompiledStep = step;
+        // The whole loop runs on a thread of the kernels' pool: no step allocates.
+        lowmem_exec::in_pool(|| -> Result<(), Error> {
+            for k in 1..=config.steps {
+                loss = trainer.step(&mut source, probe)?;
+                if !loss.is_finite() {
+                    progress.finish();
+                    return Err(Error::Usage(format!(
+                        "the loss diverged to {loss} at step {k} (try a smaller --lr)"
+                    )));
                 }
-                let (c, n) = accuracy(&now.trained_forward(None)?, test)?;
-                progress.println(&format!(
-                    "step {k}/{}: test accuracy {:.1}% ({c}/{n})",
-                    config.steps,
-                    100.0 * c as f64 / n as f64
-                ));
-                eval_time += t.elapsed().as_secs_f64();
+                progress.step(k, config.steps, loss, start);
+                if config.eval_every > 0 && k.is_multiple_of(config.eval_every) && k < config.steps
+                {
+                    let t = Instant::now();
+                    let mut at = now.clone();
+                    for (s, v) in at.state.iter_mut().zip(trainer.state()) {
+                        s.value = v;
+                    }
+                    let (c, n) = accuracy(&at.trained_forward(None)?, test)?;
+                    progress.println(&format!(
+                        "step {k}/{}: test accuracy {:.1}% ({c}/{n})",
+                        config.steps,
+                        100.0 * c as f64 / n as f64
+                    ));
+                    eval_time += t.elapsed().as_secs_f64();
+                }
             }
-        }
+            Ok(())
+        })?;
         trainer.state()
     };
     let seconds = start.elapsed().as_secs_f64() - eval_time;

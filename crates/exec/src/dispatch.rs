@@ -5,7 +5,7 @@
 
 use bytemuck::Pod;
 use lowmem_ir::shape::{axis as norm_axis, count};
-use lowmem_ir::{DType, Op};
+use lowmem_ir::{DType, Op, Window};
 
 use crate::kernels::{self, Binary, Unary, UnaryGrad};
 
@@ -22,6 +22,10 @@ pub(crate) struct OpCall<'a> {
     /// Per output `k`: whether it already holds input [`alias_input`]`(op, k)`, which the op
     /// then overwrites in place.
     pub aliased: &'a [bool],
+    /// The op's resolved sliding window (convolutions, pooling), when resolved ahead.
+    pub window: Option<&'a Window>,
+    /// The workspace the kernel needs (f32 elements), when computed ahead.
+    pub ws_len: Option<usize>,
 }
 
 /// The input that output `k` of `op` overwrites in place ([`Op::in_place_input`]).
@@ -77,7 +81,34 @@ fn cast_mut<T: Pod>(b: &mut [u8]) -> Result<&mut [T], String> {
     bytemuck::try_cast_slice_mut(b).map_err(|e| format!("storage cannot hold its dtype: {e:?}"))
 }
 
+/// The sliding window a node's op resolves to, if it has one (resolved once ahead of
+/// execution by the arena executor).
+pub(crate) fn node_window(op: &Op, shapes: &[&[usize]]) -> Option<Window> {
+    match op {
+        Op::Conv(a) => a.window(shapes.first()?, shapes.get(1)?).ok(),
+        Op::ConvBackwardData { conv, input_shape } => conv.window(input_shape, shapes.get(1)?).ok(),
+        Op::ConvBackwardFilter { conv, weight_shape } => {
+            conv.window(shapes.get(1)?, weight_shape).ok()
+        }
+        Op::MaxPoolGrad(a) => a.window(shapes.get(1)?).ok(),
+        Op::AveragePoolGrad { pool, input_shape } => pool.window(input_shape).ok(),
+        Op::MaxPool(a) | Op::AveragePool(a) => a.window(shapes.first()?).ok(),
+        _ => None,
+    }
+}
+
 impl<'a> OpCall<'a> {
+    /// The resolved window: the one computed ahead, or `resolve()` now.
+    fn window(
+        &self,
+        resolve: impl FnOnce() -> Result<Window, String>,
+    ) -> Result<std::borrow::Cow<'a, Window>, String> {
+        match self.window {
+            Some(w) => Ok(std::borrow::Cow::Borrowed(w)),
+            None => resolve().map(std::borrow::Cow::Owned),
+        }
+    }
+
     fn need_f32(&self, i: usize) -> Result<(), String> {
         match self.in_dtypes[i] {
             DType::F32 => Ok(()),
@@ -193,7 +224,10 @@ pub(crate) fn exec_op(c: &OpCall, outs: &mut [&mut [u8]], ws: &mut [f32]) -> Res
     let shapes = c.shapes;
     let os = c.out_shapes;
     let x = |i: usize| c.f32(i);
-    let need = workspace_len(op, shapes)?;
+    let need = match c.ws_len {
+        Some(n) => n,
+        None => workspace_len(op, shapes)?,
+    };
     if ws.len() < need {
         return Err(format!(
             "workspace of {} bytes is too small: the kernel needs {} bytes",
@@ -305,7 +339,7 @@ pub(crate) fn exec_op(c: &OpCall, outs: &mut [&mut [u8]], ws: &mut [f32]) -> Res
             kernels::dropout_inplace(c.out1(outs)?, *ratio, *seed, step);
         }
         Op::ConvBackwardData { conv, input_shape } => {
-            let win = conv.window(input_shape, shapes[1])?;
+            let win = c.window(|| conv.window(input_shape, shapes[1]))?;
             kernels::conv_backward_data(
                 x(0)?,
                 x(1)?,
@@ -318,7 +352,7 @@ pub(crate) fn exec_op(c: &OpCall, outs: &mut [&mut [u8]], ws: &mut [f32]) -> Res
             );
         }
         Op::ConvBackwardFilter { conv, weight_shape } => {
-            let win = conv.window(shapes[1], weight_shape)?;
+            let win = c.window(|| conv.window(shapes[1], weight_shape))?;
             kernels::conv_backward_filter(
                 x(0)?,
                 x(1)?,
@@ -331,12 +365,12 @@ pub(crate) fn exec_op(c: &OpCall, outs: &mut [&mut [u8]], ws: &mut [f32]) -> Res
             );
         }
         Op::MaxPoolGrad(a) => {
-            let win = a.window(shapes[1])?;
+            let win = c.window(|| a.window(shapes[1]))?;
             check_spatial(win.kernel.len())?;
             kernels::max_pool_grad(x(0)?, x(1)?, shapes[1], &win, c.out1(outs)?);
         }
         Op::AveragePoolGrad { pool, input_shape } => {
-            let win = pool.window(input_shape)?;
+            let win = c.window(|| pool.window(input_shape))?;
             check_spatial(win.kernel.len())?;
             let o = c.out1(outs)?;
             kernels::avg_pool_grad(x(0)?, input_shape, &win, pool.count_include_pad, o);
@@ -518,7 +552,7 @@ pub(crate) fn exec_op(c: &OpCall, outs: &mut [&mut [u8]], ws: &mut [f32]) -> Res
             kernels::adam_update(w, g, m, v, step, &p);
         }
         Op::Conv(a) => {
-            let win = a.window(shapes[0], shapes[1])?;
+            let win = c.window(|| a.window(shapes[0], shapes[1]))?;
             let bias = if c.ins.len() == 3 { Some(x(2)?) } else { None };
             kernels::conv(
                 x(0)?,
@@ -566,7 +600,7 @@ pub(crate) fn exec_op(c: &OpCall, outs: &mut [&mut [u8]], ws: &mut [f32]) -> Res
             );
         }
         Op::MaxPool(a) | Op::AveragePool(a) => {
-            let win = a.window(shapes[0])?;
+            let win = c.window(|| a.window(shapes[0]))?;
             check_spatial(win.kernel.len())?;
             let o = c.out1(outs)?;
             if matches!(op, Op::MaxPool(_)) {

@@ -11,6 +11,7 @@ pub struct CountingAlloc {
     peak: AtomicUsize,
     tracked_allocs: AtomicU64,
     tracked_bytes: AtomicU64,
+    allocs: AtomicU64,
 }
 
 thread_local! {
@@ -24,6 +25,7 @@ impl CountingAlloc {
             peak: AtomicUsize::new(0),
             tracked_allocs: AtomicU64::new(0),
             tracked_bytes: AtomicU64::new(0),
+            allocs: AtomicU64::new(0),
         }
     }
 
@@ -60,7 +62,13 @@ impl CountingAlloc {
         )
     }
 
+    /// Allocations (and reallocations) on every thread so far.
+    pub fn allocations(&self) -> u64 {
+        self.allocs.load(Relaxed)
+    }
+
     fn added(&self, n: usize) {
+        self.allocs.fetch_add(1, Relaxed);
         let now = self.live.fetch_add(n, Relaxed) + n;
         self.peak.fetch_max(now, Relaxed);
         if TRACKED.try_with(Cell::get).unwrap_or(false) {

@@ -216,7 +216,21 @@ pub fn kernel_workspace_bytes(op: &Op, inputs: &[&[usize]]) -> Result<usize, Str
 /// Starts the kernels' thread pool now (it is started lazily by the first parallel kernel),
 /// so that its one-time allocations fall outside a measured step; returns its size.
 pub fn start_threads() -> usize {
+    // Entering the pool once also sets up the caller's side of the hand-off.
+    in_pool(|| ());
     rayon::current_num_threads()
+}
+
+/// Runs `f` on a thread of the kernels' pool. Parallel kernels called from outside the pool
+/// hand each job to it through a shared queue, which allocates a block now and then (one
+/// per 63 jobs); from inside, jobs go to the thread's own deque and nothing is allocated.
+/// Run a whole training loop in one call for steps that allocate nothing.
+pub fn in_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    if rayon::current_thread_index().is_some() {
+        f()
+    } else {
+        rayon::scope(|_| f())
+    }
 }
 
 /// Checks the graph inputs' count, dtypes and sizes.
@@ -302,6 +316,9 @@ pub(crate) struct NodeIo<'g> {
     shapes: Vec<&'g [usize]>,
     out_dtypes: Vec<DType>,
     out_shapes: Vec<&'g [usize]>,
+    /// Resolved ahead: the sliding window and the kernel's workspace (f32 elements).
+    window: Option<lowmem_ir::Window>,
+    ws_len: Option<usize>,
 }
 
 impl<'g> NodeIo<'g> {
@@ -320,6 +337,8 @@ impl<'g> NodeIo<'g> {
             out_dtypes: &self.out_dtypes,
             out_shapes: &self.out_shapes,
             aliased,
+            window: self.window.as_ref(),
+            ws_len: self.ws_len,
         }
     }
 }
@@ -360,9 +379,12 @@ fn prepare<'g>(graph: &'g Graph, node: &Node) -> Result<NodeIo<'g>, String> {
             node.outputs.len()
         ));
     }
+    let shapes: Vec<&[usize]> = infos.iter().map(|(_, s)| *s).collect();
     Ok(NodeIo {
         in_dtypes: infos.iter().map(|(d, _)| *d).collect(),
-        shapes: infos.iter().map(|(_, s)| *s).collect(),
+        window: dispatch::node_window(&node.op, &shapes),
+        ws_len: workspace_len(&node.op, &shapes).ok(),
+        shapes,
         out_dtypes,
         out_shapes,
     })

@@ -407,6 +407,9 @@ impl<'s> Executor<'s> {
             }
         }
 
+        // The checks' scratch goes before the blocks come, so that a measurement started by
+        // the hook sees the blocks alone.
+        drop((spans, seen, last, written, live));
         before_blocks();
         let arena = Block::new(p.arena_bytes, "arena")?;
         let persistent = Block::new(p.persistent_bytes, "persistent block")?;
@@ -511,20 +514,32 @@ impl<'s> Executor<'s> {
 
     /// Graph input `k` as f32 values.
     pub fn input_f32(&mut self, k: usize) -> Result<&mut [f32], ExecError> {
-        let name = self.input_name(k);
-        bytemuck::try_cast_slice_mut(self.input_mut(k)).map_err(|e| ExecError::Input {
-            name,
-            msg: format!("not f32 storage: {e:?}"),
-        })
+        let t = self.step.graph.inputs[k].index();
+        let l = self.loc[t];
+        // SAFETY: inside its block (checked when built); `&mut self` makes it the only slice.
+        let b = unsafe { std::slice::from_raw_parts_mut(self.ptr(l), l.len) };
+        match bytemuck::try_cast_slice_mut(b) {
+            Ok(v) => Ok(v),
+            Err(e) => Err(ExecError::Input {
+                name: self.input_name(k),
+                msg: format!("not f32 storage: {e:?}"),
+            }),
+        }
     }
 
     /// Graph input `k` as i64 values.
     pub fn input_i64(&mut self, k: usize) -> Result<&mut [i64], ExecError> {
-        let name = self.input_name(k);
-        bytemuck::try_cast_slice_mut(self.input_mut(k)).map_err(|e| ExecError::Input {
-            name,
-            msg: format!("not i64 storage: {e:?}"),
-        })
+        let t = self.step.graph.inputs[k].index();
+        let l = self.loc[t];
+        // SAFETY: inside its block (checked when built); `&mut self` makes it the only slice.
+        let b = unsafe { std::slice::from_raw_parts_mut(self.ptr(l), l.len) };
+        match bytemuck::try_cast_slice_mut(b) {
+            Ok(v) => Ok(v),
+            Err(e) => Err(ExecError::Input {
+                name: self.input_name(k),
+                msg: format!("not i64 storage: {e:?}"),
+            }),
+        }
     }
 
     fn input_name(&self, k: usize) -> String {
@@ -563,6 +578,12 @@ impl<'s> Executor<'s> {
 
     /// Runs every step of the order once. Allocates nothing.
     pub fn run(&mut self) -> Result<(), ExecError> {
+        self.run_observed(|_| {})
+    }
+
+    /// [`Executor::run`], calling `after` with each node once it has run (for measuring
+    /// per node).
+    pub fn run_observed(&mut self, mut after: impl FnMut(&Node)) -> Result<(), ExecError> {
         for ins in &self.instrs {
             let mut ibuf: [&[u8]; MAX_INPUTS] = [&[]; MAX_INPUTS];
             for (slot, l) in ibuf.iter_mut().zip(&ins.ins) {
@@ -593,6 +614,7 @@ impl<'s> Executor<'s> {
                 ws,
             )
             .map_err(node_err(ins.node))?;
+            after(ins.node);
         }
         Ok(())
     }

@@ -62,13 +62,15 @@ impl<'s> Trainer<'s> {
                 step.task.name()
             )));
         }
-        let data: Vec<usize> = (0..step.inputs.len())
-            .filter(|&k| matches!(step.inputs[k], InputRole::Data(_)))
-            .collect();
-        let [data] = data[..] else {
+        let mut data_inputs =
+            (0..step.inputs.len()).filter(|&k| matches!(step.inputs[k], InputRole::Data(_)));
+        let (Some(data), None) = (data_inputs.next(), data_inputs.next()) else {
             return Err(ExecError::Layout(format!(
                 "training needs a model with one data input; this one has {}",
-                data.len()
+                step.inputs
+                    .iter()
+                    .filter(|r| matches!(r, InputRole::Data(_)))
+                    .count()
             )));
         };
         let g = &step.graph;

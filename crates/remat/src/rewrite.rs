@@ -205,7 +205,17 @@ pub fn rematerialize(
                             continue;
                         }
                         let node = g.node(v);
-                        let inputs = remap(&cur, &node.inputs);
+                        let mut inputs = remap(&cur, &node.inputs);
+                        if let (lowmem_ir::Op::BatchNormTrain(_), [.., rm, rv]) =
+                            (&node.op, &node.outputs[..])
+                        {
+                            // A recomputed BatchNorm's running statistics are never read
+                            // (the original's update is the step's), and the original
+                            // updates them in place: the clone reads the updated values,
+                            // which it may, instead of the inputs they overwrote.
+                            inputs[3] = *rm;
+                            inputs[4] = *rv;
+                        }
                         let mut outputs = Vec::with_capacity(node.outputs.len());
                         for &o in &node.outputs {
                             let t = g.tensor(o);
