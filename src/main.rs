@@ -83,6 +83,8 @@ enum Cmd {
         output_dir: PathBuf,
         #[arg(long, value_name = "N")]
         batch: Option<usize>,
+        #[command(flatten)]
+        remat: RematOpts,
     },
     /// Compile a model into one step (graph, order, arena plan, weights and optimizer state)
     /// and write it as a .lmc file that `train` runs.
@@ -406,15 +408,26 @@ fn grad_file_name(weight: &str, taken: &mut std::collections::HashSet<String>) -
     name
 }
 
-fn grad(
-    model_path: &std::path::Path,
-    inputs: &[String],
+struct GradArgs<'a> {
+    inputs: &'a [String],
     loss: LossArg,
-    output: Option<&str>,
-    labels: Option<&std::path::Path>,
-    output_dir: &std::path::Path,
+    output: Option<&'a str>,
+    labels: Option<&'a std::path::Path>,
+    output_dir: &'a std::path::Path,
     batch: Option<usize>,
-) -> Result<(), Error> {
+    remat: &'a RematOpts,
+}
+
+fn grad(model_path: &std::path::Path, a: GradArgs) -> Result<(), Error> {
+    let GradArgs {
+        inputs,
+        loss,
+        output,
+        labels,
+        output_dir,
+        batch,
+        remat,
+    } = a;
     match (loss.needs_labels(), labels) {
         (true, None) => {
             return Err(Error::Usage(format!(
@@ -463,13 +476,13 @@ fn grad(
         }
         None => None,
     };
-    let step = compile(
-        &g,
-        &CompileOptions::new(Task::Gradient {
-            loss: loss.loss(),
-            output: Some(g.tensor(output).name.clone()),
-        }),
-    )?;
+    let mut opts = CompileOptions::new(Task::Gradient {
+        loss: loss.loss(),
+        output: Some(g.tensor(output).name.clone()),
+    });
+    opts.remat = remat.scheme();
+    opts.budget = remat.budget()?;
+    let step = compile(&g, &opts)?;
     let mut ex = Executor::new(&step)?;
     let mut labels = labels_file.map(|t| t.data);
     for (k, role) in step.inputs.iter().enumerate() {
@@ -518,6 +531,16 @@ fn grad(
         source,
     })?;
     println!("loss {loss_value}");
+    if let Some(r) = &step.remat {
+        println!(
+            "remat {} ({}), {} nodes recomputed ({:.1}% overhead), planned peak {}",
+            r.scheme,
+            r.detail,
+            r.recomputed_nodes,
+            100.0 * step.costs.overhead(),
+            human_bytes(step.planned_peak_bytes())
+        );
+    }
     println!(
         "wrote {} gradients to {}",
         step.grads.len(),
@@ -829,14 +852,18 @@ fn run(cli: Cli) -> Result<(), Error> {
             labels,
             output_dir,
             batch,
+            remat,
         } => grad(
             &model,
-            &inputs,
-            loss,
-            output.as_deref(),
-            labels.as_deref(),
-            &output_dir,
-            batch,
+            GradArgs {
+                inputs: &inputs,
+                loss,
+                output: output.as_deref(),
+                labels: labels.as_deref(),
+                output_dir: &output_dir,
+                batch,
+                remat: &remat,
+            },
         ),
         Cmd::Compile {
             model,

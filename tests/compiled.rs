@@ -280,3 +280,131 @@ fn inference_and_gradient_steps_run_in_their_arena() {
         assert!(a.bit_eq(b));
     }
 }
+
+/// The acceptance run: an ONNX digits classifier with Dropout layers compiled with
+/// `--remat optimal` under B = persistent + half the arena of the no-remat plan, then trained
+/// from the `.lmc` file: the measured peak stays within B and the accuracy is that of
+/// training without a budget (here bitwise the same training).
+#[test]
+fn compile_then_train_under_half_the_arena() {
+    let dir = std::env::temp_dir().join(format!("lowmem-accept-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let onnx = dir.join("digits_dropout.onnx");
+    std::fs::write(
+        &onnx,
+        lowmem_onnx::export_model(&example("digits_dropout")).unwrap(),
+    )
+    .unwrap();
+    let g = lowmem_onnx::import_model(&std::fs::read(&onnx).unwrap(), "digits_dropout").unwrap();
+    let mut o = CompileOptions::new(Task::Training {
+        loss: Loss::CrossEntropy,
+        optimizer: Optimizer::Sgd {
+            lr: 0.1,
+            momentum: 0.9,
+            weight_decay: 0.0,
+        },
+    });
+    o.batch = Some(32);
+    let none = compile(&g, &o).unwrap();
+    let budget = none.plan.persistent_bytes + none.plan.arena_bytes / 2;
+    let cli = lowmem_testkit::lowmem_cli!();
+    let (onnx_s, lmc, out) = (
+        onnx.display().to_string(),
+        dir.join("s.lmc").display().to_string(),
+        dir.join("trained.onnx").display().to_string(),
+    );
+    let b = budget.to_string();
+    cli.ok(&[
+        "compile", &onnx_s, "--train", "--batch", "32", "--remat", "optimal", "--budget", &b, "-o",
+        &lmc,
+    ]);
+    let json = |s: String| -> serde_json::Value {
+        serde_json::from_str(s.lines().last().unwrap()).unwrap_or_else(|e| panic!("{e}: {s}"))
+    };
+    let steps = "300";
+    let with = json(cli.ok(&[
+        "train", &lmc, "--data", "digits", "--steps", steps, "--json", "--out", &out,
+    ]));
+    let without = json(cli.ok(&[
+        "train", &onnx_s, "--batch", "32", "--data", "digits", "--steps", steps, "--json", "--out",
+        &out,
+    ]));
+    let measured = with["measured_peak_bytes"].as_u64().unwrap();
+    assert_eq!(with["budget_bytes"].as_u64(), Some(budget));
+    assert_eq!(with["remat"], "optimal");
+    assert!(measured <= budget, "measured {measured} > budget {budget}");
+    assert_eq!(measured, with["planned_peak_bytes"].as_u64().unwrap());
+    assert!(with["planned_peak_bytes"].as_u64() < without["planned_peak_bytes"].as_u64());
+    let (a, b) = (
+        with["test_accuracy"].as_f64().unwrap(),
+        without["test_accuracy"].as_f64().unwrap(),
+    );
+    assert!(
+        (a - b).abs() <= 0.01,
+        "accuracy {a} with the budget, {b} without"
+    );
+    assert!(b > 0.9, "accuracy {b}");
+    for k in ["model", "steps", "final_loss", "steps_per_second"] {
+        assert!(!with[k].is_null(), "{k} missing: {with}");
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// Checkpointing a gradient step (`lowmem grad --remat`) leaves the loss and every
+/// gradient bitwise unchanged, and recomputes.
+#[test]
+fn gradient_steps_rematerialise_bitwise() {
+    let cases = [
+        (example("digits_cnn"), 8usize, Loss::Sum),
+        (
+            lowmem_testkit::load_model("squeezenet", None),
+            1,
+            Loss::Mean,
+        ),
+    ];
+    for (g, batch, loss) in cases {
+        let run = |scheme: Option<Scheme>, budget: Option<u64>| {
+            let mut o = CompileOptions::new(Task::Gradient { loss, output: None });
+            o.batch = Some(batch);
+            o.remat = scheme;
+            o.budget = budget;
+            o.plan.search_time = std::time::Duration::ZERO;
+            let c = compile(&g, &o).unwrap();
+            let mut ex = lowmem::exec::Executor::new(&c).unwrap();
+            for (k, r) in c.inputs.iter().enumerate() {
+                if let InputRole::Data(_) = r {
+                    let n = c.graph.tensor(c.graph.inputs[k]).numel();
+                    let x = (0..n)
+                        .map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0)
+                        .collect();
+                    ex.set_input(k, &TensorData::F32(x)).unwrap();
+                }
+            }
+            ex.set_step(1).unwrap();
+            ex.run().unwrap();
+            (ex.outputs(), c.planned_peak_bytes(), c.remat.clone())
+        };
+        let (want, _, _) = run(None, None);
+        let mut sqrt_peak = 0;
+        for scheme in [Scheme::Sqrt, Scheme::Log] {
+            let (got, p, r) = run(Some(scheme), None);
+            if scheme == Scheme::Sqrt {
+                sqrt_peak = p;
+            }
+            assert!(
+                r.unwrap().recomputed_nodes > 0,
+                "{}: recomputes",
+                scheme.name()
+            );
+            for (k, (a, b)) in got.iter().zip(&want).enumerate() {
+                assert!(a.bit_eq(b), "{}: output {k} differs", scheme.name());
+            }
+        }
+        // Optimal under sqrt's peak (a budget some schedule meets).
+        let (got, p, _) = run(Some(Scheme::Optimal), Some(sqrt_peak));
+        assert!(p <= sqrt_peak);
+        for (a, b) in got.iter().zip(&want) {
+            assert!(a.bit_eq(b), "optimal");
+        }
+    }
+}

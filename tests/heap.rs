@@ -72,10 +72,18 @@ fn allocations(s: &CompiledStep, warm: usize, steps: usize) -> u64 {
 fn a_training_step_allocates_nothing_after_warm_up() {
     lowmem::exec::start_threads();
     let cases: Vec<(&str, Graph, usize)> = vec![
-        ("digits_dropout", lowmem_testkit::load_example("digits_dropout"), 64),
+        (
+            "digits_dropout",
+            lowmem_testkit::load_example("digits_dropout"),
+            64,
+        ),
         ("digits_cnn", lowmem_testkit::load_example("digits_cnn"), 64),
         ("tiny_cnn", lowmem_testkit::load_example("tiny_cnn"), 8),
-        ("squeezenet", lowmem_testkit::load_model("squeezenet", None), 2),
+        (
+            "squeezenet",
+            lowmem_testkit::load_model("squeezenet", None),
+            2,
+        ),
     ];
     for (name, g, batch) in &cases {
         for scheme in [None, Some(Scheme::Sqrt)] {
@@ -110,7 +118,14 @@ fn measured_peak_is_the_planned_peak_on_the_zoo() {
     let dir = lowmem_testkit::data_dir().join("models");
     let mut names: Vec<String> = std::fs::read_dir(&dir)
         .unwrap()
-        .filter_map(|e| e.ok()?.file_name().into_string().ok()?.strip_suffix(".onnx").map(String::from))
+        .filter_map(|e| {
+            e.ok()?
+                .file_name()
+                .into_string()
+                .ok()?
+                .strip_suffix(".onnx")
+                .map(String::from)
+        })
         .collect();
     names.sort();
     assert!(names.len() >= 9, "{names:?}");
@@ -138,7 +153,10 @@ fn measured_peak_is_the_planned_peak_on_the_zoo() {
         drop((none, tg));
         for (s, budget) in [
             (step(&g, 2, None, None), None),
-            (step(&g, 2, Some(Scheme::Optimal), Some(budget)), Some(budget)),
+            (
+                step(&g, 2, Some(Scheme::Optimal), Some(budget)),
+                Some(budget),
+            ),
         ] {
             let mut p = Probe { base: 0, peak: 0 };
             let mut t = Trainer::with_hook(&s, || p.before_blocks()).unwrap();
@@ -155,5 +173,3 @@ fn measured_peak_is_the_planned_peak_on_the_zoo() {
         }
     }
 }
-
-

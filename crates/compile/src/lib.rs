@@ -275,11 +275,10 @@ pub fn compile(model: &Graph, opts: &CompileOptions) -> Result<CompiledStep, Com
         None => model.clone(),
     };
     let batch = batch_of(&forward);
-    if (opts.remat.is_some() || opts.budget.is_some())
-        && !matches!(opts.task, Task::Training { .. })
-    {
+    let remat_asked = opts.remat.is_some() || opts.budget.is_some();
+    if remat_asked && opts.task == Task::Inference {
         return Err(CompileError::Options(
-            "--remat and --budget apply to a training step".into(),
+            "--remat and --budget apply to a training or gradient step".into(),
         ));
     }
     let data_role = |g: &Graph, i: TensorId| {
@@ -343,19 +342,42 @@ pub fn compile(model: &Graph, opts: &CompileOptions) -> Result<CompiledStep, Com
                     }
                 })
                 .collect::<Result<_, _>>()?;
-            let roles = Roles::inference(&gg.graph);
             let t = Instant::now();
-            let p = plan(&gg.graph, &roles, &opts.plan);
+            let (graph, roles, p, remat, costs) = if remat_asked {
+                let data: Vec<TensorId> = gg
+                    .graph
+                    .inputs
+                    .iter()
+                    .copied()
+                    .filter(|&i| data_role(&gg.graph, i).is_some())
+                    .collect();
+                let step = Step::for_gradients(&gg, &data, opts.plan.clone())?;
+                let o = step.run(opts.remat.unwrap_or(Scheme::None), opts.budget)?;
+                let record = RematRecord {
+                    scheme: o.scheme.name(),
+                    detail: o.detail.clone(),
+                    stages: step.stages.len(),
+                    checkpoints: o.checkpoints.clone(),
+                    recomputed_nodes: o.recomputed_nodes,
+                };
+                let costs = Costs {
+                    forward_flops: step.forward_flops,
+                    backward_flops: step.backward_flops,
+                    recompute_flops: o.recompute_flops,
+                };
+                (o.graph, o.roles, o.plan, Some(record), costs)
+            } else {
+                let roles = Roles::inference(&gg.graph);
+                let p = plan(&gg.graph, &roles, &opts.plan);
+                let (fwd, bwd) = remat::split_flops(&gg.graph, gg.backward_start);
+                let costs = Costs {
+                    forward_flops: fwd,
+                    backward_flops: bwd,
+                    recompute_flops: 0,
+                };
+                (gg.graph.clone(), roles, p, None, costs)
+            };
             let planning_time = t.elapsed();
-            let (mut fwd, mut bwd) = (0u64, 0u64);
-            for (v, node) in gg.graph.nodes.iter().enumerate() {
-                let f = gg.graph.node_flops(node);
-                if v < gg.backward_start {
-                    fwd = fwd.saturating_add(f);
-                } else {
-                    bwd = bwd.saturating_add(f);
-                }
-            }
             let grads = gg
                 .grads
                 .iter()
@@ -365,20 +387,16 @@ pub fn compile(model: &Graph, opts: &CompileOptions) -> Result<CompiledStep, Com
                 model: model.name.clone(),
                 task: opts.task.clone(),
                 batch,
-                graph: gg.graph,
+                graph,
                 roles,
                 plan: p,
                 inputs,
                 state: Vec::new(),
                 grads,
                 forward,
-                budget: None,
-                remat: None,
-                costs: Costs {
-                    forward_flops: fwd,
-                    backward_flops: bwd,
-                    recompute_flops: 0,
-                },
+                budget: opts.budget,
+                remat,
+                costs,
                 planning_time,
             })
         }

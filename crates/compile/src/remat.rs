@@ -14,8 +14,8 @@
 use std::cell::OnceCell;
 use std::time::Instant;
 
-use lowmem_autodiff::TrainingGraph;
-use lowmem_ir::{Graph, TensorId};
+use lowmem_autodiff::{GradGraph, TrainingGraph};
+use lowmem_ir::{Graph, NodeId, TensorId};
 use lowmem_plan::{MemoryPlan, PlanOptions, plan};
 use lowmem_remat::{Chain, Schedule, Stage};
 use lowmem_schedule::{Kind, Roles};
@@ -142,6 +142,20 @@ pub fn training_roles(tg: &TrainingGraph) -> Roles {
     )
 }
 
+/// FLOPs of the nodes before `backward_start` (forward and loss) and of the rest.
+pub(crate) fn split_flops(g: &Graph, backward_start: usize) -> (u64, u64) {
+    let (mut fwd, mut bwd) = (0u64, 0u64);
+    for (v, node) in g.nodes.iter().enumerate() {
+        let f = g.node_flops(node);
+        if v < backward_start {
+            fwd = fwd.saturating_add(f);
+        } else {
+            bwd = bwd.saturating_add(f);
+        }
+    }
+    (fwd, bwd)
+}
+
 /// A frontier point.
 #[derive(Clone, Debug)]
 pub struct Point {
@@ -153,9 +167,11 @@ pub struct Point {
     pub checkpoints: usize,
 }
 
-/// A training step cut into stages, ready to be rematerialised and planned.
+/// A training (or gradient) step cut into stages, ready to be rematerialised and planned.
 pub struct Step<'a> {
-    pub tg: &'a TrainingGraph,
+    pub graph: &'a Graph,
+    /// Per node, the forward node whose gradient rule emitted it.
+    pub backward_of: &'a [Option<NodeId>],
     pub roles: Roles,
     pub stages: Vec<Stage>,
     pub chain: Chain,
@@ -171,45 +187,65 @@ pub struct Step<'a> {
 impl<'a> Step<'a> {
     /// Cuts `tg`'s forward pass into stages, from its first data input to the loss.
     pub fn new(tg: &'a TrainingGraph, opts: PlanOptions) -> Result<Step<'a>, Error> {
-        let g = &tg.graph;
-        let stages = tg
-            .data
+        Step::from_parts(
+            &tg.graph,
+            &tg.data,
+            tg.loss,
+            &tg.backward_of,
+            tg.backward_start,
+            &tg.grads,
+            training_roles(tg),
+            opts,
+        )
+    }
+
+    /// A gradient step (`lowmem grad`: loss and weight gradients, no update) cut into
+    /// stages; `data` are its data inputs.
+    pub fn for_gradients(
+        gg: &'a GradGraph,
+        data: &[TensorId],
+        opts: PlanOptions,
+    ) -> Result<Step<'a>, Error> {
+        let roles = Roles::training_step(&gg.graph, [], gg.grads.iter().map(|&(_, g)| g));
+        Step::from_parts(
+            &gg.graph,
+            data,
+            gg.loss,
+            &gg.backward_of,
+            gg.backward_start,
+            &gg.grads,
+            roles,
+            opts,
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn from_parts(
+        g: &'a Graph,
+        data: &[TensorId],
+        loss: TensorId,
+        backward_of: &'a [Option<NodeId>],
+        backward_start: usize,
+        grads: &[(TensorId, TensorId)],
+        roles: Roles,
+        opts: PlanOptions,
+    ) -> Result<Step<'a>, Error> {
+        let stages = data
             .iter()
-            .map(|&d| lowmem_remat::stages_from(g, d, tg.loss))
+            .map(|&d| lowmem_remat::stages_from(g, d, loss))
             .find(|s| !s.is_empty())
             .ok_or_else(|| {
                 Error::Model("checkpointing: the loss depends on no data input".into())
             })?;
-        let params: Vec<TensorId> = tg
-            .state
-            .iter()
-            .filter(|s| s.kind == lowmem_autodiff::StateKind::Parameter)
-            .map(|s| s.input)
-            .collect();
-        let chain = lowmem_remat::chain_of_step(g, &tg.backward_of, &stages, &params)
+        // The tensors that require a gradient: the weights being differentiated.
+        let params: Vec<TensorId> = grads.iter().map(|&(w, _)| w).collect();
+        let chain = lowmem_remat::chain_of_step(g, backward_of, &stages, &params)
             .map_err(|e| Error::Internal(format!("the chain's cost model: {e}")))?;
-        let (mut fwd, mut bwd) = (0u64, 0u64);
-        for (v, node) in g.nodes.iter().enumerate() {
-            let f = g.node_flops(node);
-            if v < tg.backward_start {
-                fwd = fwd.saturating_add(f);
-            } else {
-                bwd = bwd.saturating_add(f);
-            }
-        }
+        let (fwd, bwd) = split_flops(g, backward_start);
         Ok(Step {
-            tg,
-            roles: Roles::training_step(
-                &tg.graph,
-                tg.state.iter().map(|s| {
-                    (
-                        s.input,
-                        s.output,
-                        s.kind == lowmem_autodiff::StateKind::Parameter,
-                    )
-                }),
-                tg.grads.iter().map(|&(_, g)| g),
-            ),
+            graph: g,
+            backward_of,
+            roles,
             stages,
             chain,
             forward_flops: fwd,
@@ -237,13 +273,13 @@ impl<'a> Step<'a> {
 
     fn boundary_names(&self, js: &[usize]) -> Vec<String> {
         js.iter()
-            .map(|&j| self.tg.graph.tensor(self.stages[j].input).name.clone())
+            .map(|&j| self.graph.tensor(self.stages[j].input).name.clone())
             .collect()
     }
 
     /// The step as built, planned with the planner's free choice of order.
     pub fn none(&self) -> Outcome {
-        let p = plan(&self.tg.graph, &self.roles, &self.opts);
+        let p = plan(self.graph, &self.roles, &self.opts);
         let _ = self.none.set((
             p.peak_bytes(),
             self.chain_peak(&lowmem_remat::store_all(&self.chain)),
@@ -253,7 +289,7 @@ impl<'a> Step<'a> {
             scheme: Scheme::None,
             detail: format!("{n} stages, all activations kept"),
             budget: None,
-            graph: self.tg.graph.clone(),
+            graph: self.graph.clone(),
             roles: self.roles.clone(),
             plan: p,
             checkpoints: self.boundary_names(&(1..n).collect::<Vec<_>>()),
@@ -285,13 +321,8 @@ impl<'a> Step<'a> {
         schedule: Schedule,
         detail: String,
     ) -> Result<Outcome, Error> {
-        let r = lowmem_remat::rematerialize(
-            &self.tg.graph,
-            &self.tg.backward_of,
-            &self.stages,
-            &schedule,
-        )
-        .map_err(|e| Error::Internal(format!("rematerialisation: {e}")))?;
+        let r = lowmem_remat::rematerialize(self.graph, self.backward_of, &self.stages, &schedule)
+            .map_err(|e| Error::Internal(format!("rematerialisation: {e}")))?;
         let mut roles = self.roles.clone();
         roles.kind.resize(r.graph.tensors.len()); // new tensors: Kind::Activation
         roles.state_alias.resize(r.graph.tensors.len());
@@ -457,7 +488,7 @@ impl<'a> Step<'a> {
 
     /// What every schedule holds: (weights, gradients, optimizer state, inputs) bytes.
     pub fn persistent(&self) -> (u64, u64, u64, u64) {
-        let g = &self.tg.graph;
+        let g = &self.graph;
         let mut v = (0, 0, 0, 0);
         for t in g.tensor_ids() {
             if self.roles.state_alias[t].is_some() {
