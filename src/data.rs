@@ -111,7 +111,7 @@ pub fn digits() -> Result<Split, Error> {
 pub fn load_digits(path: &Path) -> Result<Split, Error> {
     let file = std::fs::File::open(path).map_err(|e| {
         if e.kind() == std::io::ErrorKind::NotFound {
-            Error::Usage(format!(
+            Error::Data(format!(
                 "{} not found: fetch the digits data set with `python3 scripts/fetch_data.py --digits`",
                 path.display()
             ))
@@ -129,7 +129,7 @@ pub fn load_digits(path: &Path) -> Result<Split, Error> {
             path: path.display().to_string(),
             source,
         })?;
-    let bad = |line: usize, msg: String| Error::Usage(format!("{}:{line}: {msg}", path.display()));
+    let bad = |line: usize, msg: String| Error::Data(format!("{}:{line}: {msg}", path.display()));
     let mut x = Vec::with_capacity(DIGITS_ROWS * DIGITS_FEATURES);
     let mut y = Vec::with_capacity(DIGITS_ROWS);
     for (k, line) in text.lines().enumerate() {
@@ -156,7 +156,7 @@ pub fn load_digits(path: &Path) -> Result<Split, Error> {
         y.push(label as i64);
     }
     if y.len() != DIGITS_ROWS {
-        return Err(Error::Usage(format!(
+        return Err(Error::Data(format!(
             "{}: {} rows, expected {DIGITS_ROWS}",
             path.display(),
             y.len()
@@ -200,7 +200,7 @@ pub fn check_input(graph: &Graph, input: TensorId, features: usize) -> Result<()
     if fits {
         Ok(())
     } else {
-        Err(Error::Usage(format!(
+        Err(Error::Model(format!(
             "model input '{}' is {} {:?}; the digits data set needs f32 [B, {features}] or [B, 1, {side}, {side}]",
             t.name, t.dtype, t.shape
         )))

@@ -46,6 +46,20 @@ pub enum Error {
     Export(#[from] lowmem_onnx::ExportError),
     #[error("{0}")]
     Compile(#[from] lowmem_compile::CompileError),
+    /// The command line asks for something it cannot do (a bad flag value or combination).
     #[error("{0}")]
     Usage(String),
+    /// The model does not fit the request (no outputs, an input of the wrong shape, a
+    /// weight that does not fit).
+    #[error("{0}")]
+    Model(String),
+    /// A data file (data set, CSV) that cannot be read as one.
+    #[error("{0}")]
+    Data(String),
+    /// Training failed (the loss diverged).
+    #[error("{0}")]
+    Training(String),
+    /// A check of lowmem's own output failed: a bug.
+    #[error("internal error: {0}")]
+    Internal(String),
 }

@@ -21,8 +21,8 @@ pub fn load(path: &Path, batch: Option<usize>) -> Result<Graph, Error> {
     let looks_json = bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
     let graph = if ext == "json" || (ext != "onnx" && looks_json) {
         let text = std::str::from_utf8(&bytes)
-            .map_err(|e| Error::Usage(format!("{}: not UTF-8 text ({e})", path.display())))?;
-        json::from_json(text).map_err(|e| Error::Usage(format!("{}: {e}", path.display())))?
+            .map_err(|e| Error::Model(format!("{}: not UTF-8 text ({e})", path.display())))?;
+        json::from_json(text).map_err(|e| Error::Model(format!("{}: {e}", path.display())))?
     } else {
         let name = path.file_stem().and_then(|s| s.to_str()).unwrap_or("model");
         lowmem_onnx::import_model(&bytes, name).map_err(|source| Error::Import {
@@ -162,14 +162,14 @@ pub fn output(graph: &Graph, name: Option<&str>) -> Result<lowmem_ir::TensorId, 
             .outputs
             .first()
             .copied()
-            .ok_or_else(|| Error::Usage("the model has no outputs".into())),
+            .ok_or_else(|| Error::Model("the model has no outputs".into())),
         Some(n) => graph
             .outputs
             .iter()
             .copied()
             .find(|&o| graph.tensor(o).name == n)
             .ok_or_else(|| {
-                Error::Usage(format!(
+                Error::Model(format!(
                     "the model has no output '{n}' (its outputs: {})",
                     names()
                 ))

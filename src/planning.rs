@@ -77,7 +77,7 @@ pub fn make_plan(
 }
 
 pub fn verify(graph: &lowmem_ir::Graph, roles: &Roles, p: &MemoryPlan) -> Result<(), Error> {
-    lowmem_compile::verify(graph, roles, p).map_err(|e| Error::Usage(e.to_string()))
+    lowmem_compile::verify(graph, roles, p).map_err(|e| Error::Internal(e.to_string()))
 }
 
 /// What `lowmem plan` reports of a compiled step's checkpointing.
@@ -218,7 +218,7 @@ pub fn frontier_cmd(
     let out = *forward
         .outputs
         .first()
-        .ok_or_else(|| Error::Usage("the model has no outputs".into()))?;
+        .ok_or_else(|| Error::Model("the model has no outputs".into()))?;
     let tg = training_step(&forward, out, req.loss, &req.optimizer)?;
     let step = Step::new(&tg, plan_options(req))?;
     let (points, secs) = step.frontier(levels)?;
@@ -292,7 +292,7 @@ pub fn pack_cmd(file: &Path, out: Option<&Path>, time_limit: f64, align: u64) ->
         source,
     })?;
     let rows = lowmem_plan::read_csv(&text)
-        .map_err(|e| Error::Usage(format!("{}: {e}", file.display())))?;
+        .map_err(|e| Error::Data(format!("{}: {e}", file.display())))?;
     if !(time_limit.is_finite() && time_limit >= 0.0) {
         return Err(Error::Usage(format!(
             "--time-limit {time_limit} is not a number of seconds"
@@ -307,7 +307,7 @@ pub fn pack_cmd(file: &Path, out: Option<&Path>, time_limit: f64, align: u64) ->
     let p = lowmem_plan::pack(&bufs, align, Duration::from_secs_f64(time_limit));
     let took = t.elapsed();
     let height = lowmem_plan::verify(&bufs, &p.offsets, align)
-        .map_err(|e| Error::Usage(format!("internal error: the packing does not verify: {e}")))?;
+        .map_err(|e| Error::Internal(format!("the packing does not verify: {e}")))?;
     println!("{}: {} buffers", file.display(), bufs.len());
     println!(
         "height {height}, lower bound {lb}, ratio {:.4} ({}, {:.3} s)",

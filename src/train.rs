@@ -20,15 +20,15 @@ pub fn set_weights<'a>(
     for (name, data) in values {
         let id = graph
             .tensor_id(name)
-            .ok_or_else(|| Error::Usage(format!("the model has no weight '{name}'")))?;
+            .ok_or_else(|| Error::Model(format!("the model has no weight '{name}'")))?;
         let t = &mut graph.tensors[id.index()];
         if t.value.is_none() {
-            return Err(Error::Usage(format!(
+            return Err(Error::Model(format!(
                 "'{name}' is not a weight of the model"
             )));
         }
         if t.dtype != data.dtype() || t.numel() != data.len() {
-            return Err(Error::Usage(format!(
+            return Err(Error::Model(format!(
                 "weight '{name}': {} {:?} cannot take {} values of {}",
                 t.dtype,
                 t.shape,
@@ -45,7 +45,7 @@ pub fn set_weights<'a>(
 pub fn data_input(graph: &Graph) -> Result<TensorId, Error> {
     match graph.inputs[..] {
         [x] => Ok(x),
-        _ => Err(Error::Usage(format!(
+        _ => Err(Error::Model(format!(
             "training needs a model with one data input; this one has {}",
             graph.inputs.len()
         ))),
@@ -75,7 +75,7 @@ pub fn accuracy(forward: &Graph, data: &Dataset) -> Result<(usize, usize), Error
     crate::data::check_input(&g, x, data.features)?;
     let out = g.tensor(g.outputs[0]);
     if out.shape.len() != 2 || out.shape[0] != n {
-        return Err(Error::Usage(format!(
+        return Err(Error::Model(format!(
             "output '{}' has shape {:?}; evaluating accuracy needs [N, classes]",
             out.name, out.shape
         )));
@@ -265,7 +265,7 @@ pub fn train(
                 loss = trainer.step(&mut source, probe)?;
                 if !loss.is_finite() {
                     progress.finish();
-                    return Err(Error::Usage(format!(
+                    return Err(Error::Training(format!(
                         "the loss diverged to {loss} at step {k} (try a smaller --lr)"
                     )));
                 }

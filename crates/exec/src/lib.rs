@@ -129,7 +129,7 @@ pub fn run(graph: &Graph, inputs: &[TensorData]) -> Result<Vec<TensorData>, Exec
             let Some(&t) = node.inputs.get(j) else {
                 continue;
             };
-            if last[t.index()] == i
+            if last[t.index()] == Some(i)
                 && node.inputs.iter().filter(|&&u| u == t).count() == 1
                 && may_alias(&node.op, io.input(j), io.output(k))
                 && matches!(&vals[t.index()], Some(Val::Own(s)) if s.writable())
@@ -170,7 +170,7 @@ pub fn run(graph: &Graph, inputs: &[TensorData]) -> Result<Vec<TensorData>, Exec
             vals[o.index()] = Some(Val::Own(s));
         }
         for &t in node.inputs.iter().chain(&node.outputs) {
-            if last[t.index()] == i {
+            if last[t.index()] == Some(i) {
                 vals[t.index()] = None;
             }
         }
@@ -282,21 +282,21 @@ fn check_inputs(graph: &Graph, inputs: &[TensorData]) -> Result<(), ExecError> {
     Ok(())
 }
 
-/// Per tensor: the position in `order` of its last use; graph outputs are kept to the end
-/// (`usize::MAX`).
-fn last_uses(graph: &Graph, order: &[NodeId]) -> Vec<usize> {
-    let mut last = vec![0usize; graph.tensors.len()];
+/// Per tensor: the position in `order` of its last use, after which it dies; `None` for
+/// graph outputs (kept to the end) and tensors no step uses.
+fn last_uses(graph: &Graph, order: &[NodeId]) -> Vec<Option<usize>> {
+    let mut last = vec![None; graph.tensors.len()];
     for (s, &n) in order.iter().enumerate() {
         let node = graph.node(n);
         for &t in node.inputs.iter().chain(&node.outputs) {
             if let Some(l) = last.get_mut(t.index()) {
-                *l = s;
+                *l = Some(s);
             }
         }
     }
     for &o in &graph.outputs {
         if let Some(l) = last.get_mut(o.index()) {
-            *l = usize::MAX;
+            *l = None;
         }
     }
     last

@@ -249,7 +249,7 @@ pub fn run_planned(
             let j = alias_input(&node.op, k);
             let src = j.and_then(|j| node.inputs.get(j).map(|t| (j, t.index())));
             let fits = |j: usize, ti: usize| {
-                last[ti] == s && once(ti) && may_alias(&node.op, io.input(j), io.output(k))
+                last[ti] == Some(s) && once(ti) && may_alias(&node.op, io.input(j), io.output(k))
             };
             match (span[oi], src) {
                 (Some(os), Some((j, ti))) if span[ti] == Some(os) && os.len > 0 => {
@@ -395,16 +395,16 @@ pub fn run_planned(
             written[oi] = true;
             if let Some(st) = st {
                 outside[oi] = Some(st);
-            } else if last[oi] > s {
+            } else if last[oi].is_none_or(|l| l > s) {
                 live.push(oi);
             }
         }
         for &t in node.inputs.iter().chain(&node.outputs) {
-            if last[t.index()] == s {
+            if last[t.index()] == Some(s) {
                 outside[t.index()] = None;
             }
         }
-        live.retain(|&t| last[t] > s);
+        live.retain(|&t| last[t].is_none_or(|l| l > s));
     }
 
     let mut results = Vec::with_capacity(graph.outputs.len());

@@ -7,7 +7,7 @@
 //! place, and `2s + 2` otherwise, since a kernel that is not in place reads its inputs while
 //! it writes its outputs. Tensors whose ranges do not intersect may share bytes.
 
-use lowmem_ir::{Graph, NodeId, Op, SecondaryMap, TensorId, TensorKind};
+use lowmem_ir::{Graph, NodeId, SecondaryMap, TensorId, TensorKind};
 use serde::Serialize;
 
 lowmem_ir::define_index!(
@@ -183,33 +183,11 @@ pub fn in_place_capable(g: &Graph, node: &lowmem_ir::Node, k: usize) -> bool {
         return false;
     };
     let (i, o) = (g.tensor(node.inputs[k]), g.tensor(out));
-    if i.bytes() != o.bytes()
-        || i.dtype != o.dtype
-        || node.inputs.iter().filter(|&&t| t == node.inputs[k]).count() > 1
-    {
-        return false;
-    }
-    // Views copy bytes unchanged: any shape of the same size.
-    if matches!(
-        node.op,
-        Op::Reshape { .. } | Op::Flatten { .. } | Op::Squeeze { .. } | Op::Unsqueeze { .. }
-    ) {
-        return k == 0;
-    }
-    if i.shape != o.shape {
-        return false;
-    }
-    match &node.op {
-        op if op.is_unary_elementwise() => k == 0,
-        Op::Dropout { .. } | Op::DropoutTrain { .. } | Op::DropoutGrad { .. } => {
-            k == 0 && node.outputs.len() == 1
-        }
-        // The kernels' in-place forms overwrite their first input.
-        op if op.is_binary_elementwise() || op.is_elementwise_grad() => k == 0,
-        Op::Sum => k == 0,
-        Op::SgdUpdate { .. } | Op::AdamUpdate { .. } => k == 0,
-        _ => false,
-    }
+    node.op.in_place_input(0) == Some(k)
+        && node.inputs.iter().filter(|&&t| t == node.inputs[k]).count() == 1
+        && node
+            .op
+            .may_overwrite((i.dtype, &i.shape), (o.dtype, &o.shape))
 }
 
 /// The nodes in program order.
@@ -472,7 +450,7 @@ impl Liveness {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use lowmem_ir::{DType, TensorData};
+    use lowmem_ir::{DType, Op, TensorData};
     use std::sync::Arc;
 
     fn chain() -> Graph {

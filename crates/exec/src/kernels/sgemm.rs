@@ -297,14 +297,14 @@ fn driver<const MR: usize, const NR: usize>(
             // Work item `it`: row block `it / slabs`, column slab `it % slabs`; a task runs
             // a contiguous range of items, repacking A only when the row block changes.
             let run = |abuf: &mut [f32], lo: usize, hi: usize| {
-                let mut packed = usize::MAX;
+                let mut packed: Option<usize> = None;
                 let mut acc = [[0f32; NR]; MR];
                 for it in lo..hi {
                     let (ib, sb) = (it / slabs, it % slabs);
                     let (ic, mc) = (ib * MC, MC.min(m - ib * MC));
-                    if packed != ib {
+                    if packed != Some(ib) {
                         pack_a::<MR>(a, ic, mc, pc, kc, abuf);
-                        packed = ib;
+                        packed = Some(ib);
                     }
                     let (j_lo, j_hi) = (sb * NS, nc.min(sb * NS + NS));
                     for jr in (j_lo..j_hi).step_by(NR) {
