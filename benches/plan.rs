@@ -186,17 +186,7 @@ fn main() {
         let out = forward.outputs[0];
         match training_step(forward, out, Loss::CrossEntropy, &sgd) {
             Ok(tg) => {
-                let roles = Roles::training_step(
-                    &tg.graph,
-                    tg.state.iter().map(|s| {
-                        (
-                            s.input,
-                            s.output,
-                            s.kind == lowmem::autodiff::StateKind::Parameter,
-                        )
-                    }),
-                    tg.grads.iter().map(|&(_, g)| g),
-                );
+                let roles = lowmem::compile::training_roles(&tg);
                 train.push(plan_one(name, tg.graph, roles));
             }
             Err(e) => println!("note: {name}: no training step: {e}"),

@@ -149,30 +149,5 @@ pub fn bind_inputs(
 
 /// The graph output named `name`, or the first output.
 pub fn output(graph: &Graph, name: Option<&str>) -> Result<lowmem_ir::TensorId, Error> {
-    let names = || {
-        graph
-            .outputs
-            .iter()
-            .map(|&o| graph.tensor(o).name.as_str())
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    match name {
-        None => graph
-            .outputs
-            .first()
-            .copied()
-            .ok_or_else(|| Error::Model("the model has no outputs".into())),
-        Some(n) => graph
-            .outputs
-            .iter()
-            .copied()
-            .find(|&o| graph.tensor(o).name == n)
-            .ok_or_else(|| {
-                Error::Model(format!(
-                    "the model has no output '{n}' (its outputs: {})",
-                    names()
-                ))
-            }),
-    }
+    Ok(lowmem_compile::output_of(graph, name)?)
 }

@@ -191,7 +191,6 @@ fn zoo_training_steps_execute_inside_the_planned_arena() {
     use lowmem_autodiff::{step_value, training_step};
     use lowmem_ir::TensorData;
     use lowmem_plan::{PlanOptions, plan};
-    use lowmem_schedule::Roles;
     for m in [
         "alexnet",
         "densenet121",
@@ -211,17 +210,7 @@ fn zoo_training_steps_execute_inside_the_planned_arena() {
             weight_decay: 1e-4,
         };
         let tg = training_step(&forward, forward.outputs[0], Loss::CrossEntropy, &opt).unwrap();
-        let roles = Roles::training_step(
-            &tg.graph,
-            tg.state.iter().map(|s| {
-                (
-                    s.input,
-                    s.output,
-                    s.kind == lowmem_autodiff::StateKind::Parameter,
-                )
-            }),
-            tg.grads.iter().map(|&(_, g)| g),
-        );
+        let roles = lowmem::compile::training_roles(&tg);
         let p = plan(
             &tg.graph,
             &roles,

@@ -234,8 +234,9 @@ pub fn verify(graph: &Graph, roles: &Roles, p: &MemoryPlan) -> Result<(), Compil
         .map_err(|e| CompileError::Internal(format!("the plan does not verify: {e}")))
 }
 
-/// The model's first output (training) or the named one.
-fn output_of(g: &Graph, name: Option<&str>) -> Result<TensorId, CompileError> {
+/// The model's first output, or the one named `name`; an unknown name is an error listing
+/// the outputs.
+pub fn output_of(g: &Graph, name: Option<&str>) -> Result<TensorId, CompileError> {
     match name {
         None => g
             .outputs
@@ -254,7 +255,7 @@ fn output_of(g: &Graph, name: Option<&str>) -> Result<TensorId, CompileError> {
                     .map(|&o| g.tensor(o).name.as_str())
                     .collect();
                 CompileError::Model(format!(
-                    "the model has no output '{n}'; its outputs are {}",
+                    "the model has no output '{n}' (its outputs: {})",
                     names.join(", ")
                 ))
             }),
@@ -353,18 +354,7 @@ pub fn compile(model: &Graph, opts: &CompileOptions) -> Result<CompiledStep, Com
                     .collect();
                 let step = Step::for_gradients(&gg, &data, opts.plan.clone())?;
                 let o = step.run(opts.remat.unwrap_or(Scheme::None), opts.budget)?;
-                let record = RematRecord {
-                    scheme: o.scheme.name(),
-                    detail: o.detail.clone(),
-                    stages: step.stages.len(),
-                    checkpoints: o.checkpoints.clone(),
-                    recomputed_nodes: o.recomputed_nodes,
-                };
-                let costs = Costs {
-                    forward_flops: step.forward_flops,
-                    backward_flops: step.backward_flops,
-                    recompute_flops: o.recompute_flops,
-                };
+                let (record, costs) = record_of(&step, &o);
                 (o.graph, o.roles, o.plan, Some(record), costs)
             } else {
                 let roles = Roles::inference(&gg.graph);
@@ -405,25 +395,15 @@ pub fn compile(model: &Graph, opts: &CompileOptions) -> Result<CompiledStep, Com
             let tg = training_step(&forward, out, *loss, optimizer)?;
             let t = Instant::now();
             let step = Step::new(&tg, opts.plan.clone())?;
-            let o = if opts.remat.is_some() || opts.budget.is_some() {
+            let o = if remat_asked {
                 step.run(opts.remat.unwrap_or(Scheme::None), opts.budget)?
             } else {
                 // No checkpointing asked for: the planner's free choice of order.
                 step.none()
             };
             let planning_time = t.elapsed();
-            let remat = (opts.remat.is_some() || opts.budget.is_some()).then(|| RematRecord {
-                scheme: o.scheme.name(),
-                detail: o.detail.clone(),
-                stages: step.stages.len(),
-                checkpoints: o.checkpoints.clone(),
-                recomputed_nodes: o.recomputed_nodes,
-            });
-            let costs = Costs {
-                forward_flops: step.forward_flops,
-                backward_flops: step.backward_flops,
-                recompute_flops: o.recompute_flops,
-            };
+            let (record, costs) = record_of(&step, &o);
+            let remat = remat_asked.then_some(record);
             let state_of = |i: TensorId| tg.state.iter().position(|s| s.input == i);
             let inputs = o
                 .graph
@@ -476,6 +456,23 @@ pub fn compile(model: &Graph, opts: &CompileOptions) -> Result<CompiledStep, Com
             })
         }
     }
+}
+
+/// What checkpointing did to `step` (its outcome `o`), and the step's costs.
+fn record_of(step: &Step, o: &Outcome) -> (RematRecord, Costs) {
+    let record = RematRecord {
+        scheme: o.scheme.name(),
+        detail: o.detail.clone(),
+        stages: step.stages.len(),
+        checkpoints: o.checkpoints.clone(),
+        recomputed_nodes: o.recomputed_nodes,
+    };
+    let costs = Costs {
+        forward_flops: step.forward_flops,
+        backward_flops: step.backward_flops,
+        recompute_flops: o.recompute_flops,
+    };
+    (record, costs)
 }
 
 /// Bytes in human units (binary prefixes).

@@ -514,32 +514,22 @@ impl<'s> Executor<'s> {
 
     /// Graph input `k` as f32 values.
     pub fn input_f32(&mut self, k: usize) -> Result<&mut [f32], ExecError> {
-        let t = self.step.graph.inputs[k].index();
-        let l = self.loc[t];
-        // SAFETY: inside its block (checked when built); `&mut self` makes it the only slice.
-        let b = unsafe { std::slice::from_raw_parts_mut(self.ptr(l), l.len) };
-        match bytemuck::try_cast_slice_mut(b) {
-            Ok(v) => Ok(v),
-            Err(e) => Err(ExecError::Input {
-                name: self.input_name(k),
-                msg: format!("not f32 storage: {e:?}"),
-            }),
-        }
+        self.input_as(k)
     }
 
     /// Graph input `k` as i64 values.
     pub fn input_i64(&mut self, k: usize) -> Result<&mut [i64], ExecError> {
-        let t = self.step.graph.inputs[k].index();
-        let l = self.loc[t];
+        self.input_as(k)
+    }
+
+    fn input_as<T: bytemuck::Pod>(&mut self, k: usize) -> Result<&mut [T], ExecError> {
+        let l = self.loc[self.step.graph.inputs[k].index()];
         // SAFETY: inside its block (checked when built); `&mut self` makes it the only slice.
         let b = unsafe { std::slice::from_raw_parts_mut(self.ptr(l), l.len) };
-        match bytemuck::try_cast_slice_mut(b) {
-            Ok(v) => Ok(v),
-            Err(e) => Err(ExecError::Input {
-                name: self.input_name(k),
-                msg: format!("not i64 storage: {e:?}"),
-            }),
-        }
+        bytemuck::try_cast_slice_mut(b).map_err(|e| ExecError::Input {
+            name: self.input_name(k),
+            msg: format!("not {} storage: {e:?}", std::any::type_name::<T>()),
+        })
     }
 
     fn input_name(&self, k: usize) -> String {
