@@ -2,53 +2,25 @@
 //! counting allocator (allocations made by this thread; sizes below the parallel thresholds,
 //! so that rayon's own queues stay out of the count).
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
-
+use lowmem_exec::heap::CountingAlloc;
 use lowmem_exec::kernels::{self, Binary, Unary};
 use lowmem_ir::ConvAttrs;
 
-struct Counting;
-
-thread_local! {
-    static COUNT: Cell<usize> = const { Cell::new(0) };
-}
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        let _ = COUNT.try_with(|c| c.set(c.get() + 1));
-        unsafe { System.alloc(l) }
-    }
-    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
-        unsafe { System.dealloc(p, l) }
-    }
-    unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
-        let _ = COUNT.try_with(|c| c.set(c.get() + 1));
-        unsafe { System.realloc(p, l, n) }
-    }
-}
-
 #[global_allocator]
-static A: Counting = Counting;
+static A: CountingAlloc = CountingAlloc::new();
 
-/// Deterministic test values in [-1, 1) (self-contained: no test-kit RNG).
+/// Deterministic test values in [-1, 1).
 fn data(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-        })
-        .collect()
+    lowmem_testkit::Rng::new(seed).vec(n)
 }
 
 /// Allocations `f` makes on this thread.
 fn allocs(f: impl FnOnce()) -> usize {
-    let before = COUNT.with(Cell::get);
+    let (before, _) = A.tracked();
+    A.track();
     f();
-    COUNT.with(Cell::get) - before
+    A.untrack();
+    (A.tracked().0 - before) as usize
 }
 
 #[test]

@@ -46,18 +46,7 @@ fn arena_tensors(g: &Graph, persistent: &[TensorId]) -> Vec<bool> {
 }
 
 fn workspace_bytes(g: &Graph, n: NodeId) -> u64 {
-    let node = g.node(n);
-    let ins: Vec<&[usize]> = node
-        .inputs
-        .iter()
-        .map(|&t| &g.tensor(t).shape[..])
-        .collect();
-    let outs: Vec<&[usize]> = node
-        .outputs
-        .iter()
-        .map(|&t| &g.tensor(t).shape[..])
-        .collect();
-    node.op.workspace_bytes(&ins, &outs) as u64
+    g.node_workspace_bytes(g.node(n)) as u64
 }
 
 /// An owned [`Layout`].

@@ -10,17 +10,9 @@ use lowmem_ir::{
     ConvAttrs, DType, GemmAttrs, Graph, LrnAttrs, Op, ReduceAttrs, SoftmaxAttrs, TensorData,
 };
 
-/// Deterministic test values in [-1, 1) (self-contained: no test-kit RNG).
+/// Deterministic test values in [-1, 1).
 fn data(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..n)
-        .map(|_| {
-            s ^= s << 13;
-            s ^= s >> 7;
-            s ^= s << 17;
-            (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-        })
-        .collect()
+    lowmem_testkit::Rng::new(seed).vec(n)
 }
 
 /// A one-node graph of `op` over f32 inputs of `shapes`.
@@ -67,17 +59,8 @@ fn bits(t: &[TensorData]) -> Vec<Vec<u32>> {
 fn check(what: &str, op: Op, shapes: &[Vec<usize>], n_out: usize) -> u64 {
     let g = single(op, shapes, n_out);
     let node = &g.nodes[0];
-    let ins: Vec<&[usize]> = node
-        .inputs
-        .iter()
-        .map(|&t| &g.tensor(t).shape[..])
-        .collect();
-    let outs: Vec<&[usize]> = node
-        .outputs
-        .iter()
-        .map(|&t| &g.tensor(t).shape[..])
-        .collect();
-    let bytes = node.op.workspace_bytes(&ins, &outs) as u64;
+    let ins = g.shapes(&node.inputs);
+    let bytes = g.node_workspace_bytes(node) as u64;
     assert_eq!(
         lowmem_exec::kernel_workspace_bytes(&node.op, &ins).unwrap() as u64,
         bytes,

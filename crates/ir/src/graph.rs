@@ -449,10 +449,17 @@ impl Graph {
 
     /// [`Op::flops`] of one node of this graph, from its tensors' shapes.
     pub fn node_flops(&self, n: &Node) -> u64 {
-        let shapes = |ts: &[TensorId]| -> Vec<&[usize]> {
-            ts.iter().map(|&t| &self.tensor(t).shape[..]).collect()
-        };
-        n.op.flops(&shapes(&n.inputs), &shapes(&n.outputs))
+        n.op.flops(&self.shapes(&n.inputs), &self.shapes(&n.outputs))
+    }
+
+    /// The scratch bytes node `n`'s kernel needs ([`Op::workspace_bytes`] over its shapes).
+    pub fn node_workspace_bytes(&self, n: &Node) -> usize {
+        n.op.workspace_bytes(&self.shapes(&n.inputs), &self.shapes(&n.outputs))
+    }
+
+    /// The shapes of `ts`.
+    pub fn shapes(&self, ts: &[TensorId]) -> Vec<&[usize]> {
+        ts.iter().map(|&t| &self.tensor(t).shape[..]).collect()
     }
 }
 

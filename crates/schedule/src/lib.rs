@@ -415,20 +415,7 @@ impl Liveness {
         let workspace = SecondaryMap::from_vec(
             order
                 .iter()
-                .map(|&n| {
-                    let node = g.node(n);
-                    let ins: Vec<&[usize]> = node
-                        .inputs
-                        .iter()
-                        .map(|&t| &g.tensor(t).shape[..])
-                        .collect();
-                    let outs: Vec<&[usize]> = node
-                        .outputs
-                        .iter()
-                        .map(|&t| &g.tensor(t).shape[..])
-                        .collect();
-                    node.op.workspace_bytes(&ins, &outs)
-                })
+                .map(|&n| g.node_workspace_bytes(g.node(n)))
                 .collect(),
             0,
         );
