@@ -216,8 +216,16 @@ pub fn kernel_workspace_bytes(op: &Op, inputs: &[&[usize]]) -> Result<usize, Str
 /// Starts the kernels' thread pool now (it is started lazily by the first parallel kernel),
 /// so that its one-time allocations fall outside a measured step; returns its size.
 pub fn start_threads() -> usize {
-    // Entering the pool once also sets up the caller's side of the hand-off.
-    in_pool(|| ());
+    // Every thread of the pool runs a job once (each registers with the work-stealing
+    // queues' memory reclamation on its first steal), and the caller enters the pool once
+    // (its side of the hand-off): the pool's own one-time allocations are all made here.
+    rayon::broadcast(|_| ());
+    in_pool(|| {
+        use rayon::prelude::*;
+        (0..1 << 12).into_par_iter().for_each(|i| {
+            std::hint::black_box(i);
+        });
+    });
     rayon::current_num_threads()
 }
 
