@@ -8,6 +8,7 @@
 //! The kernels are exposed in [`kernels`] as plain functions writing into caller-provided
 //! slices.
 
+mod block;
 mod dispatch;
 pub mod heap;
 pub mod kernels;

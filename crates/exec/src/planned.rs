@@ -1,11 +1,9 @@
 //! Execution inside one planned arena: every tensor with an offset lives in a single
 //! allocation of `arena_bytes`, and so does every step's kernel workspace.
 
-use std::alloc::{self, Layout as AllocLayout};
-use std::ptr::NonNull;
-
 use lowmem_ir::{Graph, NodeId, TensorData};
 
+use crate::block::Block;
 use crate::dispatch::{alias_input, exec_op, may_alias, workspace_len};
 use crate::storage::{Store, data_bytes, data_from_bytes};
 use crate::{ExecError, check_inputs, last_uses, node_err, prepare};
@@ -32,51 +30,6 @@ pub struct ArenaStats {
     /// could not take over a dying outside input in place (gradients, BatchNorm running
     /// statistics, state updates whose old value is still read later).
     pub outside_allocs: usize,
-}
-
-/// Alignment of the arena's base address.
-const ARENA_ALIGN: usize = 64;
-
-#[repr(align(64))]
-struct Aligned;
-
-/// One zeroed, 64-byte-aligned allocation. Slices of it are made from its raw pointer only
-/// (never a reference to the whole arena), so disjoint slices may coexist.
-struct Arena {
-    ptr: NonNull<u8>,
-    len: usize,
-}
-
-impl Arena {
-    fn new(len: usize) -> Result<Arena, ExecError> {
-        if len == 0 {
-            return Ok(Arena {
-                ptr: NonNull::<Aligned>::dangling().cast(),
-                len,
-            });
-        }
-        let layout = AllocLayout::from_size_align(len, ARENA_ALIGN)
-            .map_err(|e| ExecError::Layout(format!("arena of {len} bytes: {e}")))?;
-        // SAFETY: `layout` has a non-zero size.
-        let ptr = unsafe { alloc::alloc_zeroed(layout) };
-        let ptr = NonNull::new(ptr)
-            .ok_or_else(|| ExecError::Layout(format!("cannot allocate an arena of {len} bytes")))?;
-        Ok(Arena { ptr, len })
-    }
-}
-
-impl Drop for Arena {
-    fn drop(&mut self) {
-        if self.len > 0 {
-            // SAFETY: allocated in `new` with this size and alignment.
-            unsafe {
-                alloc::dealloc(
-                    self.ptr.as_ptr(),
-                    AllocLayout::from_size_align_unchecked(self.len, ARENA_ALIGN),
-                )
-            }
-        }
-    }
 }
 
 /// A byte range of the arena.
@@ -210,7 +163,7 @@ pub fn run_planned(
         });
     }
 
-    let arena = Arena::new(arena_len)?;
+    let arena = Block::new(arena_len as u64, "arena")?;
     let base = arena.ptr.as_ptr();
     let last = last_uses(graph, layout.order);
     let mut outside: Vec<Option<Store>> = (0..nt).map(|_| None).collect();

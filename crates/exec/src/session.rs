@@ -8,12 +8,10 @@
 //! there, no write over bytes that a step reads or that are read later); running a step
 //! then only makes slices and calls the kernels, and allocates nothing.
 
-use std::alloc::{self, Layout as AllocLayout};
-use std::ptr::NonNull;
-
 use lowmem_compile::{CompiledStep, InputRole};
 use lowmem_ir::{DType, Node, TensorData, TensorId};
 
+use crate::block::Block;
 use crate::dispatch::{alias_input, exec_op, may_alias, workspace_len};
 use crate::storage::{data_bytes, data_from_bytes};
 use crate::{ExecError, NodeIo, node_err, prepare};
@@ -22,57 +20,6 @@ use crate::{ExecError, NodeIo, node_err, prepare};
 pub const MAX_INPUTS: usize = 64;
 /// Most outputs one node may have here.
 pub const MAX_OUTPUTS: usize = 8;
-
-const BLOCK_ALIGN: usize = 64;
-
-#[repr(align(64))]
-struct Aligned;
-
-/// One zeroed, 64-byte-aligned allocation that never moves. Slices are made from its raw
-/// pointer only, so disjoint slices may coexist.
-struct Block {
-    ptr: NonNull<u8>,
-    len: usize,
-}
-
-// SAFETY: a Block is plain memory owned by one executor; access goes through the executor's
-// `&self`/`&mut self` methods.
-unsafe impl Send for Block {}
-
-impl Block {
-    fn new(len: u64, what: &str) -> Result<Block, ExecError> {
-        let len = usize::try_from(len)
-            .map_err(|_| ExecError::Layout(format!("{what} of {len} bytes")))?;
-        if len == 0 {
-            return Ok(Block {
-                ptr: NonNull::<Aligned>::dangling().cast(),
-                len,
-            });
-        }
-        let layout = AllocLayout::from_size_align(len, BLOCK_ALIGN)
-            .map_err(|e| ExecError::Layout(format!("{what} of {len} bytes: {e}")))?;
-        // SAFETY: `layout` has a non-zero size.
-        let ptr = unsafe { alloc::alloc_zeroed(layout) };
-        let ptr = NonNull::new(ptr).ok_or_else(|| {
-            ExecError::Layout(format!("cannot allocate the {what} of {len} bytes"))
-        })?;
-        Ok(Block { ptr, len })
-    }
-}
-
-impl Drop for Block {
-    fn drop(&mut self) {
-        if self.len > 0 {
-            // SAFETY: allocated in `new` with this size and alignment.
-            unsafe {
-                alloc::dealloc(
-                    self.ptr.as_ptr(),
-                    AllocLayout::from_size_align_unchecked(self.len, BLOCK_ALIGN),
-                )
-            }
-        }
-    }
-}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Place {
