@@ -714,7 +714,7 @@ fn movement<T: Pod + Send + Sync>(c: &OpCall, out: &mut [u8]) -> Result<(), Stri
         }
         Op::Concat { axis } => {
             let ax = norm_axis(*axis, s0.len()).ok_or("axis out of range")?;
-            const MAX_PARTS: usize = crate::session::MAX_INPUTS;
+            const MAX_PARTS: usize = crate::program::MAX_INPUTS;
             let n = c.ins.len();
             if n > MAX_PARTS {
                 return Err(format!("{n} parts; Concat takes at most {MAX_PARTS}"));

@@ -13,8 +13,9 @@ mod dispatch;
 pub mod heap;
 pub mod kernels;
 mod planned;
+pub mod program;
 mod session;
-mod storage;
+pub mod storage;
 pub mod train;
 
 use dispatch::{OpCall, alias_input, exec_op, may_alias, workspace_len};
@@ -23,7 +24,8 @@ use storage::{Store, data_bytes, data_from_bytes};
 use thiserror::Error;
 
 pub use planned::{ArenaStats, Layout, run_planned};
-pub use session::{Executor, MAX_INPUTS, MAX_OUTPUTS};
+pub use program::{Instr, Loc, MAX_INPUTS, MAX_OUTPUTS, Place, Program};
+pub use session::Executor;
 
 #[derive(Debug, Error, Clone, PartialEq)]
 pub enum ExecError {
@@ -320,7 +322,7 @@ fn node_err(node: &Node) -> impl Fn(String) -> ExecError + '_ {
 }
 
 /// A node's operand dtypes and shapes, checked against the graph.
-pub(crate) struct NodeIo<'g> {
+pub struct NodeIo<'g> {
     in_dtypes: Vec<DType>,
     shapes: Vec<&'g [usize]>,
     out_dtypes: Vec<DType>,
@@ -331,6 +333,22 @@ pub(crate) struct NodeIo<'g> {
 }
 
 impl<'g> NodeIo<'g> {
+    pub fn in_dtypes(&self) -> &[DType] {
+        &self.in_dtypes
+    }
+    pub fn shapes(&self) -> &[&'g [usize]] {
+        &self.shapes
+    }
+    pub fn out_dtypes(&self) -> &[DType] {
+        &self.out_dtypes
+    }
+    pub fn out_shapes(&self) -> &[&'g [usize]] {
+        &self.out_shapes
+    }
+    /// The sliding window (convolutions, pooling), resolved ahead.
+    pub fn window(&self) -> Option<&lowmem_ir::Window> {
+        self.window.as_ref()
+    }
     fn input(&self, j: usize) -> (DType, &[usize]) {
         (self.in_dtypes[j], self.shapes[j])
     }

@@ -64,7 +64,7 @@ impl Store {
 }
 
 /// The native-endian bytes of `d` (bools as 0 or 1).
-pub(crate) fn data_bytes(d: &TensorData) -> &[u8] {
+pub fn data_bytes(d: &TensorData) -> &[u8] {
     use bytemuck::cast_slice as c;
     match d {
         TensorData::F32(v) => c(v),
@@ -97,7 +97,7 @@ pub(crate) fn data_bytes_mut(d: &mut TensorData) -> Option<&mut [u8]> {
 
 /// Copies native-endian `bytes` (a whole number of `dtype` elements, any alignment) into
 /// owned data.
-pub(crate) fn data_from_bytes(dtype: DType, bytes: &[u8]) -> TensorData {
+pub fn data_from_bytes(dtype: DType, bytes: &[u8]) -> TensorData {
     fn p<T: bytemuck::Pod>(bytes: &[u8]) -> Vec<T> {
         let mut v = vec![T::zeroed(); bytes.len() / size_of::<T>()];
         bytemuck::cast_slice_mut::<T, u8>(&mut v).copy_from_slice(bytes);

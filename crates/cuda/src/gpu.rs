@@ -1,0 +1,287 @@
+//! [`Device`] on an NVIDIA GPU: the CUDA driver API and cuBLAS through cudarc, loaded at run
+//! time (a binary without a GPU still starts, and says what is missing).
+
+use std::collections::HashMap;
+use std::ffi::{CString, c_void};
+
+use cudarc::cublas::{result as blas, sys as blas_sys};
+use cudarc::driver::{result as drv, sys};
+
+use crate::device::{Device, Gemm, LaunchDims};
+use crate::{CudaError, DevPtr, nvrtc};
+
+fn err(call: &str, e: impl std::fmt::Debug) -> CudaError {
+    CudaError::Driver {
+        call: call.into(),
+        msg: format!("{e:?}"),
+    }
+}
+
+/// One GPU: its primary context, one stream, every kernel of `kernels/` loaded, and a
+/// cuBLAS handle on the stream.
+pub struct Gpu {
+    ctx: sys::CUcontext,
+    stream: sys::CUstream,
+    functions: HashMap<String, sys::CUfunction>,
+    blas: blas_sys::cublasHandle_t,
+    name: String,
+    arch: String,
+}
+
+impl Gpu {
+    /// Whether a CUDA driver library is on this machine (probed without calling it, since a
+    /// call into a missing library aborts).
+    pub fn driver_present() -> bool {
+        // SAFETY: only probes with dlopen.
+        unsafe { sys::is_culib_present() }
+    }
+
+    /// Opens GPU `ordinal`: probes the driver, creates the context and stream, compiles (or
+    /// reads from the cache) and loads every kernel, and creates the cuBLAS handle.
+    pub fn new(ordinal: usize) -> Result<Gpu, CudaError> {
+        if !Gpu::driver_present() {
+            return Err(CudaError::NoDriver);
+        }
+        drv::init().map_err(|e| CudaError::NoDevice(format!("cuInit: {e:?}")))?;
+        let count = drv::device::get_count().map_err(|e| err("cuDeviceGetCount", e))?;
+        if ordinal >= count.max(0) as usize {
+            return Err(CudaError::NoDevice(format!(
+                "device {ordinal} asked for, {count} present"
+            )));
+        }
+        let dev = drv::device::get(ordinal as i32).map_err(|e| err("cuDeviceGet", e))?;
+        let name = drv::device::get_name(dev).unwrap_or_else(|_| "GPU".into());
+        // SAFETY: `dev` comes from cuDeviceGet.
+        let (maj, min) = unsafe {
+            (
+                drv::device::get_attribute(
+                    dev,
+                    sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR,
+                )
+                .map_err(|e| err("cuDeviceGetAttribute", e))?,
+                drv::device::get_attribute(
+                    dev,
+                    sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR,
+                )
+                .map_err(|e| err("cuDeviceGetAttribute", e))?,
+            )
+        };
+        let arch = format!("sm_{maj}{min}");
+        // SAFETY: `dev` is valid; the primary context is released in Drop.
+        let ctx = unsafe { drv::primary_ctx::retain(dev) }.map_err(|e| err("cuDevicePrimaryCtxRetain", e))?;
+        // SAFETY: a retained context.
+        unsafe { drv::ctx::set_current(ctx) }.map_err(|e| err("cuCtxSetCurrent", e))?;
+        let stream = drv::stream::create(drv::stream::StreamKind::NonBlocking)
+            .map_err(|e| err("cuStreamCreate", e))?;
+        let mut functions = HashMap::new();
+        for (file, cubin) in nvrtc::cubins(&arch)? {
+            // SAFETY: a CUBIN NVRTC made for this architecture; modules live as long as the
+            // context.
+            let module = unsafe { drv::module::load_data(cubin.as_ptr().cast()) }
+                .map_err(|e| err(&format!("cuModuleLoadData({file})"), e))?;
+            let src = crate::source::FILES
+                .iter()
+                .find(|(f, _)| *f == file)
+                .map(|(_, s)| *s)
+                .unwrap_or("");
+            for k in crate::source::kernel_names(src) {
+                let cname = CString::new(k).expect("kernel names have no NUL");
+                // SAFETY: a loaded module.
+                let f = unsafe { drv::module::get_function(module, cname) }
+                    .map_err(|e| err(&format!("cuModuleGetFunction({k})"), e))?;
+                functions.insert(k.to_string(), f);
+            }
+        }
+        // SAFETY: only probes with dlopen.
+        if !unsafe { blas_sys::is_culib_present() } {
+            return Err(CudaError::MissingLibrary {
+                lib: "cuBLAS (libcublas.so)".into(),
+                hint: "install the CUDA toolkit or pip install nvidia-cublas, and put it on LD_LIBRARY_PATH".into(),
+            });
+        }
+        let handle = blas::create_handle().map_err(|e| err("cublasCreate", e))?;
+        // SAFETY: a created handle and stream.
+        unsafe { blas::set_stream(handle, stream as _) }.map_err(|e| err("cublasSetStream", e))?;
+        Ok(Gpu {
+            ctx,
+            stream,
+            functions,
+            blas: handle,
+            name,
+            arch,
+        })
+    }
+
+    /// The device's architecture, e.g. "sm_90".
+    pub fn arch(&self) -> &str {
+        &self.arch
+    }
+
+    fn bind(&self) -> Result<(), CudaError> {
+        // SAFETY: the context is retained for this Gpu's life.
+        unsafe { drv::ctx::set_current(self.ctx) }.map_err(|e| err("cuCtxSetCurrent", e))
+    }
+}
+
+impl Drop for Gpu {
+    fn drop(&mut self) {
+        // SAFETY: created in `new`, destroyed once.
+        unsafe {
+            let _ = self.bind();
+            let _ = drv::stream::synchronize(self.stream);
+            let _ = blas::destroy_handle(self.blas);
+            let _ = drv::stream::destroy(self.stream);
+        }
+    }
+}
+
+impl Device for Gpu {
+    fn describe(&self) -> String {
+        format!("{} ({})", self.name, self.arch)
+    }
+
+    fn alloc(&self, bytes: usize) -> Result<DevPtr, CudaError> {
+        self.bind()?;
+        // SAFETY: a plain allocation in the current context.
+        match unsafe { drv::malloc_sync(bytes) } {
+            Ok(p) => {
+                // SAFETY: `p` holds `bytes` bytes.
+                unsafe { drv::memset_d8_sync(p, 0, bytes) }.map_err(|e| err("cuMemsetD8", e))?;
+                Ok(p)
+            }
+            Err(e) if e.0 == sys::cudaError_enum::CUDA_ERROR_OUT_OF_MEMORY => {
+                let (free, total) = self.mem_info().unwrap_or((0, 0));
+                Err(CudaError::OutOfMemory {
+                    what: "an allocation".into(),
+                    bytes,
+                    free,
+                    total,
+                })
+            }
+            Err(e) => Err(err("cuMemAlloc", e)),
+        }
+    }
+
+    fn free(&self, p: DevPtr) {
+        if self.bind().is_ok() {
+            // SAFETY: `p` came from `alloc`; the stream is drained first.
+            unsafe {
+                let _ = drv::stream::synchronize(self.stream);
+                let _ = drv::free_sync(p);
+            }
+        }
+    }
+
+    fn upload(&self, dst: DevPtr, src: &[u8]) -> Result<(), CudaError> {
+        self.bind()?;
+        // SAFETY: the caller passes an address inside a live allocation of src.len() bytes;
+        // the copy completes before returning (the stream is synchronised).
+        unsafe {
+            drv::memcpy_htod_async(dst, src, self.stream).map_err(|e| err("cuMemcpyHtoD", e))?;
+            drv::stream::synchronize(self.stream).map_err(|e| err("cuStreamSynchronize", e))
+        }
+    }
+
+    fn download(&self, src: DevPtr, dst: &mut [u8]) -> Result<(), CudaError> {
+        self.bind()?;
+        // SAFETY: as upload.
+        unsafe {
+            drv::memcpy_dtoh_async(dst, src, self.stream).map_err(|e| err("cuMemcpyDtoH", e))?;
+            drv::stream::synchronize(self.stream).map_err(|e| err("cuStreamSynchronize", e))
+        }
+    }
+
+    fn copy(&self, dst: DevPtr, src: DevPtr, bytes: usize) -> Result<(), CudaError> {
+        if bytes == 0 {
+            return Ok(());
+        }
+        // SAFETY: both ranges lie in live allocations (the planned blocks).
+        unsafe { drv::memcpy_dtod_async(dst, src, bytes, self.stream) }
+            .map_err(|e| err("cuMemcpyDtoD", e))
+    }
+
+    fn fill(&self, dst: DevPtr, byte: u8, bytes: usize) -> Result<(), CudaError> {
+        // SAFETY: the range lies in a live allocation.
+        unsafe { drv::memset_d8_async(dst, byte, bytes, self.stream) }
+            .map_err(|e| err("cuMemsetD8", e))
+    }
+
+    unsafe fn launch(
+        &self,
+        name: &str,
+        dims: LaunchDims,
+        params: &mut [*mut c_void],
+    ) -> Result<(), CudaError> {
+        let f = *self
+            .functions
+            .get(name)
+            .ok_or_else(|| CudaError::UnknownKernel(name.into()))?;
+        let [gx, gy, gz] = dims.grid;
+        let [bx, by, bz] = dims.block;
+        // SAFETY: the caller's contract (parameters match the kernel).
+        unsafe {
+            drv::launch_kernel(
+                f,
+                (gx, gy, gz),
+                (bx, by, bz),
+                dims.shared_bytes,
+                self.stream,
+                params,
+            )
+        }
+        .map_err(|e| err(&format!("cuLaunchKernel({name})"), e))
+    }
+
+    unsafe fn gemm(&self, g: &Gemm) -> Result<(), CudaError> {
+        if g.m == 0 || g.n == 0 || g.batch == 0 {
+            return Ok(());
+        }
+        use blas_sys::cublasOperation_t::{CUBLAS_OP_N, CUBLAS_OP_T};
+        let op = |t: bool| if t { CUBLAS_OP_T } else { CUBLAS_OP_N };
+        let int = |v: usize, what: &str| {
+            i32::try_from(v).map_err(|_| CudaError::Driver {
+                call: "cublasSgemmStridedBatched".into(),
+                msg: format!("{what} = {v} does not fit cuBLAS's 32-bit int"),
+            })
+        };
+        // Row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T.
+        // SAFETY: the caller's contract; the workspace is the node's planned scratch.
+        unsafe {
+            blas_sys::cublasSetWorkspace_v2(self.blas, g.workspace.0 as *mut c_void, g.workspace.1)
+                .result()
+                .map_err(|e| err("cublasSetWorkspace", e))?;
+            blas::sgemm_strided_batched(
+                self.blas,
+                op(g.trans_b),
+                op(g.trans_a),
+                int(g.n, "n")?,
+                int(g.m, "m")?,
+                int(g.k, "k")?,
+                &g.alpha,
+                g.b as *const f32,
+                int(g.ldb, "ldb")?,
+                g.stride_b as i64,
+                g.a as *const f32,
+                int(g.lda, "lda")?,
+                g.stride_a as i64,
+                &g.beta,
+                g.c as *mut f32,
+                int(g.ldc, "ldc")?,
+                g.stride_c as i64,
+                int(g.batch, "batch")?,
+            )
+        }
+        .map_err(|e| err("cublasSgemmStridedBatched", e))
+    }
+
+    fn synchronize(&self) -> Result<(), CudaError> {
+        self.bind()?;
+        // SAFETY: a live stream.
+        unsafe { drv::stream::synchronize(self.stream) }.map_err(|e| err("cuStreamSynchronize", e))
+    }
+
+    fn mem_info(&self) -> Option<(usize, usize)> {
+        self.bind().ok()?;
+        drv::mem_get_info().ok()
+    }
+}
