@@ -8,6 +8,16 @@ pub const COMMON: &str = include_str!("../../../kernels/common.cuh");
 pub const FILES: &[(&str, &str)] = &[
     ("elementwise", include_str!("../../../kernels/elementwise.cu")),
     ("movement", include_str!("../../../kernels/movement.cu")),
+    ("reduce", include_str!("../../../kernels/reduce.cu")),
+    ("softmax", include_str!("../../../kernels/softmax.cu")),
+    ("layernorm", include_str!("../../../kernels/layernorm.cu")),
+    ("losses", include_str!("../../../kernels/losses.cu")),
+    ("optim", include_str!("../../../kernels/optim.cu")),
+    ("im2col", include_str!("../../../kernels/im2col.cu")),
+    ("conv_direct", include_str!("../../../kernels/conv_direct.cu")),
+    ("batchnorm", include_str!("../../../kernels/batchnorm.cu")),
+    ("lrn", include_str!("../../../kernels/lrn.cu")),
+    ("pool", include_str!("../../../kernels/pool.cu")),
 ];
 
 /// A file's whole compilation unit: the shared header, then the file.

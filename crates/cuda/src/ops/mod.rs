@@ -2,9 +2,13 @@
 //! offsets), shapes and workspace, and launches the kernels of `kernels/` or a GEMM. One
 //! function per op family; [`launch_op`] routes each op to its family.
 
+mod conv;
 mod elementwise;
 mod matmul;
 mod movement;
+mod norm;
+mod pool;
+mod reduce;
 
 use lowmem_exec::NodeIo;
 use lowmem_ir::{DType, Op};
@@ -126,6 +130,34 @@ pub fn launch_op(dev: &dyn Device, c: &DevCall) -> OpResult {
         Op::MatMul | Op::Gemm(_) => matmul::launch(dev, c),
         Op::Expand { .. } | Op::Slice { .. } | Op::Transpose { .. } | Op::Concat { .. } => {
             movement::launch(dev, c)
+        }
+        Op::ReduceSum(_)
+        | Op::ReduceMean(_)
+        | Op::SumTo { .. }
+        | Op::GlobalAveragePool
+        | Op::GlobalAveragePoolGrad { .. }
+        | Op::Softmax(_)
+        | Op::LogSoftmax(_)
+        | Op::SoftmaxGrad(_)
+        | Op::LogSoftmaxGrad(_)
+        | Op::SoftmaxCrossEntropy
+        | Op::SoftmaxCrossEntropyGrad
+        | Op::MseLoss
+        | Op::MseLossGrad
+        | Op::LayerNormalization { .. }
+        | Op::LayerNormGrad { .. }
+        | Op::SgdUpdate { .. }
+        | Op::AdamUpdate { .. } => reduce::launch(dev, c),
+        Op::Conv(_) | Op::ConvBackwardData { .. } | Op::ConvBackwardFilter { .. } => {
+            conv::launch(dev, c)
+        }
+        Op::BatchNormalization(_)
+        | Op::BatchNormTrain(_)
+        | Op::BatchNormGrad { .. }
+        | Op::Lrn(_)
+        | Op::LrnGrad(_) => norm::launch(dev, c),
+        Op::MaxPool(_) | Op::AveragePool(_) | Op::MaxPoolGrad(_) | Op::AveragePoolGrad { .. } => {
+            pool::launch(dev, c)
         }
         op if elementwise::handles(op) => elementwise::launch(dev, c),
         op => Err(format!("{} has no CUDA kernel yet", op.name()).into()),
