@@ -6,4 +6,8 @@ cd "$(dirname "$0")/.."
 python3 -m pip install -q --disable-pip-version-check -r scripts/requirements.txt
 python3 scripts/fetch_data.py
 python3 scripts/make_refs.py
+# NVRTC from the PyPI wheel: every CUDA kernel is compiled for sm_80 and sm_90 in the tests
+# (crates/cuda/tests/nvrtc.rs), which fail rather than skip here.
+LOWMEM_NVRTC="$(python3 -c 'import nvidia, pathlib; print(next(p for d in nvidia.__path__ for p in pathlib.Path(d).glob("cu13/lib/libnvrtc.so.13")))')"
+export LOWMEM_NVRTC LOWMEM_REQUIRE_NVRTC=1
 cargo test --workspace "$@"

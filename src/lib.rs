@@ -6,6 +6,7 @@
 pub use lowmem_autodiff as autodiff;
 pub use lowmem_compile as compile;
 pub use lowmem_compile::remat;
+pub use lowmem_cuda as cuda;
 pub use lowmem_exec as exec;
 pub use lowmem_ir as ir;
 pub use lowmem_onnx as onnx;
@@ -14,6 +15,7 @@ pub use lowmem_remat as rematerialize;
 pub use lowmem_schedule as schedule;
 
 pub mod data;
+pub mod device;
 pub mod inspect;
 pub mod model;
 pub mod models;
@@ -46,6 +48,8 @@ pub enum Error {
     Export(#[from] lowmem_onnx::ExportError),
     #[error("{0}")]
     Compile(#[from] lowmem_compile::CompileError),
+    #[error("{0}")]
+    Cuda(#[from] lowmem_cuda::CudaError),
     /// The command line asks for something it cannot do (a bad flag value or combination).
     #[error("{0}")]
     Usage(String),

@@ -5,7 +5,7 @@ use std::time::Instant;
 use clap::{Parser, Subcommand, ValueEnum};
 use lowmem::autodiff::{Loss, Optimizer};
 use lowmem::compile::{CompileOptions, InputRole, Task, compile, human_bytes};
-use lowmem::exec::Executor;
+use lowmem::device::Target;
 use lowmem::exec::heap::CountingAlloc;
 use lowmem::exec::train::StepProbe;
 use lowmem::train::{TrainConfig, train};
@@ -18,6 +18,21 @@ use lowmem_ir::{DType, Graph, TensorData};
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum DeviceArg {
+    Cpu,
+    Cuda,
+}
+
+impl DeviceArg {
+    fn target(self) -> Target {
+        match self {
+            DeviceArg::Cpu => Target::Cpu,
+            DeviceArg::Cuda => Target::Cuda,
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -33,9 +48,12 @@ enum Cmd {
         #[arg(long, short)]
         verbose: bool,
     },
-    /// Run the forward pass on the CPU reference executor.
+    /// Run the forward pass inside its planned arena (CPU executor, or --device cuda).
     Run {
         model: PathBuf,
+        /// Where the step runs: the CPU executor or the CUDA backend (GPU 0).
+        #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
+        device: DeviceArg,
         /// A graph input as an ONNX TensorProto file (repeat for each input).
         #[arg(long = "input", value_name = "NAME=FILE.pb", required = true)]
         inputs: Vec<String>,
@@ -62,6 +80,9 @@ enum Cmd {
         /// Print one JSON line instead of text.
         #[arg(long)]
         json: bool,
+        /// Where the step runs: the CPU executor or the CUDA backend (GPU 0).
+        #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
+        device: DeviceArg,
     },
     /// Gradients of a loss over the first output wrt every trainable weight (inference
     /// semantics); writes DIR/<weight>.pb and DIR/index.json.
@@ -85,6 +106,9 @@ enum Cmd {
         batch: Option<usize>,
         #[command(flatten)]
         remat: RematOpts,
+        /// Where the step runs: the CPU executor or the CUDA backend (GPU 0).
+        #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
+        device: DeviceArg,
     },
     /// Compile a model into one step (graph, order, arena plan, weights and optimizer state)
     /// and write it as a .lmc file that `train` runs.
@@ -131,6 +155,9 @@ enum Cmd {
         /// Print one JSON object with the figures at the end (no progress lines).
         #[arg(long)]
         json: bool,
+        /// Where the step runs: the CPU executor or the CUDA backend (GPU 0).
+        #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
+        device: DeviceArg,
     },
     /// Plan the memory of a forward pass or (--train) a whole training step: schedule,
     /// liveness, in-place reuse and one arena with static offsets, verified independently.
@@ -416,6 +443,7 @@ struct GradArgs<'a> {
     output_dir: &'a std::path::Path,
     batch: Option<usize>,
     remat: &'a RematOpts,
+    device: Target,
 }
 
 fn grad(model_path: &std::path::Path, a: GradArgs) -> Result<(), Error> {
@@ -427,6 +455,7 @@ fn grad(model_path: &std::path::Path, a: GradArgs) -> Result<(), Error> {
         output_dir,
         batch,
         remat,
+        device,
     } = a;
     match (loss.needs_labels(), labels) {
         (true, None) => {
@@ -483,7 +512,7 @@ fn grad(model_path: &std::path::Path, a: GradArgs) -> Result<(), Error> {
     opts.remat = remat.scheme();
     opts.budget = remat.budget()?;
     let step = compile(&g, &opts)?;
-    let mut ex = Executor::new(&step)?;
+    let mut ex = lowmem::device::executor(&step, device)?;
     let mut labels = labels_file.map(|t| t.data);
     for (k, role) in step.inputs.iter().enumerate() {
         match *role {
@@ -503,7 +532,7 @@ fn grad(model_path: &std::path::Path, a: GradArgs) -> Result<(), Error> {
         }
     }
     ex.run()?;
-    let outs = ex.outputs();
+    let outs = ex.outputs()?;
     let loss_value = outs[0].to_f64().first().copied().unwrap_or(f64::NAN);
     std::fs::create_dir_all(output_dir).map_err(|source| Error::Io {
         path: output_dir.display().to_string(),
@@ -594,6 +623,7 @@ struct TrainArgs {
     out: Option<PathBuf>,
     eval_every: usize,
     json: bool,
+    device: Target,
 }
 
 fn train_cmd(model_path: &std::path::Path, a: TrainArgs) -> Result<(), Error> {
@@ -630,6 +660,7 @@ fn train_cmd(model_path: &std::path::Path, a: TrainArgs) -> Result<(), Error> {
         steps: a.steps,
         seed: a.seed,
         eval_every: a.eval_every,
+        device: a.device,
     };
     lowmem_exec::start_threads();
     let mut probe = HeapProbe {
@@ -679,6 +710,8 @@ fn train_cmd(model_path: &std::path::Path, a: TrainArgs) -> Result<(), Error> {
             "persistent_bytes": step.plan.persistent_bytes,
             "arena_bytes": step.plan.arena_bytes,
             "measured_peak_bytes": measured,
+            "device": a.device.name(),
+            "device_peak_bytes": report.device_peak_bytes,
             "recompute_overhead": step.costs.overhead(),
             "steps_per_second": rate,
             "seconds": report.seconds,
@@ -725,7 +758,22 @@ fn main() -> ExitCode {
     }
 }
 
+/// The `--device` a command asks for.
+fn device_of(cmd: &Cmd) -> Option<DeviceArg> {
+    match cmd {
+        Cmd::Run { device, .. }
+        | Cmd::Bench { device, .. }
+        | Cmd::Grad { device, .. }
+        | Cmd::Train { device, .. } => Some(*device),
+        _ => None,
+    }
+}
+
 fn run(cli: Cli) -> Result<(), Error> {
+    // A missing GPU is said before any compiling.
+    if let Some(DeviceArg::Cuda) = device_of(&cli.cmd) {
+        lowmem::device::gpu()?;
+    }
     match cli.cmd {
         Cmd::Inspect {
             model,
@@ -741,16 +789,17 @@ fn run(cli: Cli) -> Result<(), Error> {
             inputs,
             output_dir,
             batch,
+            device,
         } => {
             let g = model::load(&model, batch)?;
             let bound = model::inputs_from_specs(&g, &inputs)?;
             let step = compile(&g, &CompileOptions::new(Task::Inference))?;
-            let mut ex = Executor::new(&step)?;
+            let mut ex = lowmem::device::executor(&step, device.target())?;
             for (k, d) in bound.iter().enumerate() {
                 ex.set_input(k, d)?;
             }
             ex.run()?;
-            let outputs = ex.outputs();
+            let outputs = ex.outputs()?;
             std::fs::create_dir_all(&output_dir).map_err(|source| Error::Io {
                 path: output_dir.display().to_string(),
                 source,
@@ -776,6 +825,7 @@ fn run(cli: Cli) -> Result<(), Error> {
             remat,
             iters,
             json,
+            device,
         } => {
             let g = model::load(&model, batch)?;
             let mut opts = CompileOptions::new(if train {
@@ -799,7 +849,7 @@ fn run(cli: Cli) -> Result<(), Error> {
                 ));
             }
             let step = compile(&g, &opts)?;
-            let mut ex = Executor::new(&step)?;
+            let mut ex = lowmem::device::executor(&step, device.target())?;
             let inputs = random_inputs(&step.graph, 1)?;
             for (k, role) in step.inputs.iter().enumerate() {
                 match role {
@@ -809,10 +859,12 @@ fn run(cli: Cli) -> Result<(), Error> {
                 }
             }
             ex.run()?;
+            ex.sync()?;
             let mut times = Vec::with_capacity(iters.max(1));
             for _ in 0..iters.max(1) {
                 let t = Instant::now();
                 ex.run()?;
+                ex.sync()?;
                 times.push(t.elapsed().as_secs_f64());
             }
             times.sort_by(f64::total_cmp);
@@ -827,6 +879,7 @@ fn run(cli: Cli) -> Result<(), Error> {
                         "model": g.name, "batch": step.batch, "task": step.task.name(),
                         "iters": times.len(), "median_s": median, "min_s": times[0],
                         "gflops": gflops, "planned_peak_bytes": step.planned_peak_bytes(),
+                        "device": device.target().name(),
                         "remat": step.remat.as_ref().map_or("none", |r| r.scheme),
                     })
                 );
@@ -853,6 +906,7 @@ fn run(cli: Cli) -> Result<(), Error> {
             output_dir,
             batch,
             remat,
+            device,
         } => grad(
             &model,
             GradArgs {
@@ -863,6 +917,7 @@ fn run(cli: Cli) -> Result<(), Error> {
                 output_dir: &output_dir,
                 batch,
                 remat: &remat,
+                device: device.target(),
             },
         ),
         Cmd::Compile {
@@ -917,6 +972,7 @@ fn run(cli: Cli) -> Result<(), Error> {
             out,
             eval_every,
             json,
+            device,
         } => train_cmd(
             &model,
             TrainArgs {
@@ -928,6 +984,7 @@ fn run(cli: Cli) -> Result<(), Error> {
                 out,
                 eval_every,
                 json,
+                device: device.target(),
             },
         ),
         Cmd::Plan {

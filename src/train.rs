@@ -1,5 +1,6 @@
-//! `lowmem train`: the data set as a batch source for a compiled training step (run by
-//! [`lowmem_exec::train::Trainer`] inside its arena), progress, and test accuracy.
+//! `lowmem train`: the data set as a batch source for a compiled training step (run inside
+//! its arena by [`lowmem_exec::train::Trainer`] on the CPU or
+//! [`lowmem_cuda::train::CudaTrainer`] on a GPU), progress, and test accuracy.
 
 use std::io::IsTerminal;
 use std::sync::Arc;
@@ -11,6 +12,7 @@ use lowmem_ir::{Graph, TensorData, TensorId};
 
 use crate::Error;
 use crate::data::{Batches, Dataset};
+use crate::device::Target;
 
 /// Sets the value of each named weight of `graph` (by tensor name), checking dtype and size.
 pub fn set_weights<'a>(
@@ -99,6 +101,7 @@ pub struct TrainConfig {
     pub seed: u64,
     /// Evaluate test accuracy every this many steps (0: only at the end).
     pub eval_every: usize,
+    pub device: Target,
 }
 
 /// What training achieved.
@@ -111,6 +114,71 @@ pub struct TrainReport {
     pub total: usize,
     pub steps: usize,
     pub seconds: f64,
+    /// On a GPU: the device memory the step took, measured (the free-memory drop from just
+    /// before the executor allocated its blocks to the lowest point after any step).
+    pub device_peak_bytes: Option<u64>,
+}
+
+/// One training step after another, on either backend.
+trait Steps {
+    /// Runs the next step; returns its loss.
+    fn next(
+        &mut self,
+        source: &mut dyn BatchSource,
+        probe: &mut dyn StepProbe,
+    ) -> Result<f32, Error>;
+    fn state(&self) -> Result<Vec<Arc<TensorData>>, Error>;
+}
+
+impl Steps for Trainer<'_> {
+    fn next(
+        &mut self,
+        source: &mut dyn BatchSource,
+        probe: &mut dyn StepProbe,
+    ) -> Result<f32, Error> {
+        Ok(self.step(source, probe)?)
+    }
+    fn state(&self) -> Result<Vec<Arc<TensorData>>, Error> {
+        Ok(Trainer::state(self))
+    }
+}
+
+/// The device's free memory, sampled after each step.
+struct DeviceMemory<'p> {
+    dev: &'static dyn lowmem_cuda::Device,
+    inner: &'p mut (dyn StepProbe + Send),
+    min_free: usize,
+}
+
+impl StepProbe for DeviceMemory<'_> {
+    fn before(&mut self) {
+        self.inner.before();
+    }
+    fn after(&mut self) {
+        self.inner.after();
+        if let Some((free, _)) = self.dev.mem_info() {
+            self.min_free = self.min_free.min(free);
+        }
+    }
+}
+
+struct OnDevice<'s, 'p> {
+    trainer: lowmem_cuda::train::CudaTrainer<'s, 'static>,
+    mem: DeviceMemory<'p>,
+}
+
+impl Steps for OnDevice<'_, '_> {
+    fn next(
+        &mut self,
+        source: &mut dyn BatchSource,
+        _probe: &mut dyn StepProbe,
+    ) -> Result<f32, Error> {
+        self.trainer.step(source, &mut self.mem)?;
+        Ok(self.trainer.loss()?)
+    }
+    fn state(&self) -> Result<Vec<Arc<TensorData>>, Error> {
+        Ok(self.trainer.state()?)
+    }
 }
 
 impl TrainReport {
@@ -254,15 +322,11 @@ pub fn train(
     let progress = Progress::new(config.steps, quiet);
     let mut eval_time = 0.0;
     let mut loss = f32::NAN;
-    let start;
-    let state = {
-        let mut trainer = Trainer::with_hook(step, || probe.before_blocks())?;
-        start = Instant::now();
-        let now: &CompiledStep = step;
-        // The whole loop runs on a thread of the kernels' pool: no step allocates.
-        lowmem_exec::in_pool(|| -> Result<(), Error> {
+    let now: &CompiledStep = step;
+    let mut run_loop =
+        |trainer: &mut dyn Steps, probe: &mut dyn StepProbe, start: Instant| -> Result<(), Error> {
             for k in 1..=config.steps {
-                loss = trainer.step(&mut source, probe)?;
+                loss = trainer.next(&mut source, probe)?;
                 if !loss.is_finite() {
                     progress.finish();
                     return Err(Error::Training(format!(
@@ -274,7 +338,7 @@ pub fn train(
                 {
                     let t = Instant::now();
                     let mut at = now.clone();
-                    for (s, v) in at.state.iter_mut().zip(trainer.state()) {
+                    for (s, v) in at.state.iter_mut().zip(trainer.state()?) {
                         s.value = v;
                     }
                     let (c, n) = accuracy(&at.trained_forward(None)?, test)?;
@@ -287,8 +351,35 @@ pub fn train(
                 }
             }
             Ok(())
-        })?;
-        trainer.state()
+        };
+    let start;
+    let mut device_peak_bytes = None;
+    let state = match config.device {
+        Target::Cpu => {
+            let mut trainer = Trainer::with_hook(now, || probe.before_blocks())?;
+            start = Instant::now();
+            // The whole loop runs on a thread of the kernels' pool: no step allocates.
+            lowmem_exec::in_pool(|| run_loop(&mut trainer, probe, start))?;
+            Steps::state(&trainer)?
+        }
+        Target::Cuda => {
+            let dev: &'static dyn lowmem_cuda::Device = crate::device::gpu()?;
+            probe.before_blocks();
+            let (baseline, _) = dev.mem_info().unwrap_or((0, 0));
+            let trainer = lowmem_cuda::train::CudaTrainer::new(now, dev)?;
+            let mut on = OnDevice {
+                trainer,
+                mem: DeviceMemory {
+                    dev,
+                    inner: probe,
+                    min_free: baseline,
+                },
+            };
+            start = Instant::now();
+            run_loop(&mut on, &mut lowmem_exec::train::NoProbe, start)?;
+            device_peak_bytes = Some(baseline.saturating_sub(on.mem.min_free) as u64);
+            on.state()?
+        }
     };
     let seconds = start.elapsed().as_secs_f64() - eval_time;
     progress.finish();
@@ -304,6 +395,7 @@ pub fn train(
         total,
         steps: config.steps,
         seconds,
+        device_peak_bytes,
     })
 }
 

@@ -60,12 +60,13 @@ impl Device for HostShim {
     }
 
     fn alloc(&self, bytes: usize) -> Result<DevPtr, CudaError> {
-        let layout = Layout::from_size_align(bytes.max(1), ALIGN).map_err(|_| CudaError::OutOfMemory {
-            what: "an allocation".into(),
-            bytes,
-            free: 0,
-            total: 0,
-        })?;
+        let layout =
+            Layout::from_size_align(bytes.max(1), ALIGN).map_err(|_| CudaError::OutOfMemory {
+                what: "an allocation".into(),
+                bytes,
+                free: 0,
+                total: 0,
+            })?;
         // SAFETY: a non-zero size.
         let p = unsafe { alloc_zeroed(layout) };
         if p.is_null() {
@@ -151,8 +152,16 @@ impl Device for HostShim {
             return Ok(());
         }
         // Row-major strides (row, column) of op(A) and op(B) as stored.
-        let (ars, acs) = if g.trans_a { (1, g.lda as isize) } else { (g.lda as isize, 1) };
-        let (brs, bcs) = if g.trans_b { (1, g.ldb as isize) } else { (g.ldb as isize, 1) };
+        let (ars, acs) = if g.trans_a {
+            (1, g.lda as isize)
+        } else {
+            (g.lda as isize, 1)
+        };
+        let (brs, bcs) = if g.trans_b {
+            (1, g.ldb as isize)
+        } else {
+            (g.ldb as isize, 1)
+        };
         for b in 0..g.batch {
             let a = (g.a as *const f32).wrapping_add(b * g.stride_a);
             let bb = (g.b as *const f32).wrapping_add(b * g.stride_b);

@@ -15,11 +15,18 @@ fn unary_ops_match_the_cpu() {
         Op::Sigmoid,
         Op::Tanh,
         Op::Erf,
-        Op::Gelu { approximate: GeluApprox::None },
-        Op::Gelu { approximate: GeluApprox::Tanh },
+        Op::Gelu {
+            approximate: GeluApprox::None,
+        },
+        Op::Gelu {
+            approximate: GeluApprox::Tanh,
+        },
         Op::Neg,
         Op::Scale { alpha: -1.5 },
-        Op::Clip(ClipAttrs { min: Some(-0.5), max: Some(0.75) }),
+        Op::Clip(ClipAttrs {
+            min: Some(-0.5),
+            max: Some(0.75),
+        }),
         Op::Identity,
     ];
     for (i, op) in ops.iter().enumerate() {
@@ -41,18 +48,39 @@ fn unary_gradients_match_the_cpu() {
         Op::SigmoidGrad,
         Op::TanhGrad,
         Op::ErfGrad,
-        Op::GeluGrad { approximate: GeluApprox::None },
-        Op::GeluGrad { approximate: GeluApprox::Tanh },
-        Op::ClipGrad(ClipAttrs { min: Some(-0.5), max: Some(0.5) }),
+        Op::GeluGrad {
+            approximate: GeluApprox::None,
+        },
+        Op::GeluGrad {
+            approximate: GeluApprox::Tanh,
+        },
+        Op::ClipGrad(ClipAttrs {
+            min: Some(-0.5),
+            max: Some(0.5),
+        }),
     ];
     for (i, op) in ops.iter().enumerate() {
         for s in SHAPES {
-            check(op.clone(), &[In::F32(s.to_vec()), In::F32(s.to_vec())], 1, i as u64, 1e-5, 1e-6);
+            check(
+                op.clone(),
+                &[In::F32(s.to_vec()), In::F32(s.to_vec())],
+                1,
+                i as u64,
+                1e-5,
+                1e-6,
+            );
         }
     }
     let mut rng = Rng::new(3);
     let v = TensorData::F32(rng.vec_in(300, 0.5, 3.0));
-    check(Op::SqrtGrad, &[In::F32(vec![300]), In::Data(vec![300], v)], 1, 1, 1e-6, 0.0);
+    check(
+        Op::SqrtGrad,
+        &[In::F32(vec![300]), In::Data(vec![300], v)],
+        1,
+        1,
+        1e-6,
+        0.0,
+    );
 }
 
 #[test]
@@ -62,22 +90,43 @@ fn binary_ops_broadcast_like_the_cpu() {
         (&[3, 257], &[257]),
         (&[2, 3, 4], &[3, 1]),
         (&[4, 1, 6], &[1, 5, 1]),
-        (&[2, 1, 3, 1, 2, 1, 2, 1, 2, 1, 2, 3], &[1, 2, 1, 2, 1, 2, 1, 2, 1, 2, 1, 3]),
+        (
+            &[2, 1, 3, 1, 2, 1, 2, 1, 2, 1, 2, 3],
+            &[1, 2, 1, 2, 1, 2, 1, 2, 1, 2, 1, 3],
+        ),
         (&[], &[3]),
         (&[0, 3], &[3]),
         (&[64, 1000], &[1]),
     ];
     for op in [Op::Add, Op::Sub, Op::Mul, Op::Div] {
         for (i, (a, b)) in pairs.iter().enumerate() {
-            check(op.clone(), &[In::F32(a.to_vec()), In::F32(b.to_vec())], 1, i as u64, 1e-6, 1e-6);
+            check(
+                op.clone(),
+                &[In::F32(a.to_vec()), In::F32(b.to_vec())],
+                1,
+                i as u64,
+                1e-6,
+                1e-6,
+            );
         }
     }
     let mut rng = Rng::new(9);
     let a = TensorData::F32(rng.vec_in(24, 0.1, 3.0));
-    check(Op::Pow, &[In::Data(vec![2, 3, 4], a.clone()), In::F32(vec![4])], 1, 2, 1e-5, 1e-6);
+    check(
+        Op::Pow,
+        &[In::Data(vec![2, 3, 4], a.clone()), In::F32(vec![4])],
+        1,
+        2,
+        1e-5,
+        1e-6,
+    );
     check(
         Op::PowGrad,
-        &[In::F32(vec![2, 3, 4]), In::Data(vec![2, 3, 4], a), In::F32(vec![3, 1])],
+        &[
+            In::F32(vec![2, 3, 4]),
+            In::Data(vec![2, 3, 4], a),
+            In::F32(vec![3, 1]),
+        ],
         2,
         4,
         1e-4,
@@ -89,7 +138,12 @@ fn binary_ops_broadcast_like_the_cpu() {
 fn sum_accumulates_broadcast_inputs() {
     check(
         Op::Sum,
-        &[In::F32(vec![3, 1]), In::F32(vec![3, 4]), In::F32(vec![4]), In::F32(vec![1])],
+        &[
+            In::F32(vec![3, 1]),
+            In::F32(vec![3, 4]),
+            In::F32(vec![4]),
+            In::F32(vec![1]),
+        ],
         1,
         3,
         1e-6,
@@ -103,7 +157,10 @@ fn dropout_masks_are_the_cpus_bit_for_bit() {
         for step in [1i64, 7, 1 << 40] {
             for op in [
                 Op::DropoutTrain { ratio, seed: 42 },
-                Op::DropoutGrad { ratio, seed: 0xDEAD_BEEF },
+                Op::DropoutGrad {
+                    ratio,
+                    seed: 0xDEAD_BEEF,
+                },
             ] {
                 let mut rng = Rng::new(n as u64);
                 let (g, vals) = one_node(
@@ -121,7 +178,34 @@ fn dropout_masks_are_the_cpus_bit_for_bit() {
 
 #[test]
 fn reshapes_and_inference_dropout_copy() {
-    check(Op::Reshape { shape: vec![6, -1], allowzero: false }, &[In::F32(vec![2, 3, 4])], 1, 1, 0.0, 0.0);
-    check(Op::Flatten { axis: 1 }, &[In::F32(vec![2, 3, 4])], 1, 1, 0.0, 0.0);
-    check(Op::Dropout { ratio: 0.5, seed: 0 }, &[In::F32(vec![33])], 2, 1, 0.0, 0.0);
+    check(
+        Op::Reshape {
+            shape: vec![6, -1],
+            allowzero: false,
+        },
+        &[In::F32(vec![2, 3, 4])],
+        1,
+        1,
+        0.0,
+        0.0,
+    );
+    check(
+        Op::Flatten { axis: 1 },
+        &[In::F32(vec![2, 3, 4])],
+        1,
+        1,
+        0.0,
+        0.0,
+    );
+    check(
+        Op::Dropout {
+            ratio: 0.5,
+            seed: 0,
+        },
+        &[In::F32(vec![33])],
+        2,
+        1,
+        0.0,
+        0.0,
+    );
 }

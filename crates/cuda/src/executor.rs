@@ -26,7 +26,11 @@ impl<'d> DevBlock<'d> {
             free: 0,
             total: 0,
         })?;
-        let ptr = if len == 0 { 0 } else { dev.alloc(len).map_err(|e| name_oom(e, what))? };
+        let ptr = if len == 0 {
+            0
+        } else {
+            dev.alloc(len).map_err(|e| name_oom(e, what))?
+        };
         Ok(DevBlock { dev, ptr, len })
     }
 }
@@ -224,7 +228,12 @@ impl<'s, 'd> CudaExecutor<'s, 'd> {
 
     /// The graph outputs' values.
     pub fn outputs(&self) -> Result<Vec<TensorData>, CudaError> {
-        self.step.graph.outputs.iter().map(|&o| self.read(o)).collect()
+        self.step
+            .graph
+            .outputs
+            .iter()
+            .map(|&o| self.read(o))
+            .collect()
     }
 
     /// The scalar loss (first output) of a training or gradient step.
@@ -233,7 +242,8 @@ impl<'s, 'd> CudaExecutor<'s, 'd> {
         match g.outputs.first() {
             Some(&o) if g.tensor(o).dtype == DType::F32 && g.tensor(o).numel() >= 1 => {
                 let mut b = [0u8; 4];
-                self.dev.download(self.addr(self.program.loc[o.index()]), &mut b)?;
+                self.dev
+                    .download(self.addr(self.program.loc[o.index()]), &mut b)?;
                 Ok(f32::from_ne_bytes(b))
             }
             _ => Ok(f32::NAN),

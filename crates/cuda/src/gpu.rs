@@ -24,9 +24,17 @@ pub struct Gpu {
     stream: sys::CUstream,
     functions: HashMap<String, sys::CUfunction>,
     blas: blas_sys::cublasHandle_t,
+    /// cuBLAS handles are not safe to share between threads: a GEMM (workspace, then
+    /// call) holds this.
+    blas_lock: std::sync::Mutex<()>,
     name: String,
     arch: String,
 }
+
+// SAFETY: every method makes the context current on the calling thread first; the driver
+// API is thread-safe; the one cuBLAS handle is used under `blas_lock` only.
+unsafe impl Send for Gpu {}
+unsafe impl Sync for Gpu {}
 
 impl Gpu {
     /// Whether a CUDA driver library is on this machine (probed without calling it, since a
@@ -68,7 +76,8 @@ impl Gpu {
         };
         let arch = format!("sm_{maj}{min}");
         // SAFETY: `dev` is valid; the primary context is released in Drop.
-        let ctx = unsafe { drv::primary_ctx::retain(dev) }.map_err(|e| err("cuDevicePrimaryCtxRetain", e))?;
+        let ctx = unsafe { drv::primary_ctx::retain(dev) }
+            .map_err(|e| err("cuDevicePrimaryCtxRetain", e))?;
         // SAFETY: a retained context.
         unsafe { drv::ctx::set_current(ctx) }.map_err(|e| err("cuCtxSetCurrent", e))?;
         let stream = drv::stream::create(drv::stream::StreamKind::NonBlocking)
@@ -107,6 +116,7 @@ impl Gpu {
             stream,
             functions,
             blas: handle,
+            blas_lock: std::sync::Mutex::new(()),
             name,
             arch,
         })
@@ -195,12 +205,14 @@ impl Device for Gpu {
         if bytes == 0 {
             return Ok(());
         }
+        self.bind()?;
         // SAFETY: both ranges lie in live allocations (the planned blocks).
         unsafe { drv::memcpy_dtod_async(dst, src, bytes, self.stream) }
             .map_err(|e| err("cuMemcpyDtoD", e))
     }
 
     fn fill(&self, dst: DevPtr, byte: u8, bytes: usize) -> Result<(), CudaError> {
+        self.bind()?;
         // SAFETY: the range lies in a live allocation.
         unsafe { drv::memset_d8_async(dst, byte, bytes, self.stream) }
             .map_err(|e| err("cuMemsetD8", e))
@@ -212,6 +224,7 @@ impl Device for Gpu {
         dims: LaunchDims,
         params: &mut [*mut c_void],
     ) -> Result<(), CudaError> {
+        self.bind()?;
         let f = *self
             .functions
             .get(name)
@@ -244,6 +257,8 @@ impl Device for Gpu {
                 msg: format!("{what} = {v} does not fit cuBLAS's 32-bit int"),
             })
         };
+        self.bind()?;
+        let _held = self.blas_lock.lock().unwrap_or_else(|p| p.into_inner());
         // Row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T.
         // SAFETY: the caller's contract; the workspace is the node's planned scratch.
         unsafe {

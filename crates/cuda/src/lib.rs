@@ -15,6 +15,7 @@ pub mod gpu;
 pub mod nvrtc;
 pub mod ops;
 pub mod source;
+pub mod train;
 
 pub use device::{DevPtr, Device, Gemm, LaunchDims};
 pub use executor::CudaExecutor;

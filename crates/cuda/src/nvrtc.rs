@@ -246,8 +246,10 @@ fn cache_dir() -> Option<PathBuf> {
 pub fn cubins(arch: &str) -> Result<Vec<(String, Vec<u8>)>, CudaError> {
     let (maj, min) = version()?;
     let dir = cache_dir().map(|d| {
-        d.join("kernels")
-            .join(format!("{:016x}-{arch}-nvrtc{maj}.{min}", source::sources_hash()))
+        d.join("kernels").join(format!(
+            "{:016x}-{arch}-nvrtc{maj}.{min}",
+            source::sources_hash()
+        ))
     });
     let mut out = Vec::with_capacity(FILES.len());
     for (file, src) in FILES {
@@ -298,6 +300,9 @@ ptxas info    : Used 24 registers, 688 bytes cmem[0]\n";
                 shared_bytes: 128,
             }
         );
-        assert_eq!((k[1].registers, k[1].spill_stores, k[1].shared_bytes), (24, 0, 0));
+        assert_eq!(
+            (k[1].registers, k[1].spill_stores, k[1].shared_bytes),
+            (24, 0, 0)
+        );
     }
 }

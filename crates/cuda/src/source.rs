@@ -6,7 +6,10 @@ pub const COMMON: &str = include_str!("../../../kernels/common.cuh");
 
 /// Every kernel file: (family name, source).
 pub const FILES: &[(&str, &str)] = &[
-    ("elementwise", include_str!("../../../kernels/elementwise.cu")),
+    (
+        "elementwise",
+        include_str!("../../../kernels/elementwise.cu"),
+    ),
     ("movement", include_str!("../../../kernels/movement.cu")),
     ("reduce", include_str!("../../../kernels/reduce.cu")),
     ("softmax", include_str!("../../../kernels/softmax.cu")),
@@ -14,7 +17,10 @@ pub const FILES: &[(&str, &str)] = &[
     ("losses", include_str!("../../../kernels/losses.cu")),
     ("optim", include_str!("../../../kernels/optim.cu")),
     ("im2col", include_str!("../../../kernels/im2col.cu")),
-    ("conv_direct", include_str!("../../../kernels/conv_direct.cu")),
+    (
+        "conv_direct",
+        include_str!("../../../kernels/conv_direct.cu"),
+    ),
     ("batchnorm", include_str!("../../../kernels/batchnorm.cu")),
     ("lrn", include_str!("../../../kernels/lrn.cu")),
     ("pool", include_str!("../../../kernels/pool.cu")),

@@ -46,13 +46,26 @@ fn every_kernel_compiles_for_sm80_and_sm90_without_spills() {
                     k.spill_stores,
                     k.spill_loads
                 );
-                assert!(k.shared_bytes <= 48 * 1024, "{arch} {}: {} bytes of shared memory", k.name, k.shared_bytes);
-                assert!(k.registers > 0 && k.registers <= 255, "{arch} {}: {} registers", k.name, k.registers);
+                assert!(
+                    k.shared_bytes <= 48 * 1024,
+                    "{arch} {}: {} bytes of shared memory",
+                    k.name,
+                    k.shared_bytes
+                );
+                assert!(
+                    k.registers > 0 && k.registers <= 255,
+                    "{arch} {}: {} registers",
+                    k.name,
+                    k.registers
+                );
                 table.push((arch.to_string(), k));
             }
         }
     }
-    eprintln!("NVRTC {maj}.{min}: {} kernels per architecture", table.len() / 2);
+    eprintln!(
+        "NVRTC {maj}.{min}: {} kernels per architecture",
+        table.len() / 2
+    );
     for (arch, k) in &table {
         eprintln!(
             "{arch} {:<28} {:>3} registers, {:>5} B smem, {} B stack, {} B spills",
@@ -71,7 +84,12 @@ fn a_compile_error_names_the_file_and_carries_nvrtcs_log() {
         return;
     }
     let bad = "extern \"C\" __global__ void lm_bad(float* x) { x[0] = undefined_thing; }";
-    let e = nvrtc::compile("bad", bad, "sm_90").err().expect("must fail");
+    let e = nvrtc::compile("bad", bad, "sm_90")
+        .err()
+        .expect("must fail");
     let msg = e.to_string();
-    assert!(msg.contains("kernels/bad.cu") && msg.contains("undefined_thing"), "{msg}");
+    assert!(
+        msg.contains("kernels/bad.cu") && msg.contains("undefined_thing"),
+        "{msg}"
+    );
 }

@@ -68,7 +68,8 @@ pub fn assert_close(what: &str, want: &TensorData, got: &TensorData, rtol: f32, 
     match (want, got) {
         (TensorData::F32(w), TensorData::F32(g)) => {
             for (i, (&a, &b)) in w.iter().zip(g).enumerate() {
-                let ok = (a.is_nan() && b.is_nan()) || a == b || (a - b).abs() <= atol + rtol * a.abs();
+                let ok =
+                    (a.is_nan() && b.is_nan()) || a == b || (a - b).abs() <= atol + rtol * a.abs();
                 assert!(ok, "{what}: element {i}: CPU {a}, CUDA kernel {b}");
             }
         }
@@ -79,9 +80,14 @@ pub fn assert_close(what: &str, want: &TensorData, got: &TensorData, rtol: f32, 
 /// Runs `op` over `ins` both ways and compares every output.
 pub fn check(op: Op, ins: &[In], n_out: usize, seed: u64, rtol: f32, atol: f32) {
     let mut rng = Rng::new(seed);
-    let name = format!("{op:?} on {:?}", ins.iter().map(|i| match i {
-        In::F32(s) | In::Data(s, _) => s.clone(),
-    }).collect::<Vec<_>>());
+    let name = format!(
+        "{op:?} on {:?}",
+        ins.iter()
+            .map(|i| match i {
+                In::F32(s) | In::Data(s, _) => s.clone(),
+            })
+            .collect::<Vec<_>>()
+    );
     let (g, vals) = one_node(op, ins, n_out, &mut rng);
     let step = inference(&g);
     let (want, got) = run_both(&step, &vals);

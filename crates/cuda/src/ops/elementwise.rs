@@ -134,7 +134,9 @@ pub(super) fn launch(dev: &dyn Device, c: &DevCall) -> OpResult {
             c.init(dev, 0, 0)?;
             if c.outs.len() > 1 {
                 if c.io.out_dtypes()[1] != DType::Bool {
-                    return Err(format!("mask has dtype {}, expected bool", c.io.out_dtypes()[1]).into());
+                    return Err(
+                        format!("mask has dtype {}, expected bool", c.io.out_dtypes()[1]).into(),
+                    );
                 }
                 dev.fill(c.output(1)?, 1, count(c.out_shape(1)))?;
             }

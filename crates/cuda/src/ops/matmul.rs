@@ -16,7 +16,11 @@ pub(super) fn launch(dev: &dyn Device, c: &DevCall) -> OpResult {
             if xs.len() != 2 || wsh.len() != 2 {
                 return Err("Gemm operands are matrices".into());
             }
-            let (m, k) = if a.trans_a { (xs[1], xs[0]) } else { (xs[0], xs[1]) };
+            let (m, k) = if a.trans_a {
+                (xs[1], xs[0])
+            } else {
+                (xs[0], xs[1])
+            };
             let n = if a.trans_b { wsh[0] } else { wsh[1] };
             let y = c.output(0)?;
             let beta = if c.n_inputs() == 3 && a.beta != 0.0 {
@@ -51,8 +55,16 @@ pub(super) fn launch(dev: &dyn Device, c: &DevCall) -> OpResult {
         Op::MatMul => {
             let (a, b, y) = (c.f32_in(0)?, c.f32_in(1)?, c.output(0)?);
             let (sa, sb) = (c.shape(0), c.shape(1));
-            let a2: Vec<usize> = if sa.len() == 1 { vec![1, sa[0]] } else { sa.to_vec() };
-            let b2: Vec<usize> = if sb.len() == 1 { vec![sb[0], 1] } else { sb.to_vec() };
+            let a2: Vec<usize> = if sa.len() == 1 {
+                vec![1, sa[0]]
+            } else {
+                sa.to_vec()
+            };
+            let b2: Vec<usize> = if sb.len() == 1 {
+                vec![sb[0], 1]
+            } else {
+                sb.to_vec()
+            };
             let (m, k) = (a2[a2.len() - 2], a2[a2.len() - 1]);
             let (k2, n) = (b2[b2.len() - 2], b2[b2.len() - 1]);
             if k != k2 {
@@ -69,7 +81,9 @@ pub(super) fn launch(dev: &dyn Device, c: &DevCall) -> OpResult {
             let mut batch = Vec::with_capacity(r);
             for i in 0..r {
                 if pa[i] != pb[i] && pa[i] != 1 && pb[i] != 1 {
-                    return Err(format!("MatMul batch dims {ab:?} and {bb:?} do not broadcast").into());
+                    return Err(
+                        format!("MatMul batch dims {ab:?} and {bb:?} do not broadcast").into(),
+                    );
                 }
                 batch.push(pa[i].max(pb[i]));
             }

@@ -91,7 +91,9 @@ impl<'a> DevCall<'a> {
     pub fn need_f32(&self, j: usize) -> OpResult {
         match self.io.in_dtypes()[j] {
             DType::F32 => Ok(()),
-            d => Err(format!("input {j} has dtype {d}; the CUDA kernels compute in f32 only").into()),
+            d => {
+                Err(format!("input {j} has dtype {d}; the CUDA kernels compute in f32 only").into())
+            }
         }
     }
 

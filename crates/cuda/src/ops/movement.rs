@@ -62,7 +62,8 @@ pub(super) fn launch(dev: &dyn Device, c: &DevCall) -> OpResult {
         Op::Expand { .. } => expand(dev, x, s0, y, so, w),
         Op::Slice { axis, start, .. } => {
             let st = contiguous(s0);
-            let base = x + (*start as u64) * (st.get(*axis).copied().unwrap_or(0) as u64) * w as u64;
+            let base =
+                x + (*start as u64) * (st.get(*axis).copied().unwrap_or(0) as u64) * w as u64;
             let d = Dims::from_strides(so, &st, &contiguous(so))?;
             copy(dev, base, y, d, w)
         }
@@ -84,7 +85,11 @@ pub(super) fn launch(dev: &dyn Device, c: &DevCall) -> OpResult {
             let mut at = 0usize;
             for j in 0..c.n_inputs() {
                 if c.io.in_dtypes()[j] != dt {
-                    return Err(format!("input {j} has dtype {} but input 0 has {dt}", c.io.in_dtypes()[j]).into());
+                    return Err(format!(
+                        "input {j} has dtype {} but input 0 has {dt}",
+                        c.io.in_dtypes()[j]
+                    )
+                    .into());
                 }
                 let sj = c.shape(j);
                 let dst = y + (at as u64) * (ost[ax] as u64) * w as u64;

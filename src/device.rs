@@ -1,0 +1,97 @@
+//! Where the compiled step runs: the CPU executor or the CUDA backend. Both execute the
+//! same compiled step inside the same planned arena; this is the one switch between them.
+
+use std::sync::OnceLock;
+
+use lowmem_compile::CompiledStep;
+use lowmem_cuda::{CudaExecutor, Gpu};
+use lowmem_exec::Executor;
+use lowmem_ir::TensorData;
+
+use crate::Error;
+
+/// A backend.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Target {
+    #[default]
+    Cpu,
+    Cuda,
+}
+
+impl Target {
+    pub fn name(self) -> &'static str {
+        match self {
+            Target::Cpu => "cpu",
+            Target::Cuda => "cuda",
+        }
+    }
+}
+
+/// The process's GPU (device 0), opened once: context, stream, kernels (compiled by NVRTC
+/// or read from the cache) and the cuBLAS handle. Without a driver: "no CUDA driver found
+/// (libcuda.so)".
+pub fn gpu() -> Result<&'static Gpu, Error> {
+    static GPU: OnceLock<Result<Gpu, lowmem_cuda::CudaError>> = OnceLock::new();
+    GPU.get_or_init(|| Gpu::new(0))
+        .as_ref()
+        .map_err(|e| Error::Cuda(e.clone()))
+}
+
+/// A compiled step's executor on either backend.
+pub trait StepRun {
+    fn set_input(&mut self, k: usize, data: &TensorData) -> Result<(), Error>;
+    fn set_step(&mut self, step: u64) -> Result<(), Error>;
+    /// Runs (or on a GPU, queues) the step once.
+    fn run(&mut self) -> Result<(), Error>;
+    /// Waits for queued work.
+    fn sync(&self) -> Result<(), Error>;
+    fn outputs(&self) -> Result<Vec<TensorData>, Error>;
+}
+
+impl StepRun for Executor<'_> {
+    fn set_input(&mut self, k: usize, data: &TensorData) -> Result<(), Error> {
+        Ok(Executor::set_input(self, k, data)?)
+    }
+    fn set_step(&mut self, step: u64) -> Result<(), Error> {
+        Ok(Executor::set_step(self, step)?)
+    }
+    fn run(&mut self) -> Result<(), Error> {
+        Ok(Executor::run(self)?)
+    }
+    fn sync(&self) -> Result<(), Error> {
+        Ok(())
+    }
+    fn outputs(&self) -> Result<Vec<TensorData>, Error> {
+        Ok(Executor::outputs(self))
+    }
+}
+
+impl StepRun for CudaExecutor<'_, '_> {
+    fn set_input(&mut self, k: usize, data: &TensorData) -> Result<(), Error> {
+        Ok(CudaExecutor::set_input(self, k, data)?)
+    }
+    fn set_step(&mut self, step: u64) -> Result<(), Error> {
+        Ok(CudaExecutor::set_step(self, step)?)
+    }
+    fn run(&mut self) -> Result<(), Error> {
+        Ok(CudaExecutor::run(self)?)
+    }
+    fn sync(&self) -> Result<(), Error> {
+        Ok(self.device().synchronize()?)
+    }
+    fn outputs(&self) -> Result<Vec<TensorData>, Error> {
+        Ok(CudaExecutor::outputs(self)?)
+    }
+}
+
+/// `step`'s executor on `target`: its arena and persistent block allocated there, the
+/// weights and state loaded.
+pub fn executor<'s>(
+    step: &'s CompiledStep,
+    target: Target,
+) -> Result<Box<dyn StepRun + 's>, Error> {
+    Ok(match target {
+        Target::Cpu => Box::new(Executor::new(step)?),
+        Target::Cuda => Box::new(CudaExecutor::new(step, gpu()?)?),
+    })
+}
