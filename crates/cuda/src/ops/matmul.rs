@@ -85,7 +85,7 @@ pub(super) fn launch(dev: &dyn Device, c: &DevCall) -> OpResult {
                         format!("MatMul batch dims {ab:?} and {bb:?} do not broadcast").into(),
                     );
                 }
-                batch.push(pa[i].max(pb[i]));
+                batch.push(if pa[i] == 1 { pb[i] } else { pa[i] });
             }
             let nb: usize = batch.iter().product();
             if nb == 0 || m == 0 || n == 0 {
