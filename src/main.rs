@@ -220,6 +220,30 @@ enum Cmd {
         #[arg(long, value_name = "FILE")]
         html: Option<PathBuf>,
     },
+    /// Run a step on --device and on the CPU executor with the same random inputs, and
+    /// compare: outputs element by element (--rtol, --atol); with --grad the gradient step
+    /// (sum of the first output), gradients in relative L2 error (--grad-rtol). Exits
+    /// non-zero on a mismatch.
+    Parity {
+        model: PathBuf,
+        #[arg(long, value_name = "N")]
+        batch: Option<usize>,
+        /// Compare the gradient step instead of the forward pass.
+        #[arg(long)]
+        grad: bool,
+        #[arg(long, default_value_t = 1e-3)]
+        rtol: f64,
+        #[arg(long, default_value_t = 1e-4)]
+        atol: f64,
+        #[arg(long, default_value_t = 1e-3)]
+        grad_rtol: f64,
+        /// Print one JSON line instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Where the step runs, compared with the CPU.
+        #[arg(long, value_enum, default_value_t = DeviceArg::Cuda)]
+        device: DeviceArg,
+    },
     /// Solve an offset-assignment problem alone (MiniMalloc CSV: id,lower,upper,size).
     Pack {
         file: PathBuf,
@@ -764,7 +788,8 @@ fn device_of(cmd: &Cmd) -> Option<DeviceArg> {
         Cmd::Run { device, .. }
         | Cmd::Bench { device, .. }
         | Cmd::Grad { device, .. }
-        | Cmd::Train { device, .. } => Some(*device),
+        | Cmd::Train { device, .. }
+        | Cmd::Parity { device, .. } => Some(*device),
         _ => None,
     }
 }
@@ -849,6 +874,7 @@ fn run(cli: Cli) -> Result<(), Error> {
                 ));
             }
             let step = compile(&g, &opts)?;
+            let free_before = lowmem::device::free_bytes(device.target());
             let mut ex = lowmem::device::executor(&step, device.target())?;
             let inputs = random_inputs(&step.graph, 1)?;
             for (k, role) in step.inputs.iter().enumerate() {
@@ -860,13 +886,17 @@ fn run(cli: Cli) -> Result<(), Error> {
             }
             ex.run()?;
             ex.sync()?;
+            let mut min_free = lowmem::device::free_bytes(device.target());
             let mut times = Vec::with_capacity(iters.max(1));
             for _ in 0..iters.max(1) {
                 let t = Instant::now();
                 ex.run()?;
                 ex.sync()?;
                 times.push(t.elapsed().as_secs_f64());
+                min_free = min_free.min(lowmem::device::free_bytes(device.target()));
             }
+            // Device memory the step took: the free-memory drop from before its blocks.
+            let device_peak = free_before.zip(min_free).map(|(b, m)| b.saturating_sub(m) as u64);
             times.sort_by(f64::total_cmp);
             let median = times[times.len() / 2];
             let flops =
@@ -880,19 +910,27 @@ fn run(cli: Cli) -> Result<(), Error> {
                         "iters": times.len(), "median_s": median, "min_s": times[0],
                         "gflops": gflops, "planned_peak_bytes": step.planned_peak_bytes(),
                         "device": device.target().name(),
+                        "persistent_bytes": step.plan.persistent_bytes,
+                        "arena_bytes": step.plan.arena_bytes,
+                        "device_peak_bytes": device_peak,
                         "remat": step.remat.as_ref().map_or("none", |r| r.scheme),
                     })
                 );
             } else {
                 println!(
-                    "{} ({}, batch {}): median {:.2} ms, min {:.2} ms over {} runs ({gflops:.1} GFLOP/s), planned peak {}",
+                    "{} ({}, batch {}, {}): median {:.2} ms, min {:.2} ms over {} runs ({gflops:.1} GFLOP/s), planned peak {}{}",
                     g.name,
                     step.task.name(),
                     step.batch,
+                    device.target().name(),
                     median * 1e3,
                     times[0] * 1e3,
                     times.len(),
-                    human_bytes(step.planned_peak_bytes())
+                    human_bytes(step.planned_peak_bytes()),
+                    device_peak.map_or(String::new(), |d| format!(
+                        ", device peak {}",
+                        human_bytes(d)
+                    ))
                 );
             }
             Ok(())
@@ -1045,6 +1083,130 @@ fn run(cli: Cli) -> Result<(), Error> {
             time_limit,
             align,
         } => lowmem::planning::pack_cmd(&file, out.as_deref(), time_limit, align),
+        Cmd::Parity {
+            model,
+            batch,
+            grad,
+            rtol,
+            atol,
+            grad_rtol,
+            json,
+            device,
+        } => parity(&model, batch, grad, (rtol, atol, grad_rtol), json, device.target()),
+    }
+}
+
+/// `lowmem parity`.
+fn parity(
+    model_path: &std::path::Path,
+    batch: Option<usize>,
+    grad: bool,
+    (rtol, atol, grad_rtol): (f64, f64, f64),
+    json: bool,
+    device: Target,
+) -> Result<(), Error> {
+    let g = model::load(model_path, batch)?;
+    let task = if grad {
+        Task::Gradient {
+            loss: lowmem::autodiff::Loss::Sum,
+            output: None,
+        }
+    } else {
+        Task::Inference
+    };
+    let step = compile(&g, &CompileOptions::new(task))?;
+    let inputs = random_inputs(&step.graph, 7)?;
+    let run = |target: Target| -> Result<(Vec<TensorData>, f64), Error> {
+        let mut ex = lowmem::device::executor(&step, target)?;
+        for (k, role) in step.inputs.iter().enumerate() {
+            match role {
+                InputRole::Step => ex.set_step(1)?,
+                InputRole::State(_) => {}
+                _ => ex.set_input(k, &inputs[k])?,
+            }
+        }
+        ex.run()?;
+        ex.sync()?;
+        let t = Instant::now();
+        ex.run()?;
+        ex.sync()?;
+        let secs = t.elapsed().as_secs_f64();
+        Ok((ex.outputs()?, secs))
+    };
+    let (want, cpu_s) = run(Target::Cpu)?;
+    let (got, dev_s) = run(device)?;
+    let names: Vec<String> = if grad {
+        std::iter::once("loss".to_string())
+            .chain(step.grads.iter().map(|(n, _)| format!("d{n}")))
+            .collect()
+    } else {
+        step.graph
+            .outputs
+            .iter()
+            .map(|&o| step.graph.tensor(o).name.clone())
+            .collect()
+    };
+    let devs: Vec<lowmem::device::Deviation> = names
+        .iter()
+        .zip(want.iter().zip(&got))
+        .map(|(n, (w, gt))| lowmem::device::deviation(n, w, gt, rtol, atol))
+        .collect();
+    // Outputs (and the loss) element by element; gradients in relative L2.
+    let bad: Vec<&lowmem::device::Deviation> = devs
+        .iter()
+        .enumerate()
+        .filter(|(i, d)| {
+            if grad && *i > 0 {
+                !(d.rel_l2 <= grad_rtol)
+            } else {
+                !(d.worst_excess <= 0.0)
+            }
+        })
+        .map(|(_, d)| d)
+        .collect();
+    let worst = |f: fn(&lowmem::device::Deviation) -> f64| devs.iter().map(f).fold(0.0, f64::max);
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "model": step.model, "batch": step.batch, "task": step.task.name(),
+                "device": device.name(), "tensors": devs.len(), "mismatched": bad.len(),
+                "max_abs": worst(|d| d.max_abs), "max_rel_l2": worst(|d| d.rel_l2),
+                "cpu_s": cpu_s, "device_s": dev_s,
+                "first_mismatch": bad.first().map(|d| d.name.clone()),
+            })
+        );
+    } else {
+        println!(
+            "{} ({}, batch {}) on {} vs cpu: {} tensors, max |diff| {:.3e}, max relative L2 {:.3e}, {} mismatched; step {:.2} ms vs {:.2} ms",
+            step.model,
+            step.task.name(),
+            step.batch,
+            device.name(),
+            devs.len(),
+            worst(|d| d.max_abs),
+            worst(|d| d.rel_l2),
+            bad.len(),
+            dev_s * 1e3,
+            cpu_s * 1e3
+        );
+        for d in bad.iter().take(5) {
+            println!(
+                "  mismatch: {} (max |diff| {:.3e}, relative L2 {:.3e})",
+                d.name, d.max_abs, d.rel_l2
+            );
+        }
+    }
+    if bad.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::Internal(format!(
+            "{} of {} tensors differ from the CPU's on {}: first '{}'",
+            bad.len(),
+            devs.len(),
+            device.name(),
+            bad[0].name
+        )))
     }
 }
 

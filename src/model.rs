@@ -16,6 +16,9 @@ fn read(path: &Path) -> Result<Vec<u8>, Error> {
 /// Loads a `.onnx` or lowmem `.json` model (by extension; other files are sniffed: JSON
 /// starts with `{`), optionally with its batch dimension rewritten to `batch`.
 pub fn load(path: &Path, batch: Option<usize>) -> Result<Graph, Error> {
+    if let Some(name) = path.to_str().and_then(|p| p.strip_prefix("builtin:")) {
+        return builtin(name, batch);
+    }
     let bytes = read(path)?;
     let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("");
     let looks_json = bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
@@ -33,6 +36,40 @@ pub fn load(path: &Path, batch: Option<usize>) -> Result<Graph, Error> {
     match batch {
         Some(n) => Ok(graph.with_batch(n)?),
         None => Ok(graph),
+    }
+}
+
+/// The models `builtin:NAME` names (built with the graph API, no file): benchmarks that
+/// must run where a model file cannot be taken (the GPU machine), and their peers in
+/// PyTorch (benches/gpu_torch.py) build the same architectures.
+pub const BUILTINS: &[(&str, &str)] = &[
+    ("resnet50", "ResNet-50, 224x224 RGB, 1000 classes (batch default 64)"),
+    (
+        "bert-base",
+        "BERT-base-like encoder: 12 layers, hidden 768, 12 heads, seq 128, FFN 3072, 2 classes (batch default 32)",
+    ),
+];
+
+fn builtin(name: &str, batch: Option<usize>) -> Result<Graph, Error> {
+    match name {
+        "resnet50" => Ok(crate::models::resnet([3, 4, 6, 3], 224, 1000, batch.unwrap_or(64))),
+        "bert-base" => Ok(crate::models::transformer_encoder(
+            12,
+            768,
+            12,
+            128,
+            3072,
+            2,
+            batch.unwrap_or(32),
+        )),
+        other => Err(Error::Model(format!(
+            "builtin:{other} is not a built-in model; there are: {}",
+            BUILTINS
+                .iter()
+                .map(|(n, d)| format!("builtin:{n} ({d})"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))),
     }
 }
 
