@@ -260,9 +260,16 @@ impl Device for Gpu {
         self.bind()?;
         let _held = self.blas_lock.lock().unwrap_or_else(|p| p.into_inner());
         // Row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T.
+        // cuBLAS wants its workspace 256-byte aligned: the aligned part of the planned one.
+        let (ws, ws_len) = {
+            let (p, n) = g.workspace;
+            let a = p.next_multiple_of(256);
+            let skip = (a - p) as usize;
+            if p == 0 || n <= skip { (0, 0) } else { (a, n - skip) }
+        };
         // SAFETY: the caller's contract; the workspace is the node's planned scratch.
         unsafe {
-            blas_sys::cublasSetWorkspace_v2(self.blas, g.workspace.0 as *mut c_void, g.workspace.1)
+            blas_sys::cublasSetWorkspace_v2(self.blas, ws as *mut c_void, ws_len)
                 .result()
                 .map_err(|e| err("cublasSetWorkspace", e))?;
             blas::sgemm_strided_batched(

@@ -1,0 +1,134 @@
+//! Whole compiled steps through the CUDA backend on the host shim against the CPU
+//! executor: training steps of the example models (every op of their forward, backward and
+//! update, with and without checkpointing), gradient steps, and a zoo model's forward pass.
+
+mod common;
+use common::*;
+use lowmem_compile::remat::Scheme;
+use lowmem_compile::{CompileOptions, CompiledStep, InputRole, Task, compile};
+use lowmem_cuda::CudaExecutor;
+use lowmem_cuda_shim::HostShim;
+use lowmem_exec::Executor;
+use lowmem_ir::TensorData;
+use lowmem_testkit::{load_example, try_data_dir};
+
+fn sgd() -> Task {
+    Task::Training {
+        loss: lowmem_autodiff::Loss::CrossEntropy,
+        optimizer: lowmem_autodiff::Optimizer::Sgd { lr: 0.05, momentum: 0.9, weight_decay: 1e-4 },
+    }
+}
+
+fn adam() -> Task {
+    Task::Training {
+        loss: lowmem_autodiff::Loss::CrossEntropy,
+        optimizer: lowmem_autodiff::Optimizer::AdamW {
+            lr: 1e-3,
+            beta1: 0.9,
+            beta2: 0.999,
+            epsilon: 1e-8,
+            weight_decay: 0.01,
+        },
+    }
+}
+
+/// One batch for every input of `step` (data in [-1, 1], class labels in range).
+fn batch(step: &CompiledStep, rng: &mut Rng) -> Vec<Option<TensorData>> {
+    let g = &step.graph;
+    let classes = g.tensor(step.forward.outputs[0]).shape.get(1).copied().unwrap_or(2);
+    step.inputs
+        .iter()
+        .enumerate()
+        .map(|(k, role)| {
+            let t = g.tensor(g.inputs[k]);
+            match role {
+                InputRole::Data(_) => Some(TensorData::F32(rng.vec_in(t.numel(), -1.0, 1.0))),
+                InputRole::Labels => Some(TensorData::I64(
+                    (0..t.numel()).map(|_| rng.below(classes as u64) as i64).collect(),
+                )),
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+/// Runs `steps` steps on both backends with the same batches; compares the loss of every
+/// step and the state at the end.
+fn train_both(step: &CompiledStep, steps: u64, rtol: f32) {
+    let mut cpu = Executor::new(step).unwrap();
+    let shim = HostShim::new();
+    let mut dev = CudaExecutor::new(step, &shim).unwrap();
+    let mut rng = Rng::new(11);
+    for s in 1..=steps {
+        for (k, v) in batch(step, &mut rng).into_iter().enumerate() {
+            if let Some(v) = v {
+                cpu.set_input(k, &v).unwrap();
+                dev.set_input(k, &v).unwrap();
+            }
+        }
+        cpu.set_step(s).unwrap();
+        dev.set_step(s).unwrap();
+        cpu.run().unwrap();
+        dev.run().unwrap_or_else(|e| panic!("{}: {e}", step.model));
+        let (a, b) = (cpu.loss(), dev.loss().unwrap());
+        assert!(
+            (a - b).abs() <= rtol * a.abs() + 1e-5,
+            "{} step {s}: loss CPU {a}, CUDA kernels {b}",
+            step.model
+        );
+    }
+    for (i, (a, b)) in cpu.state_values().iter().zip(dev.state_values().unwrap()).enumerate() {
+        let name = &step.graph.tensor(step.state[i].input).name;
+        assert_close(&format!("{}: state {name}", step.model), a, &b, 20.0 * rtol, 1e-4);
+    }
+    assert!(shim.launches() > 0);
+}
+
+fn compiled(name: &str, task: Task, batch: usize, remat: Option<Scheme>) -> CompiledStep {
+    let g = load_example(name);
+    let mut o = CompileOptions::new(task);
+    o.batch = Some(batch);
+    o.remat = remat;
+    compile(&g, &o).unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
+#[test]
+fn example_models_train_like_the_cpu() {
+    for name in ["digits_mlp", "digits_cnn", "digits_dropout", "tiny_cnn"] {
+        for (task, remat) in [(sgd(), None), (adam(), Some(Scheme::Sqrt))] {
+            train_both(&compiled(name, task, 8, remat), 5, 1e-4);
+        }
+    }
+}
+
+#[test]
+fn gradient_steps_match_the_cpu() {
+    for name in ["digits_cnn", "tiny_cnn", "mlp", "encoder_block"] {
+        let task = Task::Gradient { loss: lowmem_autodiff::Loss::Sum, output: None };
+        let g = load_example(name);
+        let step = compile(&g, &CompileOptions::new(task)).unwrap();
+        let mut rng = Rng::new(3);
+        let inputs: Vec<TensorData> = batch(&step, &mut rng)
+            .into_iter()
+            .map(|v| v.unwrap_or(TensorData::I64(vec![1])))
+            .collect();
+        let (want, got) = run_both(&step, &inputs);
+        for (k, (w, gt)) in want.iter().zip(&got).enumerate() {
+            assert_close(&format!("{name} output {k}"), w, gt, 1e-3, 1e-4);
+        }
+    }
+}
+
+#[test]
+fn squeezenet_forward_matches_the_cpu() {
+    if try_data_dir().is_none() {
+        eprintln!("skipped: no data/ (scripts/fetch_data.py and scripts/make_refs.py make it)");
+        return;
+    }
+    let g = lowmem_testkit::load_model("squeezenet", Some(1));
+    let step = compile(&g, &CompileOptions::new(Task::Inference)).unwrap();
+    let mut rng = Rng::new(5);
+    let x = TensorData::F32(rng.vec_in(g.tensor(g.inputs[0]).numel(), 0.0, 1.0));
+    let (want, got) = run_both(&step, &[x]);
+    assert_close("squeezenet", &want[0], &got[0], 1e-3, 1e-4);
+}
