@@ -70,4 +70,19 @@ mod tests {
         all.dedup();
         assert_eq!(all.len(), n, "a kernel name is defined twice");
     }
+
+    #[test]
+    fn every_kernel_file_is_embedded() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../kernels");
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.extension().is_some_and(|x| x == "cu") {
+                let stem = p.file_stem().unwrap().to_string_lossy().into_owned();
+                assert!(
+                    FILES.iter().any(|(f, _)| *f == stem),
+                    "kernels/{stem}.cu is not in source::FILES"
+                );
+            }
+        }
+    }
 }
