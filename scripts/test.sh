@@ -11,3 +11,5 @@ python3 scripts/make_refs.py
 LOWMEM_NVRTC="$(python3 -c 'import nvidia, pathlib; print(next(p for d in nvidia.__path__ for p in pathlib.Path(d).glob("cu13/lib/libnvrtc.so.13")))')"
 export LOWMEM_NVRTC LOWMEM_REQUIRE_NVRTC=1
 cargo test --workspace "$@"
+# Say visibly whether the GPU tests ran (they skip without a CUDA device).
+cargo test -q -p lowmem-cuda --test gpu -- --nocapture 2>&1 | grep -E "skipped|test result"
