@@ -55,18 +55,40 @@ fn sum_to_reverses_broadcasting() {
         (&[0, 5], &[5]),
     ];
     for (i, (from, to)) in cases.iter().enumerate() {
-        check(Op::SumTo { shape: to.to_vec() }, &[In::F32(from.to_vec())], 1, i as u64, 1e-6, 1e-6);
+        check(
+            Op::SumTo { shape: to.to_vec() },
+            &[In::F32(from.to_vec())],
+            1,
+            i as u64,
+            1e-6,
+            1e-6,
+        );
     }
 }
 
 #[test]
 fn global_average_pool_and_its_gradient() {
-    let shapes: &[&[usize]] = &[&[2, 3, 5, 5], &[1, 7, 1], &[4, 8, 16, 16], &[2, 2, 3, 4, 5], &[2, 3, 0]];
+    let shapes: &[&[usize]] = &[
+        &[2, 3, 5, 5],
+        &[1, 7, 1],
+        &[4, 8, 16, 16],
+        &[2, 2, 3, 4, 5],
+        &[2, 3, 0],
+    ];
     for (i, s) in shapes.iter().enumerate() {
-        check(Op::GlobalAveragePool, &[In::F32(s.to_vec())], 1, i as u64, 1e-6, 1e-6);
+        check(
+            Op::GlobalAveragePool,
+            &[In::F32(s.to_vec())],
+            1,
+            i as u64,
+            1e-6,
+            1e-6,
+        );
         let mut dy = s[..2].to_vec();
         dy.extend(std::iter::repeat_n(1, s.len() - 2));
-        let op = Op::GlobalAveragePoolGrad { input_shape: s.to_vec() };
+        let op = Op::GlobalAveragePoolGrad {
+            input_shape: s.to_vec(),
+        };
         check(op, &[In::F32(dy)], 1, i as u64, 1e-6, 0.0);
     }
 }
@@ -117,14 +139,27 @@ fn softmax_gradients_match_the_cpu() {
 
 fn labels(n: usize, k: usize, seed: u64) -> TensorData {
     let mut rng = Rng::new(seed);
-    i64s(rng.vec_in(n, 0.0, k as f32).iter().map(|&v| (v as i64).min(k as i64 - 1)).collect())
+    i64s(
+        rng.vec_in(n, 0.0, k as f32)
+            .iter()
+            .map(|&v| (v as i64).min(k as i64 - 1))
+            .collect(),
+    )
 }
 
 #[test]
 fn softmax_cross_entropy_and_its_gradient() {
-    for (i, &(n, k)) in [(1usize, 1usize), (4, 7), (64, 1000), (300, 10), (3, 5000), (1, 2000), (0, 3)]
-        .iter()
-        .enumerate()
+    for (i, &(n, k)) in [
+        (1usize, 1usize),
+        (4, 7),
+        (64, 1000),
+        (300, 10),
+        (3, 5000),
+        (1, 2000),
+        (0, 3),
+    ]
+    .iter()
+    .enumerate()
     {
         let l = labels(n, k, i as u64);
         check(
@@ -171,8 +206,24 @@ fn an_invalid_label_makes_the_loss_nan() {
 
 #[test]
 fn mse_loss_and_its_gradient() {
-    for (i, s) in [vec![1usize], vec![7], vec![3, 257], vec![70_001], vec![0, 4]].iter().enumerate() {
-        check(Op::MseLoss, &[In::F32(s.clone()), In::F32(s.clone())], 1, i as u64, 1e-6, 1e-7);
+    for (i, s) in [
+        vec![1usize],
+        vec![7],
+        vec![3, 257],
+        vec![70_001],
+        vec![0, 4],
+    ]
+    .iter()
+    .enumerate()
+    {
+        check(
+            Op::MseLoss,
+            &[In::F32(s.clone()), In::F32(s.clone())],
+            1,
+            i as u64,
+            1e-6,
+            1e-7,
+        );
         check(
             Op::MseLossGrad,
             &[In::F32(vec![]), In::F32(s.clone()), In::F32(s.clone())],
@@ -200,9 +251,23 @@ fn layer_norm_with_and_without_bias() {
         (&[0, 8], -1, &[8]),
     ];
     for (i, &(x, axis, s)) in cases.iter().enumerate() {
-        let op = Op::LayerNormalization { axis, epsilon: 1e-5 };
-        check(op.clone(), &[In::F32(x.to_vec()), In::F32(s.to_vec())], 1, i as u64, 1e-5, 1e-5);
-        let ins = [In::F32(x.to_vec()), In::F32(s.to_vec()), In::F32(s.to_vec())];
+        let op = Op::LayerNormalization {
+            axis,
+            epsilon: 1e-5,
+        };
+        check(
+            op.clone(),
+            &[In::F32(x.to_vec()), In::F32(s.to_vec())],
+            1,
+            i as u64,
+            1e-5,
+            1e-5,
+        );
+        let ins = [
+            In::F32(x.to_vec()),
+            In::F32(s.to_vec()),
+            In::F32(s.to_vec()),
+        ];
         check(op, &ins, 1, i as u64, 1e-5, 1e-5);
     }
 }
@@ -223,8 +288,15 @@ fn layer_norm_gradient_and_parameter_sums() {
         (&[3, 0], -1, &[1]),
     ];
     for (i, &(x, axis, s)) in cases.iter().enumerate() {
-        let op = Op::LayerNormGrad { axis, epsilon: 1e-5 };
-        let ins = [In::F32(x.to_vec()), In::F32(x.to_vec()), In::F32(s.to_vec())];
+        let op = Op::LayerNormGrad {
+            axis,
+            epsilon: 1e-5,
+        };
+        let ins = [
+            In::F32(x.to_vec()),
+            In::F32(x.to_vec()),
+            In::F32(s.to_vec()),
+        ];
         check(op, &ins, 3, i as u64, 1e-4, 1e-5);
     }
 }
@@ -233,9 +305,24 @@ fn layer_norm_gradient_and_parameter_sums() {
 fn sgd_with_and_without_momentum() {
     for (i, n) in [1usize, 7, 1000, 70_001, 0].into_iter().enumerate() {
         for (lr, wd) in [(0.1f32, 0.0f32), (0.01, 1e-2)] {
-            let op = Op::SgdUpdate { lr, momentum: 0.0, weight_decay: wd };
-            check(op, &[In::F32(vec![n]), In::F32(vec![n])], 1, i as u64, 1e-6, 1e-7);
-            let op = Op::SgdUpdate { lr, momentum: 0.9, weight_decay: wd };
+            let op = Op::SgdUpdate {
+                lr,
+                momentum: 0.0,
+                weight_decay: wd,
+            };
+            check(
+                op,
+                &[In::F32(vec![n]), In::F32(vec![n])],
+                1,
+                i as u64,
+                1e-6,
+                1e-7,
+            );
+            let op = Op::SgdUpdate {
+                lr,
+                momentum: 0.9,
+                weight_decay: wd,
+            };
             let ins = [In::F32(vec![n]), In::F32(vec![n]), In::F32(vec![n])];
             check(op, &ins, 2, i as u64, 1e-6, 1e-7);
         }

@@ -23,10 +23,9 @@ pub(super) fn launch(dev: &dyn Device, c: &DevCall) -> OpResult {
             softmax::launch(dev, c)
         }
         Op::LayerNormalization { .. } | Op::LayerNormGrad { .. } => layernorm::launch(dev, c),
-        Op::SoftmaxCrossEntropy
-        | Op::SoftmaxCrossEntropyGrad
-        | Op::MseLoss
-        | Op::MseLossGrad => losses::launch(dev, c),
+        Op::SoftmaxCrossEntropy | Op::SoftmaxCrossEntropyGrad | Op::MseLoss | Op::MseLossGrad => {
+            losses::launch(dev, c)
+        }
         Op::SgdUpdate { .. } | Op::AdamUpdate { .. } => optim::launch(dev, c),
         op => Err(format!("{} is not a reduction", op.name()).into()),
     }

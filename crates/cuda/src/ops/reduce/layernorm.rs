@@ -14,7 +14,13 @@ use crate::ops::{DevCall, OpError, OpResult};
 
 /// Input `j` (broadcasting to `norm`) as `inner` contiguous values: itself when it already
 /// has them, else expanded into the workspace's `slot`-th vector of `inner` floats.
-fn expanded(dev: &dyn Device, c: &DevCall, j: usize, norm: &[usize], slot: usize) -> Result<DevPtr, OpError> {
+fn expanded(
+    dev: &dyn Device,
+    c: &DevCall,
+    j: usize,
+    norm: &[usize],
+    slot: usize,
+) -> Result<DevPtr, OpError> {
     let (p, s) = (c.f32_in(j)?, c.shape(j));
     let inner = count(norm);
     if count(s) == inner {
@@ -22,7 +28,12 @@ fn expanded(dev: &dyn Device, c: &DevCall, j: usize, norm: &[usize], slot: usize
     }
     let ws = c.workspace(4 * inner * (slot + 1))? + (4 * inner * slot) as u64;
     let d = Dims::broadcast(norm, s, s)?;
-    call(dev, "lm_ln_expand", grid_1d(inner), &[Arg::Ptr(p), Arg::Ptr(ws), Arg::Dims(Box::new(d))])?;
+    call(
+        dev,
+        "lm_ln_expand",
+        grid_1d(inner),
+        &[Arg::Ptr(p), Arg::Ptr(ws), Arg::Dims(Box::new(d))],
+    )?;
     Ok(ws)
 }
 
@@ -89,7 +100,11 @@ pub(super) fn launch(dev: &dyn Device, c: &DevCall) -> OpResult {
             ];
             call(dev, "lm_ln_grad_rows", dims_r, &args)?;
             let full = n_scale == inner;
-            let (gs, bs) = if full { (ds, db) } else { (at(inner), at(2 * inner)) };
+            let (gs, bs) = if full {
+                (ds, db)
+            } else {
+                (at(inner), at(2 * inner))
+            };
             // Block (32 columns, by row lanes); few column blocks get more lanes.
             let bx = inner.next_power_of_two().min(32);
             let blocks = inner.div_ceil(bx);
@@ -105,7 +120,12 @@ pub(super) fn launch(dev: &dyn Device, c: &DevCall) -> OpResult {
                 Arg::I64(inner as i64),
             ];
             let grid = blocks.clamp(1, MAX_GRID) as u32;
-            call(dev, "lm_ln_grad_cols", dims([grid, 1, 1], [bx as u32, by as u32, 1]), &args)?;
+            call(
+                dev,
+                "lm_ln_grad_cols",
+                dims([grid, 1, 1], [bx as u32, by as u32, 1]),
+                &args,
+            )?;
             if !full {
                 // Sum the column sums down to the scale's shape, as SumTo does.
                 let pad = norm.len() - s_shape.len();

@@ -18,7 +18,11 @@ pub(super) fn launch(dev: &dyn Device, c: &DevCall) -> OpResult {
                 return Err(format!("logits {:?} are not [N, C]", c.shape(off)).into());
             };
             if c.io.in_dtypes()[off + 1] != DType::I64 {
-                return Err(format!("labels have dtype {}, expected i64", c.io.in_dtypes()[off + 1]).into());
+                return Err(format!(
+                    "labels have dtype {}, expected i64",
+                    c.io.in_dtypes()[off + 1]
+                )
+                .into());
             }
             let (logits, labels) = (c.f32_in(off)?, c.input(off + 1)?);
             if off == 0 {

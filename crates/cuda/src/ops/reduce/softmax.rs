@@ -19,7 +19,8 @@ pub(super) fn launch(dev: &dyn Device, c: &DevCall) -> OpResult {
     // Forward: x. Gradients: dy, then the forward's output y (whose shape this is).
     let shape = c.shape(usize::from(grad));
     let r = shape.len();
-    let ax = norm_axis(a.axis, r).ok_or_else(|| format!("axis {} is out of range for rank {r}", a.axis))?;
+    let ax = norm_axis(a.axis, r)
+        .ok_or_else(|| format!("axis {} is out of range for rank {r}", a.axis))?;
     let n = count(shape);
     if n == 0 {
         return Ok(());

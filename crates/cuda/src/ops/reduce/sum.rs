@@ -18,7 +18,8 @@ pub(super) fn launch(dev: &dyn Device, c: &DevCall) -> OpResult {
         Op::ReduceSum(a) | Op::ReduceMean(a) => {
             let mut red = vec![a.axes.is_none(); r];
             for &v in a.axes.iter().flatten() {
-                let i = norm_axis(v, r).ok_or_else(|| format!("axis {v} is out of range for rank {r}"))?;
+                let i = norm_axis(v, r)
+                    .ok_or_else(|| format!("axis {v} is out of range for rank {r}"))?;
                 if red[i] {
                     return Err(format!("axis {v} is repeated").into());
                 }
@@ -30,7 +31,9 @@ pub(super) fn launch(dev: &dyn Device, c: &DevCall) -> OpResult {
             let pad = r
                 .checked_sub(to.len())
                 .ok_or_else(|| format!("{to:?} has a higher rank than the input {shape:?}"))?;
-            let red: Vec<bool> = (0..r).map(|i| i < pad || (to[i - pad] == 1 && shape[i] != 1)).collect();
+            let red: Vec<bool> = (0..r)
+                .map(|i| i < pad || (to[i - pad] == 1 && shape[i] != 1))
+                .collect();
             reduce(dev, x, shape, &red, false, y)
         }
         Op::GlobalAveragePool => {
@@ -54,7 +57,12 @@ pub(super) fn launch(dev: &dyn Device, c: &DevCall) -> OpResult {
                 Arg::I64(planes as i64),
                 Arg::I64(plane as i64),
             ];
-            Ok(call(dev, "lm_reduce_gap_grad", dims([gx, gy, 1], [256, 1, 1]), &args)?)
+            Ok(call(
+                dev,
+                "lm_reduce_gap_grad",
+                dims([gx, gy, 1], [256, 1, 1]),
+                &args,
+            )?)
         }
         op => Err(format!("{} is not a sum", op.name()).into()),
     }
@@ -71,7 +79,12 @@ pub(super) fn reduce(
     mean: bool,
     y: DevPtr,
 ) -> OpResult {
-    let n_out: usize = shape.iter().zip(red).filter(|(_, r)| !**r).map(|(d, _)| *d).product();
+    let n_out: usize = shape
+        .iter()
+        .zip(red)
+        .filter(|(_, r)| !**r)
+        .map(|(d, _)| *d)
+        .product();
     if n_out == 0 {
         return Ok(());
     }
@@ -128,5 +141,10 @@ pub(super) fn reduce(
         Arg::I64(step),
         Arg::I32(mean as i32),
     ];
-    Ok(call(dev, "lm_reduce", dims([grid, 1, 1], [bx as u32, by as u32, 1]), &args)?)
+    Ok(call(
+        dev,
+        "lm_reduce",
+        dims([grid, 1, 1], [bx as u32, by as u32, 1]),
+        &args,
+    )?)
 }
