@@ -357,3 +357,12 @@ fn adam_with_coupled_and_decoupled_decay() {
         }
     }
 }
+
+#[test]
+fn grids_past_their_clamp_loop_over_the_rest() {
+    // 70,000 planes: more than the 65,535 grid rows of the gradient's launch.
+    let op = Op::GlobalAveragePoolGrad {
+        input_shape: vec![70_000, 1, 2],
+    };
+    check(op, &[In::F32(vec![70_000, 1, 1])], 1, 4, 1e-6, 0.0);
+}
