@@ -121,7 +121,11 @@ impl Sizes {
         if x.len() != win.kernel.len() + 2 || w.len() != x.len() {
             return Err(format!("conv shapes {x:?} and {w:?} do not fit the window").into());
         }
-        if group == 0 || x[1] % group != 0 || w[0] % group != 0 || w[1] * group != x[1] {
+        if group == 0
+            || !x[1].is_multiple_of(group)
+            || !w[0].is_multiple_of(group)
+            || w[1] * group != x[1]
+        {
             return Err(format!("conv group {group} does not fit {x:?} and {w:?}").into());
         }
         let (kk, p, isz) = (g.ksize(), g.osize(), g.isize());
