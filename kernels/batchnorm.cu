@@ -16,6 +16,33 @@ __device__ __forceinline__ double lm_bn_block_sum(double v, double* scratch) {
     return t;
 }
 
+// Steps the (image b, position j) pair of a flat index over [batch, sp] by `step` (the
+// block size): no division per element where sp >= step.
+__device__ __forceinline__ void lm_bn_advance(i64* b, i64* j, i64 sp, int step) {
+    *j += step;
+    if (*j >= sp) {
+        if (sp >= step) {
+            *j -= sp;
+            *b += 1;
+        } else {  // sp < step <= 1024 and j < sp + step: ints suffice.
+            int q = (int)*j / (int)sp;
+            *b += q;
+            *j -= (i64)q * sp;
+        }
+    }
+}
+
+// This thread's first (image, position) pair; past the end when there is nothing to sum.
+__device__ __forceinline__ void lm_bn_start(i64* b, i64* j, i64 sp, int batch) {
+    if (sp > 0) {
+        *b = threadIdx.x / sp;
+        *j = threadIdx.x - *b * sp;
+    } else {
+        *b = batch;
+        *j = 0;
+    }
+}
+
 // y = (x - mean) * a + bias per channel, with a = scale / sqrt(v + eps) (`v` the variance,
 // inference) or a = scale * v (`invstd` set: v the saved inverse standard deviation).
 extern "C" __global__ void lm_bn_affine(const float* __restrict__ x, const float* __restrict__ scale, const float* __restrict__ bias, const float* __restrict__ mean, const float* __restrict__ v, float* __restrict__ y, i64 n, i64 sp, int c, float eps, int invstd) {
@@ -33,16 +60,14 @@ extern "C" __global__ void lm_bn_train_stats(const float* __restrict__ x, float*
     __shared__ double scratch[32];
     const int ch = blockIdx.x;
     const i64 cnt = (i64)batch * sp;
+    i64 b, j;
     double s = 0.0;
-    for (i64 t = threadIdx.x; t < cnt; t += blockDim.x) {
-        i64 b = t / sp;
-        s += (double)x[(b * c + ch) * sp + (t - b * sp)];
-    }
+    for (lm_bn_start(&b, &j, sp, batch); b < batch; lm_bn_advance(&b, &j, sp, blockDim.x))
+        s += (double)x[(b * c + ch) * sp + j];
     const double mean = lm_bn_block_sum(s, scratch) / (double)cnt;
     double q = 0.0;
-    for (i64 t = threadIdx.x; t < cnt; t += blockDim.x) {
-        i64 b = t / sp;
-        double d = (double)x[(b * c + ch) * sp + (t - b * sp)] - mean;
+    for (lm_bn_start(&b, &j, sp, batch); b < batch; lm_bn_advance(&b, &j, sp, blockDim.x)) {
+        double d = (double)x[(b * c + ch) * sp + j] - mean;
         q += d * d;
     }
     const double var = lm_bn_block_sum(q, scratch) / (double)cnt;
@@ -66,14 +91,13 @@ extern "C" __global__ void lm_bn_grad_sums(const float* __restrict__ dy, const f
     __shared__ double scratch[32];
     const int ch = blockIdx.x;
     const double m = (double)mean[ch], inv = lm_bn_invstd(v, ch, eps, training);
-    const i64 cnt = (i64)batch * sp;
     double sdy = 0.0, sdyx = 0.0;
-    for (i64 t = threadIdx.x; t < cnt; t += blockDim.x) {
-        i64 b = t / sp;
-        i64 j = (b * c + ch) * sp + (t - b * sp);
-        double d = (double)dy[j];
+    i64 b, j;
+    for (lm_bn_start(&b, &j, sp, batch); b < batch; lm_bn_advance(&b, &j, sp, blockDim.x)) {
+        i64 e = (b * c + ch) * sp + j;
+        double d = (double)dy[e];
         sdy += d;
-        sdyx += d * ((double)x[j] - m) * inv;
+        sdyx += d * ((double)x[e] - m) * inv;
     }
     sdy = lm_bn_block_sum(sdy, scratch);
     sdyx = lm_bn_block_sum(sdyx, scratch);

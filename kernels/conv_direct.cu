@@ -94,16 +94,22 @@ extern "C" __global__ void lm_dw_filter(const float* __restrict__ dy, const floa
     const int t2 = ki % k2, t1 = (ki / k2) % k1, t0 = ki / (k1 * k2);
     const int m = c * mg, ci = mo / mg;
     float acc = 0.0f;
-    const i64 n = (i64)batch * p;
-    for (i64 t = threadIdx.x; t < n; t += blockDim.x) {
-        i64 b = t / p;
-        int pos = (int)(t - b * p);
+    // (image b, position pos) of this thread's flat index, stepped without a division per
+    // element where p >= blockDim.x.
+    int b = threadIdx.x / p, pos = threadIdx.x - b * p;
+    for (; b < batch; pos += blockDim.x) {
+        if (pos >= p) {
+            int q = pos / p;
+            b += q;
+            pos -= q * p;
+            if (b >= batch) break;
+        }
         int q2 = pos % o2, q1 = (pos / o2) % o1, q0 = pos / (o1 * o2);
         int a0 = q0 * LM_WS(g, 0) + t0 * LM_WD(g, 0) - LM_WPB(g, 0);
         int a1 = q1 * LM_WS(g, 1) + t1 * LM_WD(g, 1) - LM_WPB(g, 1);
         int a2 = q2 * LM_WS(g, 2) + t2 * LM_WD(g, 2) - LM_WPB(g, 2);
         if ((unsigned)a0 < (unsigned)i0 && (unsigned)a1 < (unsigned)i1 && (unsigned)a2 < (unsigned)i2)
-            acc += dy[(b * m + mo) * p + pos] * x[(b * c + ci) * isz + (a0 * i1 + a1) * i2 + a2];
+            acc += dy[((i64)b * m + mo) * p + pos] * x[((i64)b * c + ci) * isz + (a0 * i1 + a1) * i2 + a2];
     }
     acc = lm_block_sum(acc, scratch);
     if (threadIdx.x == 0) dw[blockIdx.x] = acc;

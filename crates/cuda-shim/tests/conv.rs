@@ -87,7 +87,7 @@ fn cases() -> Vec<Case> {
         // Groups: im2col and pointwise.
         case(&[3, 4, 9, 9], &[6, 2, 3, 3], &[], &[1, 1, 1, 1], &[], 2),
         case(&[2, 4, 5, 5], &[6, 2, 1, 1], &[], &[], &[], 2),
-        // Depthwise: stride 2, channel multiplier 2 with dilation, 1-D.
+        // Depthwise: stride 2, channel multiplier 2 with dilation and asymmetric pads, 1-D.
         case(
             &[3, 6, 11, 11],
             &[6, 1, 3, 3],
@@ -98,6 +98,8 @@ fn cases() -> Vec<Case> {
         ),
         case(&[2, 4, 9, 9], &[8, 1, 3, 3], &[], &[2, 1, 2, 0], &[2, 2], 4),
         case(&[3, 5, 17], &[5, 1, 5], &[2], &[2, 2], &[], 5),
+        // Depthwise with more output positions per image than the filter kernel's block.
+        case(&[2, 3, 20, 20], &[3, 1, 3, 3], &[], &[1, 1, 1, 1], &[], 3),
         // 1-D and 3-D.
         case(&[3, 5, 31], &[4, 5, 3], &[2], &[1, 1], &[], 1),
         case(
