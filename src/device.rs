@@ -110,24 +110,46 @@ pub struct Deviation {
 }
 
 /// Compares `got` with `want` element by element (NaN equals NaN).
-pub fn deviation(name: &str, want: &TensorData, got: &TensorData, rtol: f64, atol: f64) -> Deviation {
+pub fn deviation(
+    name: &str,
+    want: &TensorData,
+    got: &TensorData,
+    rtol: f64,
+    atol: f64,
+) -> Deviation {
     let (w, g) = (want.to_f64(), got.to_f64());
     let mut d = Deviation {
         name: name.to_string(),
-        max_abs: if w.len() == g.len() { 0.0 } else { f64::INFINITY },
-        worst_excess: if w.len() == g.len() { f64::NEG_INFINITY } else { f64::INFINITY },
+        max_abs: if w.len() == g.len() {
+            0.0
+        } else {
+            f64::INFINITY
+        },
+        worst_excess: if w.len() == g.len() {
+            f64::NEG_INFINITY
+        } else {
+            f64::INFINITY
+        },
         rel_l2: 0.0,
     };
     let (mut num, mut den) = (0.0f64, 0.0f64);
     for (&a, &b) in w.iter().zip(&g) {
-        let e = if a.is_nan() && b.is_nan() { 0.0 } else { (a - b).abs() };
+        let e = if a.is_nan() && b.is_nan() {
+            0.0
+        } else {
+            (a - b).abs()
+        };
         let e = if e.is_nan() { f64::INFINITY } else { e };
         d.max_abs = d.max_abs.max(e);
         d.worst_excess = d.worst_excess.max(e - atol - rtol * a.abs());
         num += e * e;
         den += a * a;
     }
-    d.rel_l2 = if den > 0.0 { (num / den).sqrt() } else { num.sqrt() };
+    d.rel_l2 = if den > 0.0 {
+        (num / den).sqrt()
+    } else {
+        num.sqrt()
+    };
     d
 }
 
@@ -135,6 +157,9 @@ pub fn deviation(name: &str, want: &TensorData, got: &TensorData, rtol: f64, ato
 pub fn free_bytes(target: Target) -> Option<usize> {
     match target {
         Target::Cpu => None,
-        Target::Cuda => gpu().ok().and_then(|g| lowmem_cuda::Device::mem_info(g)).map(|m| m.0),
+        Target::Cuda => gpu()
+            .ok()
+            .and_then(|g| lowmem_cuda::Device::mem_info(g))
+            .map(|m| m.0),
     }
 }

@@ -896,7 +896,9 @@ fn run(cli: Cli) -> Result<(), Error> {
                 min_free = min_free.min(lowmem::device::free_bytes(device.target()));
             }
             // Device memory the step took: the free-memory drop from before its blocks.
-            let device_peak = free_before.zip(min_free).map(|(b, m)| b.saturating_sub(m) as u64);
+            let device_peak = free_before
+                .zip(min_free)
+                .map(|(b, m)| b.saturating_sub(m) as u64);
             times.sort_by(f64::total_cmp);
             let median = times[times.len() / 2];
             let flops =
@@ -1092,7 +1094,14 @@ fn run(cli: Cli) -> Result<(), Error> {
             grad_rtol,
             json,
             device,
-        } => parity(&model, batch, grad, (rtol, atol, grad_rtol), json, device.target()),
+        } => parity(
+            &model,
+            batch,
+            grad,
+            (rtol, atol, grad_rtol),
+            json,
+            device.target(),
+        ),
     }
 }
 

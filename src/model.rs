@@ -43,7 +43,10 @@ pub fn load(path: &Path, batch: Option<usize>) -> Result<Graph, Error> {
 /// must run where a model file cannot be taken (the GPU machine), and their peers in
 /// PyTorch (benches/gpu_torch.py) build the same architectures.
 pub const BUILTINS: &[(&str, &str)] = &[
-    ("resnet50", "ResNet-50, 224x224 RGB, 1000 classes (batch default 64)"),
+    (
+        "resnet50",
+        "ResNet-50, 224x224 RGB, 1000 classes (batch default 64)",
+    ),
     (
         "bert-base",
         "BERT-base-like encoder: 12 layers, hidden 768, 12 heads, seq 128, FFN 3072, 2 classes (batch default 32)",
@@ -52,7 +55,12 @@ pub const BUILTINS: &[(&str, &str)] = &[
 
 fn builtin(name: &str, batch: Option<usize>) -> Result<Graph, Error> {
     match name {
-        "resnet50" => Ok(crate::models::resnet([3, 4, 6, 3], 224, 1000, batch.unwrap_or(64))),
+        "resnet50" => Ok(crate::models::resnet(
+            [3, 4, 6, 3],
+            224,
+            1000,
+            batch.unwrap_or(64),
+        )),
         "bert-base" => Ok(crate::models::transformer_encoder(
             12,
             768,

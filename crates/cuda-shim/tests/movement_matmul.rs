@@ -7,20 +7,124 @@ use lowmem_ir::{GemmAttrs, Op, TensorData};
 
 #[test]
 fn transpose_slice_expand_concat_match_the_cpu() {
-    check(Op::Transpose { perm: Some(vec![0, 2, 3, 1]) }, &[In::F32(vec![2, 3, 5, 7])], 1, 1, 0.0, 0.0);
-    check(Op::Transpose { perm: None }, &[In::F32(vec![4, 257])], 1, 2, 0.0, 0.0);
-    check(Op::Transpose { perm: Some(vec![1, 0, 2]) }, &[In::F32(vec![0, 3, 2])], 1, 2, 0.0, 0.0);
-    check(Op::Slice { axis: 1, start: 2, end: 5 }, &[In::F32(vec![3, 7, 4])], 1, 3, 0.0, 0.0);
-    check(Op::Slice { axis: 0, start: 1, end: 1 }, &[In::F32(vec![3, 4])], 1, 3, 0.0, 0.0);
-    check(Op::Expand { shape: vec![2, 3, 4] }, &[In::F32(vec![3, 1])], 1, 4, 0.0, 0.0);
-    check(Op::Concat { axis: 1 }, &[In::F32(vec![2, 3, 4]), In::F32(vec![2, 1, 4]), In::F32(vec![2, 5, 4])], 1, 5, 0.0, 0.0);
-    check(Op::Concat { axis: -1 }, &[In::F32(vec![3, 2]), In::F32(vec![3, 0])], 1, 5, 0.0, 0.0);
+    check(
+        Op::Transpose {
+            perm: Some(vec![0, 2, 3, 1]),
+        },
+        &[In::F32(vec![2, 3, 5, 7])],
+        1,
+        1,
+        0.0,
+        0.0,
+    );
+    check(
+        Op::Transpose { perm: None },
+        &[In::F32(vec![4, 257])],
+        1,
+        2,
+        0.0,
+        0.0,
+    );
+    check(
+        Op::Transpose {
+            perm: Some(vec![1, 0, 2]),
+        },
+        &[In::F32(vec![0, 3, 2])],
+        1,
+        2,
+        0.0,
+        0.0,
+    );
+    check(
+        Op::Slice {
+            axis: 1,
+            start: 2,
+            end: 5,
+        },
+        &[In::F32(vec![3, 7, 4])],
+        1,
+        3,
+        0.0,
+        0.0,
+    );
+    check(
+        Op::Slice {
+            axis: 0,
+            start: 1,
+            end: 1,
+        },
+        &[In::F32(vec![3, 4])],
+        1,
+        3,
+        0.0,
+        0.0,
+    );
+    check(
+        Op::Expand {
+            shape: vec![2, 3, 4],
+        },
+        &[In::F32(vec![3, 1])],
+        1,
+        4,
+        0.0,
+        0.0,
+    );
+    check(
+        Op::Concat { axis: 1 },
+        &[
+            In::F32(vec![2, 3, 4]),
+            In::F32(vec![2, 1, 4]),
+            In::F32(vec![2, 5, 4]),
+        ],
+        1,
+        5,
+        0.0,
+        0.0,
+    );
+    check(
+        Op::Concat { axis: -1 },
+        &[In::F32(vec![3, 2]), In::F32(vec![3, 0])],
+        1,
+        5,
+        0.0,
+        0.0,
+    );
     // Other widths: i64 (8 bytes), bool (1 byte).
     let i = TensorData::I64((0..24).map(|v| v * 1_000_000_007).collect());
-    check(Op::Transpose { perm: Some(vec![2, 0, 1]) }, &[In::Data(vec![2, 3, 4], i.clone())], 1, 6, 0.0, 0.0);
-    check(Op::Concat { axis: 0 }, &[In::Data(vec![2, 3, 4], i.clone()), In::Data(vec![2, 3, 4], i)], 1, 6, 0.0, 0.0);
+    check(
+        Op::Transpose {
+            perm: Some(vec![2, 0, 1]),
+        },
+        &[In::Data(vec![2, 3, 4], i.clone())],
+        1,
+        6,
+        0.0,
+        0.0,
+    );
+    check(
+        Op::Concat { axis: 0 },
+        &[
+            In::Data(vec![2, 3, 4], i.clone()),
+            In::Data(vec![2, 3, 4], i),
+        ],
+        1,
+        6,
+        0.0,
+        0.0,
+    );
     let b = TensorData::Bool((0..30).map(|v| v % 3 == 0).collect());
-    check(Op::Slice { axis: 1, start: 1, end: 4 }, &[In::Data(vec![5, 6], b)], 1, 7, 0.0, 0.0);
+    check(
+        Op::Slice {
+            axis: 1,
+            start: 1,
+            end: 4,
+        },
+        &[In::Data(vec![5, 6], b)],
+        1,
+        7,
+        0.0,
+        0.0,
+    );
 }
 
 #[test]
@@ -37,7 +141,14 @@ fn matmul_batches_and_broadcasts_like_numpy() {
         (&[0, 5, 7], &[7, 2]),
     ];
     for (i, (a, b)) in cases.iter().enumerate() {
-        check(Op::MatMul, &[In::F32(a.to_vec()), In::F32(b.to_vec())], 1, i as u64, 1e-5, 1e-5);
+        check(
+            Op::MatMul,
+            &[In::F32(a.to_vec()), In::F32(b.to_vec())],
+            1,
+            i as u64,
+            1e-5,
+            1e-5,
+        );
     }
 }
 
@@ -47,7 +158,12 @@ fn gemm_transposes_scales_and_adds_bias() {
         let a = if ta { vec![9, 6] } else { vec![6, 9] };
         let b = if tb { vec![5, 9] } else { vec![9, 5] };
         for bias in [None, Some(vec![5]), Some(vec![6, 1]), Some(vec![6, 5])] {
-            let attrs = GemmAttrs { alpha: 0.5, beta: 2.0, trans_a: ta, trans_b: tb };
+            let attrs = GemmAttrs {
+                alpha: 0.5,
+                beta: 2.0,
+                trans_a: ta,
+                trans_b: tb,
+            };
             let mut ins = vec![In::F32(a.clone()), In::F32(b.clone())];
             if let Some(s) = bias {
                 ins.push(In::F32(s));

@@ -15,7 +15,11 @@ use lowmem_testkit::{load_example, try_data_dir};
 fn sgd() -> Task {
     Task::Training {
         loss: lowmem_autodiff::Loss::CrossEntropy,
-        optimizer: lowmem_autodiff::Optimizer::Sgd { lr: 0.05, momentum: 0.9, weight_decay: 1e-4 },
+        optimizer: lowmem_autodiff::Optimizer::Sgd {
+            lr: 0.05,
+            momentum: 0.9,
+            weight_decay: 1e-4,
+        },
     }
 }
 
@@ -35,7 +39,12 @@ fn adam() -> Task {
 /// One batch for every input of `step` (data in [-1, 1], class labels in range).
 fn batch(step: &CompiledStep, rng: &mut Rng) -> Vec<Option<TensorData>> {
     let g = &step.graph;
-    let classes = g.tensor(step.forward.outputs[0]).shape.get(1).copied().unwrap_or(2);
+    let classes = g
+        .tensor(step.forward.outputs[0])
+        .shape
+        .get(1)
+        .copied()
+        .unwrap_or(2);
     step.inputs
         .iter()
         .enumerate()
@@ -44,7 +53,9 @@ fn batch(step: &CompiledStep, rng: &mut Rng) -> Vec<Option<TensorData>> {
             match role {
                 InputRole::Data(_) => Some(TensorData::F32(rng.vec_in(t.numel(), -1.0, 1.0))),
                 InputRole::Labels => Some(TensorData::I64(
-                    (0..t.numel()).map(|_| rng.below(classes as u64) as i64).collect(),
+                    (0..t.numel())
+                        .map(|_| rng.below(classes as u64) as i64)
+                        .collect(),
                 )),
                 _ => None,
             }
@@ -77,9 +88,20 @@ fn train_both(step: &CompiledStep, steps: u64, rtol: f32) {
             step.model
         );
     }
-    for (i, (a, b)) in cpu.state_values().iter().zip(dev.state_values().unwrap()).enumerate() {
+    for (i, (a, b)) in cpu
+        .state_values()
+        .iter()
+        .zip(dev.state_values().unwrap())
+        .enumerate()
+    {
         let name = &step.graph.tensor(step.state[i].input).name;
-        assert_close(&format!("{}: state {name}", step.model), a, &b, 20.0 * rtol, 1e-4);
+        assert_close(
+            &format!("{}: state {name}", step.model),
+            a,
+            &b,
+            20.0 * rtol,
+            1e-4,
+        );
     }
     assert!(shim.launches() > 0);
 }
@@ -104,7 +126,10 @@ fn example_models_train_like_the_cpu() {
 #[test]
 fn gradient_steps_match_the_cpu() {
     for name in ["digits_cnn", "tiny_cnn", "mlp", "encoder_block"] {
-        let task = Task::Gradient { loss: lowmem_autodiff::Loss::Sum, output: None };
+        let task = Task::Gradient {
+            loss: lowmem_autodiff::Loss::Sum,
+            output: None,
+        };
         let g = load_example(name);
         let step = compile(&g, &CompileOptions::new(task)).unwrap();
         let mut rng = Rng::new(3);

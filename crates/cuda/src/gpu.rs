@@ -265,7 +265,11 @@ impl Device for Gpu {
             let (p, n) = g.workspace;
             let a = p.next_multiple_of(256);
             let skip = (a - p) as usize;
-            if p == 0 || n <= skip { (0, 0) } else { (a, n - skip) }
+            if p == 0 || n <= skip {
+                (0, 0)
+            } else {
+                (a, n - skip)
+            }
         };
         // SAFETY: the caller's contract; the workspace is the node's planned scratch.
         unsafe {
