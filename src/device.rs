@@ -159,7 +159,7 @@ pub fn free_bytes(target: Target) -> Option<usize> {
         Target::Cpu => None,
         Target::Cuda => gpu()
             .ok()
-            .and_then(|g| lowmem_cuda::Device::mem_info(g))
+            .and_then(lowmem_cuda::Device::mem_info)
             .map(|m| m.0),
     }
 }

@@ -33,6 +33,8 @@ pub struct HostShim {
     allocs: Mutex<HashMap<DevPtr, Layout>>,
     /// Kernel launches so far (tests check that work went through kernels).
     launches: Mutex<usize>,
+    /// With `LOWMEM_SHIM_PROFILE` set: seconds and launches per kernel, printed on drop.
+    profile: Mutex<HashMap<String, (f64, usize)>>,
 }
 
 impl HostShim {
@@ -47,6 +49,14 @@ impl HostShim {
 
 impl Drop for HostShim {
     fn drop(&mut self) {
+        let prof = self.profile.get_mut().unwrap();
+        if !prof.is_empty() {
+            let mut rows: Vec<_> = prof.drain().collect();
+            rows.sort_by(|a, b| b.1.0.total_cmp(&a.1.0));
+            for (k, (t, n)) in rows.iter().take(12) {
+                eprintln!("shim profile: {k:<24} {t:>8.3} s over {n} launches");
+            }
+        }
         for (p, l) in self.allocs.get_mut().unwrap().drain() {
             // SAFETY: allocated in `alloc` with this layout.
             unsafe { dealloc(p as *mut u8, l) };
@@ -123,6 +133,7 @@ impl Device for HostShim {
         let cname = CString::new(name).map_err(|_| CudaError::UnknownKernel(name.into()))?;
         let [gx, gy, gz] = dims.grid;
         let [bx, by, bz] = dims.block;
+        let started = std::env::var_os("LOWMEM_SHIM_PROFILE").map(|_| std::time::Instant::now());
         // SAFETY: the caller's contract (parameters match the kernel's signature).
         let rc = unsafe {
             lm_shim_launch(
@@ -137,6 +148,12 @@ impl Device for HostShim {
                 params.as_mut_ptr(),
             )
         };
+        if let Some(t) = started {
+            let mut p = self.profile.lock().unwrap();
+            let e = p.entry(name.to_string()).or_default();
+            e.0 += t.elapsed().as_secs_f64();
+            e.1 += 1;
+        }
         match rc {
             0 => Ok(()),
             1 => Err(CudaError::UnknownKernel(name.into())),

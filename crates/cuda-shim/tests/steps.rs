@@ -39,12 +39,8 @@ fn adam() -> Task {
 /// One batch for every input of `step` (data in [-1, 1], class labels in range).
 fn batch(step: &CompiledStep, rng: &mut Rng) -> Vec<Option<TensorData>> {
     let g = &step.graph;
-    let classes = g
-        .tensor(step.forward.outputs[0])
-        .shape
-        .get(1)
-        .copied()
-        .unwrap_or(2);
+    let f = &step.forward;
+    let classes = f.tensor(f.outputs[0]).shape.get(1).copied().unwrap_or(2);
     step.inputs
         .iter()
         .enumerate()
@@ -117,7 +113,11 @@ fn compiled(name: &str, task: Task, batch: usize, remat: Option<Scheme>) -> Comp
 #[test]
 fn example_models_train_like_the_cpu() {
     for name in ["digits_mlp", "digits_cnn", "digits_dropout", "tiny_cnn"] {
-        for (task, remat) in [(sgd(), None), (adam(), Some(Scheme::Sqrt))] {
+        // tiny_cnn's convolution biases feed BatchNorm, which cancels them: their true
+        // gradient is 0 and the computed one rounding noise, which Adam's normalised step
+        // turns into full-size updates of either sign. SGD keeps that noise small.
+        let second = if name == "tiny_cnn" { sgd() } else { adam() };
+        for (task, remat) in [(sgd(), None), (second, Some(Scheme::Sqrt))] {
             train_both(&compiled(name, task, 8, remat), 5, 1e-4);
         }
     }
@@ -144,16 +144,74 @@ fn gradient_steps_match_the_cpu() {
     }
 }
 
+/// Zoo models' forward passes and gradient steps at batch 1 (the shim runs each thread as
+/// a fiber, so block reductions cost it far more than a GPU: the larger cases are in
+/// [`more_zoo_models_match_the_cpu`], run with `--ignored`).
 #[test]
-fn squeezenet_forward_matches_the_cpu() {
+fn zoo_models_match_the_cpu() {
+    zoo(
+        &["squeezenet", "shufflenet", "inception_v1", "resnet50"],
+        &["squeezenet"],
+    );
+}
+
+#[test]
+#[ignore = "about a minute on the shim: cargo test -p lowmem-cuda-shim --test steps -- --ignored"]
+fn more_zoo_models_match_the_cpu() {
+    zoo(
+        &["inception_v2", "densenet121"],
+        &["shufflenet", "inception_v1"],
+    );
+}
+
+fn zoo(forward: &[&str], gradient: &[&str]) {
     if try_data_dir().is_none() {
         eprintln!("skipped: no data/ (scripts/fetch_data.py and scripts/make_refs.py make it)");
         return;
     }
-    let g = lowmem_testkit::load_model("squeezenet", Some(1));
-    let step = compile(&g, &CompileOptions::new(Task::Inference)).unwrap();
-    let mut rng = Rng::new(5);
-    let x = TensorData::F32(rng.vec_in(g.tensor(g.inputs[0]).numel(), 0.0, 1.0));
-    let (want, got) = run_both(&step, &[x]);
-    assert_close("squeezenet", &want[0], &got[0], 1e-3, 1e-4);
+    for &name in forward {
+        let t = std::time::Instant::now();
+        let g = lowmem_testkit::load_model(name, Some(1));
+        let step = compile(&g, &CompileOptions::new(Task::Inference)).unwrap();
+        let mut rng = Rng::new(5);
+        let x = TensorData::F32(rng.vec_in(g.tensor(g.inputs[0]).numel(), 0.0, 1.0));
+        let (want, got) = run_both(&step, &[x]);
+        assert_close(name, &want[0], &got[0], 1e-3, 1e-4);
+        eprintln!("{name} forward: {:.1} s", t.elapsed().as_secs_f64());
+    }
+    for &name in gradient {
+        let t = std::time::Instant::now();
+        let mut g = lowmem_testkit::load_model(name, Some(1));
+        // The loss reads the logits: a sum over softmax probabilities is the constant 1,
+        // whose gradients are rounding noise.
+        let out = g.outputs[0];
+        let logits = g
+            .nodes
+            .iter()
+            .find(|n| n.outputs.contains(&out) && matches!(n.op, lowmem_ir::Op::Softmax(_)))
+            .map_or(out, |n| n.inputs[0]);
+        g.set_outputs(vec![logits]);
+        let task = Task::Gradient {
+            loss: lowmem_autodiff::Loss::Sum,
+            output: Some(g.tensor(logits).name.clone()),
+        };
+        let step = compile(&g, &CompileOptions::new(task)).unwrap();
+        let mut rng = Rng::new(6);
+        let x = TensorData::F32(rng.vec_in(g.tensor(g.inputs[0]).numel(), 0.0, 1.0));
+        let (want, got) = run_both(&step, &[x]);
+        for (k, (w, gt)) in want.iter().zip(&got).enumerate() {
+            let (w, gt) = (w.to_f64(), gt.to_f64());
+            let num: f64 = w.iter().zip(&gt).map(|(a, b)| (a - b) * (a - b)).sum();
+            let den: f64 = w.iter().map(|a| a * a).sum();
+            assert!(
+                num.sqrt() <= 1e-3 * den.sqrt().max(1e-12),
+                "{name} gradient output {k} ({}): relative L2 error {:.3e}; CPU {:?}.., CUDA kernels {:?}..",
+                step.graph.tensor(step.graph.outputs[k]).name,
+                (num / den.max(1e-30)).sqrt(),
+                &w[..w.len().min(4)],
+                &gt[..gt.len().min(4)]
+            );
+        }
+        eprintln!("{name} gradient: {:.1} s", t.elapsed().as_secs_f64());
+    }
 }
