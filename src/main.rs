@@ -1180,8 +1180,8 @@ fn parity(
         println!(
             "{}",
             serde_json::json!({
-                "model": step.model, "batch": step.batch, "task": step.task.name(),
-                "device": device.name(), "tensors": devs.len(), "mismatched": bad.len(),
+                "model": model_path.display().to_string(), "batch": step.batch,
+                "task": step.task.name(), "device": device.name(), "tensors": devs.len(), "mismatched": bad.len(),
                 "max_abs": worst(|d| d.max_abs), "max_rel_l2": worst(|d| d.rel_l2),
                 "cpu_s": cpu_s, "device_s": dev_s,
                 "first_mismatch": bad.first().map(|d| d.name.clone()),
@@ -1190,7 +1190,7 @@ fn parity(
     } else {
         println!(
             "{} ({}, batch {}) on {} vs cpu: {} tensors, max |diff| {:.3e}, max relative L2 {:.3e}, {} mismatched; step {:.2} ms vs {:.2} ms",
-            step.model,
+            model_path.display(),
             step.task.name(),
             step.batch,
             device.name(),
