@@ -52,25 +52,6 @@ fn binary_code(op: &Op) -> Option<i32> {
     })
 }
 
-pub(super) fn handles(op: &Op) -> bool {
-    unary_code(op).is_some()
-        || grad_code(op).is_some()
-        || binary_code(op).is_some()
-        || matches!(
-            op,
-            Op::Identity
-                | Op::Reshape { .. }
-                | Op::Flatten { .. }
-                | Op::Squeeze { .. }
-                | Op::Unsqueeze { .. }
-                | Op::Dropout { .. }
-                | Op::DropoutTrain { .. }
-                | Op::DropoutGrad { .. }
-                | Op::Sum
-                | Op::PowGrad
-        )
-}
-
 pub(super) fn launch(dev: &dyn Device, c: &DevCall) -> OpResult {
     let op = c.op;
     let n = count(c.out_shape(0));

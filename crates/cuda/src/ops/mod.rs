@@ -161,7 +161,39 @@ pub fn launch_op(dev: &dyn Device, c: &DevCall) -> OpResult {
         Op::MaxPool(_) | Op::AveragePool(_) | Op::MaxPoolGrad(_) | Op::AveragePoolGrad { .. } => {
             pool::launch(dev, c)
         }
-        op if elementwise::handles(op) => elementwise::launch(dev, c),
-        op => Err(format!("{} has no CUDA kernel yet", op.name()).into()),
+        // No wildcard: a new op does not compile until it has a CUDA route.
+        Op::Identity
+        | Op::Reshape { .. }
+        | Op::Flatten { .. }
+        | Op::Squeeze { .. }
+        | Op::Unsqueeze { .. }
+        | Op::Dropout { .. }
+        | Op::DropoutTrain { .. }
+        | Op::DropoutGrad { .. }
+        | Op::Relu
+        | Op::LeakyRelu { .. }
+        | Op::Sigmoid
+        | Op::Tanh
+        | Op::Erf
+        | Op::Gelu { .. }
+        | Op::Sqrt
+        | Op::Clip(_)
+        | Op::Neg
+        | Op::Scale { .. }
+        | Op::Add
+        | Op::Sub
+        | Op::Mul
+        | Op::Div
+        | Op::Pow
+        | Op::Sum
+        | Op::PowGrad
+        | Op::ReluGrad
+        | Op::LeakyReluGrad { .. }
+        | Op::SigmoidGrad
+        | Op::TanhGrad
+        | Op::SqrtGrad
+        | Op::ErfGrad
+        | Op::GeluGrad { .. }
+        | Op::ClipGrad(_) => elementwise::launch(dev, c),
     }
 }
