@@ -17,10 +17,19 @@ fn err(call: &str, e: impl std::fmt::Debug) -> CudaError {
     }
 }
 
+/// cuBLAS's recommended workspace on Hopper (32 MiB; 4 MiB on earlier GPUs), allocated
+/// with the handle: beside the context, the one device memory outside the plan.
+pub const CUBLAS_WORKSPACE: usize = 32 << 20;
+
 /// One GPU: its primary context, one stream, every kernel of `kernels/` loaded, and a
 /// cuBLAS handle on the stream.
 pub struct Gpu {
+    dev: sys::CUdevice,
     ctx: sys::CUcontext,
+    modules: Vec<sys::CUmodule>,
+    /// cuBLAS's own workspace, for GEMMs whose planned workspace is below
+    /// [`CUBLAS_WORKSPACE`] (most: the plan sizes GEMM scratch for the CPU's packing).
+    blas_ws: DevPtr,
     stream: sys::CUstream,
     functions: HashMap<String, sys::CUfunction>,
     blas: blas_sys::cublasHandle_t,
@@ -51,6 +60,19 @@ impl Gpu {
             return Err(CudaError::NoDriver);
         }
         drv::init().map_err(|e| CudaError::NoDevice(format!("cuInit: {e:?}")))?;
+        let mut version = 0;
+        // SAFETY: the driver is initialised; writes one int.
+        unsafe { sys::cuDriverGetVersion(&mut version) }
+            .result()
+            .map_err(|e| err("cuDriverGetVersion", e))?;
+        let (nv_major, _) = nvrtc::version()?;
+        if version / 1000 < nv_major {
+            return Err(CudaError::NoDevice(format!(
+                "the CUDA driver supports CUDA {}.{}, but the kernels are compiled by NVRTC {nv_major} (a CUDA {nv_major} driver is needed)",
+                version / 1000,
+                (version % 1000) / 10
+            )));
+        }
         let count = drv::device::get_count().map_err(|e| err("cuDeviceGetCount", e))?;
         if ordinal >= count.max(0) as usize {
             return Err(CudaError::NoDevice(format!(
@@ -83,11 +105,13 @@ impl Gpu {
         let stream = drv::stream::create(drv::stream::StreamKind::NonBlocking)
             .map_err(|e| err("cuStreamCreate", e))?;
         let mut functions = HashMap::new();
+        let mut modules = Vec::new();
         for (file, cubin) in nvrtc::cubins(&arch)? {
             // SAFETY: a CUBIN NVRTC made for this architecture; modules live as long as the
             // context.
             let module = unsafe { drv::module::load_data(cubin.as_ptr().cast()) }
                 .map_err(|e| err(&format!("cuModuleLoadData({file})"), e))?;
+            modules.push(module);
             let src = crate::source::FILES
                 .iter()
                 .find(|(f, _)| *f == file)
@@ -111,8 +135,14 @@ impl Gpu {
         let handle = blas::create_handle().map_err(|e| err("cublasCreate", e))?;
         // SAFETY: a created handle and stream.
         unsafe { blas::set_stream(handle, stream as _) }.map_err(|e| err("cublasSetStream", e))?;
+        // SAFETY: a plain allocation in the current context, freed in Drop.
+        let blas_ws = unsafe { drv::malloc_sync(CUBLAS_WORKSPACE) }
+            .map_err(|e| err("cuMemAlloc (cuBLAS workspace)", e))?;
         Ok(Gpu {
+            dev,
             ctx,
+            modules,
+            blas_ws,
             stream,
             functions,
             blas: handle,
@@ -135,12 +165,17 @@ impl Gpu {
 
 impl Drop for Gpu {
     fn drop(&mut self) {
-        // SAFETY: created in `new`, destroyed once.
+        // SAFETY: created in `new`, destroyed once, after the stream drains.
         unsafe {
             let _ = self.bind();
             let _ = drv::stream::synchronize(self.stream);
             let _ = blas::destroy_handle(self.blas);
+            let _ = drv::free_sync(self.blas_ws);
             let _ = drv::stream::destroy(self.stream);
+            for &m in &self.modules {
+                let _ = drv::module::unload(m);
+            }
+            let _ = drv::primary_ctx::release(self.dev);
         }
     }
 }
@@ -155,8 +190,15 @@ impl Device for Gpu {
         // SAFETY: a plain allocation in the current context.
         match unsafe { drv::malloc_sync(bytes) } {
             Ok(p) => {
+                // Zeroed on the work stream (the legacy default stream does not order with a
+                // non-blocking one), and waited for.
                 // SAFETY: `p` holds `bytes` bytes.
-                unsafe { drv::memset_d8_sync(p, 0, bytes) }.map_err(|e| err("cuMemsetD8", e))?;
+                unsafe {
+                    drv::memset_d8_async(p, 0, bytes, self.stream)
+                        .map_err(|e| err("cuMemsetD8Async", e))?;
+                    drv::stream::synchronize(self.stream)
+                        .map_err(|e| err("cuStreamSynchronize", e))?;
+                }
                 Ok(p)
             }
             Err(e) if e.0 == sys::cudaError_enum::CUDA_ERROR_OUT_OF_MEMORY => {
@@ -285,14 +327,14 @@ impl Device for Gpu {
                 int(g.k, "k")?,
                 &g.alpha,
                 g.b as *const f32,
-                int(g.ldb, "ldb")?,
+                int(g.ldb.max(1), "ldb")?,
                 g.stride_b as i64,
                 g.a as *const f32,
-                int(g.lda, "lda")?,
+                int(g.lda.max(1), "lda")?,
                 g.stride_a as i64,
                 &g.beta,
                 g.c as *mut f32,
-                int(g.ldc, "ldc")?,
+                int(g.ldc.max(1), "ldc")?,
                 g.stride_c as i64,
                 int(g.batch, "batch")?,
             )

@@ -89,6 +89,9 @@ fn drv(call: &str, e: impl std::fmt::Debug) -> CudaError {
     }
 }
 
+/// Names the compile options in the cache key (change it with the options).
+const OPTIONS_TAG: &str = "std17-nofma";
+
 /// One kernel's resources, as ptxas reports them.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct KernelStats {
@@ -155,6 +158,8 @@ pub fn compile(file: &str, src: &str, arch: &str) -> Result<Compiled, CudaError>
         "--ptxas-options=-v".into(),
         "--std=c++17".into(),
         "-default-device".into(),
+        // No multiply-add contraction: results round as the CPU executor's do.
+        "--fmad=false".into(),
     ]
     .into_iter()
     .map(|o| CString::new(o).expect("options have no NUL"))
@@ -247,7 +252,7 @@ pub fn cubins(arch: &str) -> Result<Vec<(String, Vec<u8>)>, CudaError> {
     let (maj, min) = version()?;
     let dir = cache_dir().map(|d| {
         d.join("kernels").join(format!(
-            "{:016x}-{arch}-nvrtc{maj}.{min}",
+            "{:016x}-{arch}-nvrtc{maj}.{min}-{OPTIONS_TAG}",
             source::sources_hash()
         ))
     });
