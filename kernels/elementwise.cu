@@ -112,3 +112,75 @@ extern "C" __global__ void lm_dropout(const float* x, float* y, i64 n, float rat
     u64 s = (u64)step[0];
     LM_FOR(i, n) y[i] = lm_dropout_keep(seed, s, (u64)i, ratio) ? x[i] * scale : 0.0f;
 }
+
+// IEEE float <-> half and bfloat16, round to nearest even, bit for bit as the `half` crate
+// (the CPU executor) converts: NaN payloads keep their high bits with the quiet bit set.
+__device__ __forceinline__ unsigned short lm_f32_to_f16(float f) {
+    unsigned x = (unsigned)__float_as_int(f);
+    unsigned sign = x & 0x80000000u, exp = x & 0x7F800000u, man = x & 0x007FFFFFu;
+    unsigned hs = sign >> 16;
+    if (exp == 0x7F800000u) return (unsigned short)(hs | 0x7C00u | (man ? 0x0200u : 0u) | (man >> 13));
+    int he = (int)(exp >> 23) - 127 + 15;
+    if (he >= 0x1F) return (unsigned short)(hs | 0x7C00u);
+    if (he <= 0) {
+        if (14 - he > 24) return (unsigned short)hs;
+        unsigned m = man | 0x00800000u;
+        unsigned hm = m >> (14 - he);
+        unsigned rb = 1u << (13 - he);
+        if ((m & rb) != 0u && (m & (3u * rb - 1u)) != 0u) hm += 1u;
+        return (unsigned short)(hs | hm);
+    }
+    unsigned h = hs | ((unsigned)he << 10) | (man >> 13);
+    unsigned rb = 0x00001000u;
+    if ((man & rb) != 0u && (man & (3u * rb - 1u)) != 0u) h += 1u;
+    return (unsigned short)h;
+}
+
+__device__ __forceinline__ float lm_f16_to_f32(unsigned short h) {
+    unsigned i = h;
+    if ((i & 0x7FFFu) == 0u) return __int_as_float((int)(i << 16));
+    unsigned hs = i & 0x8000u, he = i & 0x7C00u, hm = i & 0x03FFu;
+    unsigned sign = hs << 16;
+    if (he == 0x7C00u) {
+        if (hm == 0u) return __int_as_float((int)(sign | 0x7F800000u));
+        return __int_as_float((int)(sign | 0x7FC00000u | (hm << 13)));
+    }
+    if (he == 0u) {
+        // Subnormal: normalise (e = leading zeros of the 16-bit mantissa, minus 6).
+        int e = 0;
+        while ((hm & (0x8000u >> e)) == 0u) ++e;
+        e -= 6;
+        unsigned exp = (unsigned)(127 - 15 - e) << 23;
+        unsigned m = (hm << (14 + e)) & 0x007FFFFFu;
+        return __int_as_float((int)(sign | exp | m));
+    }
+    unsigned exp = (unsigned)(((int)(he >> 10) - 15) + 127) << 23;
+    return __int_as_float((int)(sign | exp | (hm << 13)));
+}
+
+__device__ __forceinline__ unsigned short lm_f32_to_bf16(float f) {
+    unsigned x = (unsigned)__float_as_int(f);
+    if ((x & 0x7FFFFFFFu) > 0x7F800000u) return (unsigned short)((x >> 16) | 0x0040u);
+    unsigned rb = 0x00008000u;
+    if ((x & rb) != 0u && (x & (3u * rb - 1u)) != 0u) return (unsigned short)((x >> 16) + 1u);
+    return (unsigned short)(x >> 16);
+}
+
+__device__ __forceinline__ float lm_bf16_to_f32(unsigned short b) {
+    unsigned i = b;
+    if ((i & 0x7FFFu) > 0x7F80u) i |= 0x0040u;
+    return __int_as_float((int)(i << 16));
+}
+
+// dst = src converted; `from`/`to`: 0 f32, 1 f16, 2 bf16.
+extern "C" __global__ void lm_cast(const void* src, void* dst, i64 n, int from, int to) {
+    LM_FOR(i, n) {
+        float x;
+        if (from == 0) x = ((const float*)src)[i];
+        else if (from == 1) x = lm_f16_to_f32(((const unsigned short*)src)[i]);
+        else x = lm_bf16_to_f32(((const unsigned short*)src)[i]);
+        if (to == 0) ((float*)dst)[i] = x;
+        else if (to == 1) ((unsigned short*)dst)[i] = lm_f32_to_f16(x);
+        else ((unsigned short*)dst)[i] = lm_f32_to_bf16(x);
+    }
+}

@@ -195,6 +195,9 @@ enum Cmd {
         /// Memory budget of the whole step (planned peak): bytes, or e.g. 512MiB, 4GiB, 2GB.
         #[arg(long, value_name = "BYTES")]
         budget: Option<String>,
+        /// Keep the activations saved for the backward pass in 16 bits.
+        #[arg(long, value_enum, value_name = "DTYPE")]
+        store: Option<StoreArg>,
     },
     /// Peak memory against recomputation overhead for every checkpointing scheme on a
     /// training step: a table, the budget where each scheme first fits 50% and 25% of the
@@ -219,6 +222,9 @@ enum Cmd {
         /// Write an HTML page with the frontier as SVG.
         #[arg(long, value_name = "FILE")]
         html: Option<PathBuf>,
+        /// Keep the activations saved for the backward pass in 16 bits.
+        #[arg(long, value_enum, value_name = "DTYPE")]
+        store: Option<StoreArg>,
     },
     /// Run a step on --device and on the CPU executor with the same random inputs, and
     /// compare: outputs element by element (--rtol, --atol); with --grad the gradient step
@@ -268,11 +274,33 @@ struct RematOpts {
     /// Memory budget of the whole step (planned peak): bytes, or e.g. 512MiB, 4GiB, 2GB.
     #[arg(long, value_name = "BYTES")]
     budget: Option<String>,
+    /// Keep the activations saved for the backward pass in 16 bits (compute stays f32).
+    #[arg(long, value_enum, value_name = "DTYPE")]
+    store: Option<StoreArg>,
+}
+
+/// A 16-bit storage type.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum StoreArg {
+    F16,
+    Bf16,
+}
+
+impl StoreArg {
+    fn dtype(self) -> DType {
+        match self {
+            StoreArg::F16 => DType::F16,
+            StoreArg::Bf16 => DType::BF16,
+        }
+    }
 }
 
 impl RematOpts {
     fn given(&self) -> bool {
-        self.remat.is_some() || self.budget.is_some()
+        self.remat.is_some() || self.budget.is_some() || self.store.is_some()
+    }
+    fn store(&self) -> Option<DType> {
+        self.store.map(StoreArg::dtype)
     }
     fn scheme(&self) -> Option<lowmem::remat::Scheme> {
         self.remat.map(RematArg::scheme)
@@ -535,6 +563,7 @@ fn grad(model_path: &std::path::Path, a: GradArgs) -> Result<(), Error> {
     });
     opts.remat = remat.scheme();
     opts.budget = remat.budget()?;
+    opts.store = remat.store();
     let step = compile(&g, &opts)?;
     let mut ex = lowmem::device::executor(&step, device)?;
     let mut labels = labels_file.map(|t| t.data);
@@ -677,6 +706,7 @@ fn train_cmd(model_path: &std::path::Path, a: TrainArgs) -> Result<(), Error> {
         opts.batch = Some(batch);
         opts.remat = a.remat.scheme();
         opts.budget = a.remat.budget()?;
+        opts.store = a.remat.store();
         opts.plan.search_time = std::time::Duration::ZERO;
         compile(&g, &opts)?
     };
@@ -867,6 +897,8 @@ fn run(cli: Cli) -> Result<(), Error> {
             });
             opts.remat = remat.scheme();
             opts.budget = remat.budget()?;
+            opts.store = remat.store();
+            opts.store = remat.store();
             opts.plan.search_time = std::time::Duration::ZERO;
             if remat.given() && !train {
                 return Err(Error::Usage(
@@ -979,6 +1011,8 @@ fn run(cli: Cli) -> Result<(), Error> {
             opts.batch = batch;
             opts.remat = remat.scheme();
             opts.budget = remat.budget()?;
+            opts.store = remat.store();
+            opts.store = remat.store();
             let step = compile(&g, &opts)?;
             lowmem::compile::lmc::write(&step, &out).map_err(|source| Error::Io {
                 path: out.display().to_string(),
@@ -1040,6 +1074,7 @@ fn run(cli: Cli) -> Result<(), Error> {
             search_ms,
             remat,
             budget,
+            store,
         } => {
             let budget = budget
                 .as_deref()
@@ -1054,6 +1089,7 @@ fn run(cli: Cli) -> Result<(), Error> {
                 search: std::time::Duration::from_millis(search_ms),
                 remat: remat.map(RematArg::scheme),
                 budget,
+                store: store.map(StoreArg::dtype),
             };
             lowmem::planning::plan_cmd(&model, &opts, json.as_deref(), html.as_deref(), verify)
         }
@@ -1066,6 +1102,7 @@ fn run(cli: Cli) -> Result<(), Error> {
             levels,
             json,
             html,
+            store,
         } => {
             let req = lowmem::planning::PlanRequest {
                 train: true,
@@ -1076,6 +1113,7 @@ fn run(cli: Cli) -> Result<(), Error> {
                 search: std::time::Duration::ZERO,
                 remat: None,
                 budget: None,
+                store: store.map(StoreArg::dtype),
             };
             lowmem::planning::frontier_cmd(&model, &req, levels, json.as_deref(), html.as_deref())
         }

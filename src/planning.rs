@@ -24,6 +24,8 @@ pub struct PlanRequest {
     pub remat: Option<Scheme>,
     /// Budget of the planned peak in bytes (training only).
     pub budget: Option<u64>,
+    /// `--store f16|bf16`: saved activations in 16 bits.
+    pub store: Option<lowmem_ir::DType>,
 }
 
 impl PlanRequest {
@@ -42,6 +44,7 @@ impl PlanRequest {
             batch: self.batch,
             remat: self.remat,
             budget: self.budget,
+            store: self.store,
             plan: plan_options(self),
         }
     }
@@ -60,6 +63,11 @@ pub fn compile_model(model: &Path, req: &PlanRequest) -> Result<CompiledStep, Er
     if (req.remat.is_some() || req.budget.is_some()) && !req.train {
         return Err(Error::Usage(
             "--remat and --budget apply to a training step: add --train".into(),
+        ));
+    }
+    if req.store.is_some() && !req.train {
+        return Err(Error::Usage(
+            "--store applies to a training step: add --train".into(),
         ));
     }
     let g = model::load(model, None)?;
@@ -124,6 +132,7 @@ pub fn report_step(
         batch,
         train,
         remat: remat.as_ref(),
+        rewrites: &step.rewrites,
     };
     println!(
         "{} ({}, batch {batch}): {} steps, {} tensors",
@@ -156,6 +165,17 @@ pub fn report_step(
         println!(
             "    {h:<44} {:.4}",
             *b as f64 / p.lower_bound_bytes.max(1) as f64
+        );
+    }
+    if !step.rewrites.is_empty() {
+        let saved: u64 = step.rewrites.iter().map(|r| r.bytes_saved).sum();
+        let mut kinds: Vec<&str> = step.rewrites.iter().map(|r| r.kind.as_str()).collect();
+        kinds.dedup();
+        println!(
+            "  rewrites     {} sites ({}), {} of saved tensors fewer",
+            step.rewrites.len(),
+            kinds.join(", "),
+            human_bytes(saved)
         );
     }
     if let Some(r) = &remat {

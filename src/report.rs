@@ -21,6 +21,8 @@ pub struct PlanMeta<'a> {
     pub train: bool,
     /// The checkpointing applied, when `--remat` or `--budget` was given.
     pub remat: Option<&'a RematInfo>,
+    /// The rewrite sites applied (`--store`, ...).
+    pub rewrites: &'a [lowmem_compile::RewriteSite],
 }
 
 /// What checkpointing did to a planned training step (plan JSON fields).
@@ -88,6 +90,9 @@ pub fn plan_json(g: &Graph, p: &MemoryPlan, meta: &PlanMeta) -> Value {
         "order": p.order_kind,
         "heuristics": p.heuristics.iter().map(|(h, b)| json!({"planner": h, "arena_bytes": b})).collect::<Vec<_>>(),
     });
+    if let Some(obj) = v.as_object_mut() {
+        obj.insert("rewrites".into(), json!(meta.rewrites));
+    }
     if let (Some(r), Some(obj)) = (meta.remat, v.as_object_mut()) {
         for (k, val) in [
             ("remat", json!(r.scheme)),

@@ -24,6 +24,7 @@ fn request() -> PlanRequest {
         search: Duration::from_millis(50),
         remat: None,
         budget: None,
+        store: None,
     }
 }
 

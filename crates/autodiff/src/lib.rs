@@ -9,6 +9,9 @@
 
 mod builder;
 mod rules;
+mod store;
+
+pub use store::StoreSite;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -82,6 +85,9 @@ pub enum AutodiffError {
     NotAWeight(String),
     #[error(transparent)]
     Ir(#[from] IrError),
+    /// An option the rewrite cannot apply.
+    #[error("{0}")]
+    Options(String),
 }
 
 /// Forward, loss and backward of a graph.
@@ -146,6 +152,33 @@ pub struct TrainingGraph {
     pub backward_start: usize,
     /// As [`GradGraph::backward_of`].
     pub backward_of: Vec<Option<NodeId>>,
+}
+
+impl GradGraph {
+    /// Keeps the f32 activations the backward pass reads in `to` (f16 or bf16) between
+    /// their forward and backward use ([`store`]).
+    pub fn store_saved(&mut self, to: DType) -> Result<Vec<StoreSite>, AutodiffError> {
+        store::store_saved(
+            &mut self.graph,
+            &mut self.saved,
+            &mut self.backward_start,
+            &mut self.backward_of,
+            to,
+        )
+    }
+}
+
+impl TrainingGraph {
+    /// [`GradGraph::store_saved`] for a training step.
+    pub fn store_saved(&mut self, to: DType) -> Result<Vec<StoreSite>, AutodiffError> {
+        store::store_saved(
+            &mut self.graph,
+            &mut self.saved,
+            &mut self.backward_start,
+            &mut self.backward_of,
+            to,
+        )
+    }
 }
 
 /// Gradients of `loss(output)` with respect to the weights `wrt` of `forward`.

@@ -88,6 +88,11 @@ pub(crate) fn gradient(
     match &node.op {
         Op::Identity | Op::Dropout { .. } => out[0] = Some(dy),
         Op::Neg => out[0] = Some(b.emit1(h, Op::Neg, &[dy])?),
+        // The gradient flows back in the input's type.
+        Op::Cast { .. } => {
+            let to = b.g.tensor(node.inputs[0]).dtype;
+            out[0] = Some(b.emit1(h, Op::Cast { to }, &[dy])?)
+        }
         Op::Scale { alpha } => out[0] = Some(b.emit1(h, Op::Scale { alpha: *alpha }, &[dy])?),
         Op::Relu => out[0] = Some(b.emit1(h, Op::ReluGrad, &[dy, y])?),
         Op::Sigmoid => out[0] = Some(b.emit1(h, Op::SigmoidGrad, &[dy, y])?),

@@ -74,6 +74,9 @@ pub struct CompileOptions {
     pub remat: Option<Scheme>,
     /// Budget of the planned peak (persistent block + arena), in bytes (training only).
     pub budget: Option<u64>,
+    /// Keep the activations saved for the backward pass in this 16-bit type (f16 or bf16;
+    /// training and gradient steps).
+    pub store: Option<lowmem_ir::DType>,
     pub plan: PlanOptions,
 }
 
@@ -84,7 +87,32 @@ impl CompileOptions {
             batch: None,
             remat: None,
             budget: None,
+            store: None,
             plan: PlanOptions::default(),
+        }
+    }
+}
+
+/// One place a rewrite changed the step, and what it saved.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RewriteSite {
+    /// "store-f16", "store-bf16", ...
+    pub kind: String,
+    /// The node the rewrite applies at.
+    pub node: String,
+    pub tensor: String,
+    /// Bytes of the tensor no longer held (before planning: the plan's peak shows the net
+    /// effect).
+    pub bytes_saved: u64,
+}
+
+impl RewriteSite {
+    fn stored(s: lowmem_autodiff::StoreSite) -> RewriteSite {
+        RewriteSite {
+            kind: format!("store-{}", s.dtype),
+            node: s.node,
+            tensor: s.tensor,
+            bytes_saved: s.bytes_saved,
         }
     }
 }
@@ -168,6 +196,8 @@ pub struct CompiledStep {
     pub forward: Graph,
     pub budget: Option<u64>,
     pub remat: Option<RematRecord>,
+    /// Every rewrite site applied (`--store`, ...), in graph order.
+    pub rewrites: Vec<RewriteSite>,
     pub costs: Costs,
     /// Time spent planning (model loading and graph building excluded).
     pub planning_time: Duration,
@@ -282,6 +312,11 @@ pub fn compile(model: &Graph, opts: &CompileOptions) -> Result<CompiledStep, Com
             "--remat and --budget apply to a training or gradient step".into(),
         ));
     }
+    if opts.store.is_some() && opts.task == Task::Inference {
+        return Err(CompileError::Options(
+            "--store applies to a training or gradient step (it stores what the backward pass reads)".into(),
+        ));
+    }
     let data_role = |g: &Graph, i: TensorId| {
         forward
             .inputs
@@ -312,6 +347,7 @@ pub fn compile(model: &Graph, opts: &CompileOptions) -> Result<CompiledStep, Com
                 forward,
                 budget: None,
                 remat: None,
+                rewrites: Vec::new(),
                 planning_time,
             })
         }
@@ -323,7 +359,15 @@ pub fn compile(model: &Graph, opts: &CompileOptions) -> Result<CompiledStep, Com
                     "the model has no trainable weights".into(),
                 ));
             }
-            let gg = gradients(&forward, out, *loss, &wrt, Mode::Inference)?;
+            let mut gg = gradients(&forward, out, *loss, &wrt, Mode::Inference)?;
+            let rewrites: Vec<RewriteSite> = match opts.store {
+                Some(d) => gg
+                    .store_saved(d)?
+                    .into_iter()
+                    .map(RewriteSite::stored)
+                    .collect(),
+                None => Vec::new(),
+            };
             let inputs = gg
                 .graph
                 .inputs
@@ -386,13 +430,22 @@ pub fn compile(model: &Graph, opts: &CompileOptions) -> Result<CompiledStep, Com
                 forward,
                 budget: opts.budget,
                 remat,
+                rewrites,
                 costs,
                 planning_time,
             })
         }
         Task::Training { loss, optimizer } => {
             let out = output_of(&forward, None)?;
-            let tg = training_step(&forward, out, *loss, optimizer)?;
+            let mut tg = training_step(&forward, out, *loss, optimizer)?;
+            let rewrites: Vec<RewriteSite> = match opts.store {
+                Some(d) => tg
+                    .store_saved(d)?
+                    .into_iter()
+                    .map(RewriteSite::stored)
+                    .collect(),
+                None => Vec::new(),
+            };
             let t = Instant::now();
             let step = Step::new(&tg, opts.plan.clone())?;
             let o = if remat_asked {
@@ -451,6 +504,7 @@ pub fn compile(model: &Graph, opts: &CompileOptions) -> Result<CompiledStep, Com
                 forward,
                 budget: opts.budget,
                 remat,
+                rewrites,
                 costs,
                 planning_time,
             })

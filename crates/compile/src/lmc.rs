@@ -253,6 +253,7 @@ pub fn to_bytes(step: &CompiledStep) -> Vec<u8> {
             "scheme": r.scheme, "detail": r.detail, "stages": r.stages,
             "checkpoints": r.checkpoints, "recomputed_nodes": r.recomputed_nodes,
         })),
+        "rewrites": step.rewrites,
         "costs": {
             "forward_flops": step.costs.forward_flops,
             "backward_flops": step.costs.backward_flops,
@@ -740,6 +741,11 @@ pub fn from_bytes(bytes: &[u8]) -> Result<CompiledStep, CompileError> {
         forward,
         budget: root.opt("budget").map(|b| b.u64()).transpose()?,
         remat,
+        rewrites: root
+            .opt("rewrites")
+            .map(|r| r.parse())
+            .transpose()?
+            .unwrap_or_default(),
         costs: Costs {
             forward_flops: c.get("forward_flops")?.u64()?,
             backward_flops: c.get("backward_flops")?.u64()?,

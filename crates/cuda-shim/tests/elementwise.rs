@@ -209,3 +209,94 @@ fn reshapes_and_inference_dropout_copy() {
         0.0,
     );
 }
+
+/// f32 <-> f16/bf16 conversions are bit for bit the CPU's (the `half` crate's): rounding
+/// ties to even, subnormals, overflow to infinity, NaN payloads.
+#[test]
+fn casts_convert_bit_for_bit() {
+    use lowmem_ir::DType;
+    let mut v: Vec<f32> = vec![
+        0.0,
+        -0.0,
+        1.0,
+        -1.0,
+        65504.0,
+        65520.0,
+        1e6,
+        -1e6,
+        6.1e-5,
+        5.96e-8,
+        2.98e-8,
+        1e-10,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        f32::NAN,
+        f32::from_bits(0x7F80_0001),
+        f32::from_bits(0xFFC1_2345),
+        f32::from_bits(0x3F80_2000),
+        f32::from_bits(0x3F80_1000),
+        f32::from_bits(0x3F80_1800),
+        f32::from_bits(0x3F80_8000),
+        f32::from_bits(0x3F81_8000),
+        f32::from_bits(0x3F80_8001),
+        f32::MIN_POSITIVE,
+        f32::MAX,
+        3.0e38,
+    ];
+    let mut rng = Rng::new(1);
+    v.extend((0..5000).map(|_| f32::from_bits(rng.next_u64() as u32)));
+    v.extend(rng.vec_in(3000, -70000.0, 70000.0));
+    v.extend(rng.vec_in(3000, -1e-4, 1e-4));
+    let n = v.len();
+    for to in [DType::F16, DType::BF16] {
+        let (g, vals) = one_node(
+            Op::Cast { to },
+            &[In::Data(vec![n], TensorData::F32(v.clone()))],
+            1,
+            &mut rng,
+        );
+        let (want, got) = run_both(&inference(&g), &vals);
+        let bits = |d: &TensorData| -> Vec<u16> {
+            match d {
+                TensorData::F16(x) => x.iter().map(|h| h.to_bits()).collect(),
+                TensorData::BF16(x) => x.iter().map(|h| h.to_bits()).collect(),
+                _ => panic!("not 16-bit"),
+            }
+        };
+        let (w, gt) = (bits(&want[0]), bits(&got[0]));
+        for i in 0..n {
+            assert_eq!(
+                w[i],
+                gt[i],
+                "{to}: {} ({:#010x}): CPU {:#06x}, CUDA kernel {:#06x}",
+                v[i],
+                v[i].to_bits(),
+                w[i],
+                gt[i]
+            );
+        }
+        // And back: every 16-bit pattern widens as on the CPU.
+        let all: Vec<u16> = (0..=u16::MAX).collect();
+        let half = match to {
+            DType::F16 => TensorData::F16(all.iter().map(|&b| half::f16::from_bits(b)).collect()),
+            _ => TensorData::BF16(all.iter().map(|&b| half::bf16::from_bits(b)).collect()),
+        };
+        let (g, vals) = one_node(
+            Op::Cast { to: DType::F32 },
+            &[In::Data(vec![all.len()], half)],
+            1,
+            &mut rng,
+        );
+        let (want, got) = run_both(&inference(&g), &vals);
+        let (TensorData::F32(w), TensorData::F32(gt)) = (&want[0], &got[0]) else {
+            panic!()
+        };
+        for (i, (a, b)) in w.iter().zip(gt).enumerate() {
+            assert_eq!(
+                a.to_bits(),
+                b.to_bits(),
+                "{to} {i:#06x} to f32: CPU {a}, CUDA kernel {b}"
+            );
+        }
+    }
+}

@@ -91,22 +91,47 @@ fn train_both(step: &CompiledStep, steps: u64, rtol: f32) {
         .enumerate()
     {
         let name = &step.graph.tensor(step.state[i].input).name;
-        assert_close(
-            &format!("{}: state {name}", step.model),
-            a,
-            &b,
-            20.0 * rtol,
-            1e-4,
-        );
+        if step.rewrites.is_empty() {
+            assert_close(
+                &format!("{}: state {name}", step.model),
+                a,
+                &b,
+                20.0 * rtol,
+                1e-4,
+            );
+        } else {
+            // 16-bit storage: elements may land on neighbouring 16-bit values; the tensor
+            // as a whole stays close.
+            let (a, b) = (a.to_f64(), b.to_f64());
+            let num: f64 = a.iter().zip(&b).map(|(x, y)| (x - y) * (x - y)).sum();
+            let den: f64 = a.iter().map(|x| x * x).sum();
+            let rel = (num / den.max(1e-30)).sqrt();
+            assert!(
+                rel <= 1e-2,
+                "{}: state {name}: relative L2 error {rel:.2e}",
+                step.model
+            );
+        }
     }
     assert!(shim.launches() > 0);
 }
 
 fn compiled(name: &str, task: Task, batch: usize, remat: Option<Scheme>) -> CompiledStep {
+    compiled_store(name, task, batch, remat, None)
+}
+
+fn compiled_store(
+    name: &str,
+    task: Task,
+    batch: usize,
+    remat: Option<Scheme>,
+    store: Option<lowmem_ir::DType>,
+) -> CompiledStep {
     let g = load_example(name);
     let mut o = CompileOptions::new(task);
     o.batch = Some(batch);
     o.remat = remat;
+    o.store = store;
     compile(&g, &o).unwrap_or_else(|e| panic!("{name}: {e}"))
 }
 
@@ -119,6 +144,22 @@ fn example_models_train_like_the_cpu() {
         let second = if name == "tiny_cnn" { sgd() } else { adam() };
         for (task, remat) in [(sgd(), None), (second, Some(Scheme::Sqrt))] {
             train_both(&compiled(name, task, 8, remat), 5, 1e-4);
+        }
+    }
+}
+
+/// `--store`: the 16-bit casts of saved activations run on the device as on the CPU. A
+/// value that the two backends' GEMMs sum in different orders can round to neighbouring
+/// 16-bit values (2^-8 apart in bf16), so the tolerance is wider than for f32 steps.
+#[test]
+fn stored_activation_steps_train_like_the_cpu() {
+    for name in ["digits_cnn", "digits_dropout", "tiny_cnn"] {
+        for to in [lowmem_ir::DType::BF16, lowmem_ir::DType::F16] {
+            train_both(
+                &compiled_store(name, sgd(), 8, Some(Scheme::Sqrt), Some(to)),
+                3,
+                5e-4,
+            );
         }
     }
 }

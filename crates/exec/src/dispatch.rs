@@ -252,6 +252,23 @@ pub(crate) fn exec_op(c: &OpCall, outs: &mut [&mut [u8]], ws: &mut [f32]) -> Res
                 mask.fill(1);
             }
         }
+        Op::Cast { .. } => {
+            let float = |d: DType| match d {
+                DType::F32 => Ok(kernels::Float::F32),
+                DType::F16 => Ok(kernels::Float::F16),
+                DType::BF16 => Ok(kernels::Float::BF16),
+                d => Err(format!("Cast of {d}: only f32, f16 and bf16 convert")),
+            };
+            let (from, to) = (float(c.in_dtypes[0])?, float(c.out_dtypes[0])?);
+            let src = c.raw(0)?;
+            let dst = outs.first_mut().ok_or("the node has no output")?;
+            if dst.len() / (if to == kernels::Float::F32 { 4 } else { 2 })
+                != src.len() / (if from == kernels::Float::F32 { 4 } else { 2 })
+            {
+                return Err("Cast: input and output hold different element counts".into());
+            }
+            kernels::cast(src, from, dst, to);
+        }
         Op::Neg => c.unary(Unary::Neg, outs)?,
         Op::Scale { alpha } => c.unary(Unary::Scale(*alpha), outs)?,
         Op::Relu => c.unary(Unary::Relu, outs)?,

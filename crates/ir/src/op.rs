@@ -439,6 +439,11 @@ pub enum Op {
         seed: u64,
     },
     Clip(ClipAttrs),
+    /// X converted to float type `to` (round to nearest even): storage in 16 bits of a
+    /// tensor that is computed and used in f32.
+    Cast {
+        to: DType,
+    },
     Identity,
     /// `-x`.
     Neg,
@@ -761,6 +766,7 @@ impl Op {
             Op::Dropout { .. } => "Dropout",
             Op::Clip(_) => "Clip",
             Op::Identity => "Identity",
+            Op::Cast { .. } => "Cast",
             Op::Neg => "Neg",
             Op::Scale { .. } => "Scale",
             Op::SumTo { .. } => "SumTo",
@@ -869,6 +875,16 @@ impl Op {
                     want_float(inputs)?;
                 }
                 one(inputs[0].0, shape(0).to_vec())
+            }
+            Op::Cast { to } => {
+                want_inputs(inputs.len(), 1, 1)?;
+                want_float(inputs)?;
+                if !matches!(to, DType::F32 | DType::F16 | DType::BF16) {
+                    return Err(format!(
+                        "casts to {to}: only f32, f16 and bf16 are supported"
+                    ));
+                }
+                one(*to, shape(0).to_vec())
             }
             _ if self.is_binary_elementwise() => {
                 want_inputs(inputs.len(), 2, 2)?;
@@ -1187,6 +1203,7 @@ impl Op {
             Op::Gelu { .. } => 8 * out,
             Op::Sum => out * (inputs.len() as u64 - 1),
             Op::ReduceMean(_) | Op::ReduceSum(_) => inp,
+            Op::Cast { .. } => out,
             Op::Reshape { .. }
             | Op::Flatten { .. }
             | Op::Transpose { .. }

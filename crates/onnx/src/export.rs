@@ -280,6 +280,11 @@ pub fn export_model(graph: &Graph) -> Result<Vec<u8>, ExportError> {
             Op::Sqrt => (simple("Sqrt"), ins, vec![]),
             Op::Neg => (simple("Neg"), ins, vec![]),
             Op::Identity => (simple("Identity"), ins, vec![]),
+            Op::Cast { to } => (
+                simple("Cast"),
+                ins,
+                vec![attr_int("to", crate::tensor::dtype_to_onnx(*to) as i64)],
+            ),
             Op::GlobalAveragePool => (simple("GlobalAveragePool"), ins, vec![]),
             Op::Gelu { approximate } => {
                 let mode = match approximate {

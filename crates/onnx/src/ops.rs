@@ -450,17 +450,26 @@ pub(crate) fn map<'a>(
             });
         }
         "Cast" => {
-            // A Cast of a constant folds; one of a computed tensor maps only when a no-op.
+            // A Cast of a constant folds; one of a computed tensor maps to Identity when a
+            // no-op, to Cast between f32, f16 and bf16.
             let x = ctx.required(0)?;
             let (from, _) = env.dtype_shape(ctx, x)?;
-            let to = ctx.int_or("to", 0)? as i32;
-            if crate::tensor::dtype_from_onnx(to) != Some(from) {
-                return Err(ctx.error(format!(
-                    "Cast of computed tensor '{x}' from {from} to {} is not supported (only casts of constants fold)",
-                    crate::tensor::onnx_dtype_name(to)
-                )));
+            let to_code = ctx.int_or("to", 0)? as i32;
+            let to = crate::tensor::dtype_from_onnx(to_code);
+            let float = |d: lowmem_ir::DType| {
+                use lowmem_ir::DType::{BF16, F16, F32};
+                matches!(d, F32 | F16 | BF16)
+            };
+            match to {
+                Some(t) if t == from => Op::Identity,
+                Some(t) if float(t) && float(from) => Op::Cast { to: t },
+                _ => {
+                    return Err(ctx.error(format!(
+                        "Cast of computed tensor '{x}' from {from} to {} is not supported (only casts of constants fold, and casts between f32, f16 and bf16)",
+                        crate::tensor::onnx_dtype_name(to_code)
+                    )));
+                }
             }
-            Op::Identity
         }
         _ => return Err(unsupported(ctx, "", ctx.opset.to_string(), "")),
     };

@@ -284,6 +284,18 @@ fn stages_inner(g: &Graph, output: TensorId, primary: Option<TensorId>) -> Vec<S
             );
         }
     }
+    // A Cast that keeps a stage's tensor in 16 bits for the backward pass (`--store`) is
+    // not needed for the output but belongs to the stage of what it stores: recomputing the
+    // stage recomputes it, and the stage's record holds the 16-bit copy.
+    let producers = g.producers();
+    for n in 0..g.nodes.len() {
+        if stage_of[n].is_none()
+            && matches!(g.nodes[n].op, lowmem_ir::Op::Cast { to } if to != lowmem_ir::DType::F32)
+        {
+            let q = g.nodes[n].inputs.first().and_then(|i| producers[i.index()]);
+            stage_of[n] = q.and_then(|q| stage_of[q.index()]);
+        }
+    }
     let mut out: Vec<Stage> = merged
         .iter()
         .map(|r| Stage {

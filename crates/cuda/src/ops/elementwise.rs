@@ -105,6 +105,23 @@ pub(super) fn launch(dev: &dyn Device, c: &DevCall) -> OpResult {
         return Ok(call(dev, "lm_binary", grid_1d(n), &args)?);
     }
     match op {
+        Op::Cast { .. } => {
+            let code = |d: DType| match d {
+                DType::F32 => Ok(0),
+                DType::F16 => Ok(1),
+                DType::BF16 => Ok(2),
+                d => Err(format!("Cast of {d}: only f32, f16 and bf16 convert")),
+            };
+            let (from, to) = (code(c.io.in_dtypes()[0])?, code(c.io.out_dtypes()[0])?);
+            let args = [
+                Arg::Ptr(c.input(0)?),
+                Arg::Ptr(c.output(0)?),
+                Arg::I64(n as i64),
+                Arg::I32(from),
+                Arg::I32(to),
+            ];
+            Ok(call(dev, "lm_cast", grid_1d(n), &args)?)
+        }
         Op::Identity
         | Op::Reshape { .. }
         | Op::Flatten { .. }

@@ -194,6 +194,7 @@ pub fn launch_op(dev: &dyn Device, c: &DevCall) -> OpResult {
         | Op::SqrtGrad
         | Op::ErfGrad
         | Op::GeluGrad { .. }
-        | Op::ClipGrad(_) => elementwise::launch(dev, c),
+        | Op::ClipGrad(_)
+        | Op::Cast { .. } => elementwise::launch(dev, c),
     }
 }

@@ -478,3 +478,36 @@ mod tests {
         assert_eq!(&p.outer[..], [2, 3]);
     }
 }
+
+/// A float storage type of [`cast`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Float {
+    F32,
+    F16,
+    BF16,
+}
+
+/// Converts `src` (elements of `from`) into `dst` (elements of `to`), rounding to nearest
+/// even; NaN stays NaN, out-of-range values become infinities (IEEE conversion, as
+/// `half` and the CUDA kernels do).
+pub fn cast(src: &[u8], from: Float, dst: &mut [u8], to: Float) {
+    use half::{bf16, f16};
+    let read = |i: usize| -> f32 {
+        match from {
+            Float::F32 => f32::from_ne_bytes(src[4 * i..4 * i + 4].try_into().unwrap()),
+            Float::F16 => f16::from_ne_bytes([src[2 * i], src[2 * i + 1]]).to_f32(),
+            Float::BF16 => bf16::from_ne_bytes([src[2 * i], src[2 * i + 1]]).to_f32(),
+        }
+    };
+    let size = |f: Float| if f == Float::F32 { 4 } else { 2 };
+    let n = src.len() / size(from);
+    assert_eq!(dst.len(), n * size(to), "cast lengths");
+    for i in 0..n {
+        let x = read(i);
+        match to {
+            Float::F32 => dst[4 * i..4 * i + 4].copy_from_slice(&x.to_ne_bytes()),
+            Float::F16 => dst[2 * i..2 * i + 2].copy_from_slice(&f16::from_f32(x).to_ne_bytes()),
+            Float::BF16 => dst[2 * i..2 * i + 2].copy_from_slice(&bf16::from_f32(x).to_ne_bytes()),
+        }
+    }
+}

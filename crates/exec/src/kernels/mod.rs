@@ -29,7 +29,9 @@ pub use conv_grad::{
     col2im, conv_backward_data, conv_backward_data_workspace_len, conv_backward_filter,
     conv_backward_filter_workspace_len,
 };
-pub use elementwise::{Binary, Unary, binary, binary_inplace, expand, sum, unary, unary_inplace};
+pub use elementwise::{
+    Binary, Float, Unary, binary, binary_inplace, cast, expand, sum, unary, unary_inplace,
+};
 pub use grad::{
     AdamParams, UnaryGrad, adam_update, dropout, dropout_inplace, mse_loss, mse_loss_grad,
     pow_grad, sgd_update, softmax_cross_entropy, softmax_cross_entropy_grad, unary_grad,
