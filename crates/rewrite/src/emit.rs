@@ -255,7 +255,7 @@ pub(crate) fn emit(
         }
         let out_names: Vec<&str> = outs.iter().map(|o| o.0.as_str()).collect();
         let ids = g
-            .add_node(&node, key.op.clone(), &inputs, &out_names)
+            .add_node(&node, (*key.op).clone(), &inputs, &out_names)
             .map_err(|e| RewriteError::Rebuild {
                 node: node.clone(),
                 op: key.op.name(),

@@ -10,6 +10,7 @@ use std::cmp::Ordering;
 use std::fmt;
 use std::hash::{Hash, Hasher};
 use std::str::FromStr;
+use std::sync::Arc;
 
 use egg::{Analysis, DidMerge, EGraph, Id, define_language};
 use lowmem_ir::{DType, Graph, Op, TensorId};
@@ -19,9 +20,12 @@ use lowmem_ir::{DType, Graph, Op, TensorId};
 /// `Op` holds `f32` attributes and so has no `Eq`, `Hash` or `Ord`; the key compares the op's
 /// `Debug` form, which prints every float in its shortest round-tripping form, so two keys are
 /// equal exactly when the ops are.
+///
+/// Shared (`Arc`) because e-nodes are cloned freely (hashcons, class node lists, rules), and
+/// an op's attributes are vectors.
 #[derive(Clone, Debug)]
 pub struct OpKey {
-    pub op: Op,
+    pub op: Arc<Op>,
     /// Outputs the node declares. Part of the identity: `Dropout` with and without its mask
     /// output are different nodes.
     pub n_out: usize,
@@ -29,7 +33,7 @@ pub struct OpKey {
     /// applications of a random or stateful op to the same inputs, so every instance gets its
     /// own key, and no rule matches it.
     pub opaque: Option<u32>,
-    repr: Box<str>,
+    repr: Arc<str>,
 }
 
 impl OpKey {
@@ -39,9 +43,9 @@ impl OpKey {
     }
 
     fn with(op: Op, n_out: usize, opaque: Option<u32>) -> OpKey {
-        let repr = format!("{op:?}").into_boxed_str();
+        let repr = format!("{op:?}").into();
         OpKey {
-            op,
+            op: Arc::new(op),
             n_out,
             opaque,
             repr,
