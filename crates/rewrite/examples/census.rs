@@ -1,8 +1,12 @@
 //! What the clean-up finds and removes in training steps: `cargo run -p lowmem-rewrite
 //! --example census [model ...]` (default: the examples in `ir/examples`, then resnet50 from
-//! the model zoo at batch 2 when the data directory exists).
+//! the model zoo at batch 2 when the data directory exists). Each step is also timed with
+//! redundant work added after every node (`common::with_noise`), where every rule fires.
 
 use std::time::Instant;
+
+#[path = "../tests/common/mod.rs"]
+mod common;
 
 use lowmem_autodiff::{Loss, Optimizer, training_step};
 use lowmem_ir::Graph;
@@ -86,5 +90,19 @@ fn main() {
                 );
             }
         }
+
+        let noisy = common::with_noise(&s.graph);
+        let t = Instant::now();
+        let n = simplify(&noisy, &[], &Options::default()).expect("simplify");
+        println!(
+            "  with noise: {} -> {} nodes, e-graph {} nodes / {} classes, {} iterations ({}), simplify {:.3} s",
+            noisy.nodes.len(),
+            n.graph.nodes.len(),
+            n.stats.egraph_nodes,
+            n.stats.egraph_classes,
+            n.stats.iterations,
+            n.stats.stop_reason,
+            t.elapsed().as_secs_f64()
+        );
     }
 }

@@ -159,15 +159,39 @@ pub(crate) fn emit(
     let mut tuple_outs: HashMap<Id, Vec<TensorId>> = HashMap::new();
     let mut kept_new: HashMap<TensorId, TensorId> = HashMap::new();
 
-    // The name of class c's value: a kept source name first, then any source name.
+    // The source tensor whose name class c's value takes when no kept tensor claims it: the
+    // one the chosen e-node itself computed in the source if any (so an untouched node keeps
+    // its tensor and node names), else the first.
+    let origin = |c: Id| -> Option<TensorId> {
+        let own = owners.get(&c)?;
+        let same = |t: &&TensorId| {
+            let Some(n) = producers[t.index()] else {
+                return false;
+            };
+            let n = old.node(n);
+            let Term::Op(key, kids) = chosen(c) else {
+                return false;
+            };
+            n.outputs.len() == 1
+                && *key.op == n.op
+                && key.opaque.is_none()
+                && n.inputs.len() == kids.len()
+                && n.inputs
+                    .iter()
+                    .zip(kids)
+                    .all(|(&i, &k)| class_of(i) == Some(eg.find(k)))
+        };
+        own.iter().find(same).or(own.first()).copied()
+    };
+    // The name of class c's value: a kept source name first, then the origin's.
     let class_name = |c: Id, names: &mut Names, kept_first: &mut Option<TensorId>| -> String {
         let own = owners.get(&c).map_or(&[][..], |v| &v[..]);
         if let Some(&t) = own.iter().find(|t| kept_set.contains(t)) {
             *kept_first = Some(t);
             return old.tensor(t).name.clone();
         }
-        match own.first() {
-            Some(&t) => names.claim(&old.tensor(t).name),
+        match origin(c) {
+            Some(t) => names.claim(&old.tensor(t).name),
             None => names.claim("rw"),
         }
     };
@@ -221,13 +245,10 @@ pub(crate) fn emit(
             unreachable!("only op classes are scheduled")
         };
         let inputs: Vec<TensorId> = kids.iter().map(|&k| value[&eg.find(k)]).collect();
-        let source_node = key.opaque.map(|i| i as usize).or_else(|| {
-            owners
-                .get(&c)
-                .into_iter()
-                .flatten()
-                .find_map(|t| producers[t.index()].map(|n| n.index()))
-        });
+        let source_node = key
+            .opaque
+            .map(|i| i as usize)
+            .or_else(|| producers[origin(c)?.index()].map(|n| n.index()));
         let node = match source_node {
             Some(n) => node_names.claim(&old.nodes[n].name),
             None => node_names.claim("rw"),

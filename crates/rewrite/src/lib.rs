@@ -31,7 +31,9 @@ pub use rules::{RULES, Rule};
 pub const CSE: &str = "cse";
 
 /// How many e-nodes of `g`'s e-graph (before any rewriting) each rule matches, and how many
-/// nodes hashconsing merges ([`CSE`]): what the clean-up would find in `g`.
+/// nodes hashconsing merges ([`CSE`]): what the clean-up would find in `g`. A match is a
+/// candidate: the type check that guards every rewrite (e.g. that broadcasting by ones keeps
+/// the shape) happens when it is applied.
 pub fn census(g: &Graph) -> Result<Vec<Applied>, RewriteError> {
     let loaded = load(g)?;
     let eg = &loaded.egraph;

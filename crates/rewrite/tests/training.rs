@@ -64,3 +64,26 @@ fn the_encoder_block_step_loses_its_transpose_pairs_and_duplicates() {
         assert!(!p.is_some_and(is_transpose), "{} reads a transpose", n.name);
     }
 }
+
+#[test]
+fn noise_added_to_training_steps_is_removed_again() {
+    for name in ["tiny_cnn", "encoder_block", "digits_dropout"] {
+        let clean = simplify(
+            &training_graph(&lowmem_testkit::load_example(name)),
+            &[],
+            &Options::default(),
+        )
+        .unwrap()
+        .graph;
+        let noisy = common::with_noise(&clean);
+        assert!(noisy.nodes.len() > clean.nodes.len() * 2);
+        let s = simplify(&noisy, &[], &Options::default()).unwrap();
+        s.graph.validate().unwrap();
+        common::same_outputs(&noisy, &s.graph, 1e-4);
+        // Back to the clean step, op for op. (Names may differ: a noise node that computes the
+        // same value as a clean one, e.g. Neg(x) before a Neg(x) of the clean step, is as good
+        // a source of a name.)
+        assert_eq!(common::ops(&s.graph), common::ops(&clean), "{name}");
+        assert_eq!(s.stats.cost_after, lowmem_rewrite::graph_cost(&clean));
+    }
+}

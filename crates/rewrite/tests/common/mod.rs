@@ -95,3 +95,71 @@ pub fn fired(s: &Simplified, rule: &str) -> usize {
         .find(|a| a.rule == rule)
         .map_or(0, |a| a.count)
 }
+
+/// `g` with redundant work after every single-output node (in turn: an Identity, a double
+/// negation, a reshape to the same shape followed by a scale by one), read by the node's
+/// consumers instead of its output: what the clean-up must remove again.
+pub fn with_noise(g: &Graph) -> Graph {
+    let mut out = Graph::new(g.name.clone());
+    let mut map: Vec<Option<TensorId>> = vec![None; g.tensors.len()];
+    for t in g.weights() {
+        let s = g.tensor(t);
+        map[t.index()] = Some(
+            out.add_weight(&s.name, s.shape.clone(), s.value.clone().unwrap())
+                .unwrap(),
+        );
+    }
+    for &t in &g.inputs {
+        let s = g.tensor(t);
+        map[t.index()] = Some(out.add_input(&s.name, s.dtype, s.shape.clone()).unwrap());
+    }
+    let mut direct = map.clone();
+    for (i, n) in g.nodes.iter().enumerate() {
+        let ins: Vec<TensorId> = n.inputs.iter().map(|t| map[t.index()].unwrap()).collect();
+        let names: Vec<&str> = n
+            .outputs
+            .iter()
+            .map(|&t| g.tensor(t).name.as_str())
+            .collect();
+        let outs = out.add_node(&n.name, n.op.clone(), &ins, &names).unwrap();
+        for (&o, &new) in n.outputs.iter().zip(&outs) {
+            map[o.index()] = Some(new);
+            direct[o.index()] = Some(new);
+        }
+        let [o] = n.outputs[..] else { continue };
+        if !out.tensor(outs[0]).dtype.is_float() {
+            continue;
+        }
+        let base = format!("{}.noise", g.tensor(o).name);
+        let chain: Vec<Op> = match i % 3 {
+            0 => vec![Op::Identity],
+            1 => vec![Op::Neg, Op::Neg],
+            _ => vec![
+                Op::Reshape {
+                    shape: out
+                        .tensor(outs[0])
+                        .shape
+                        .iter()
+                        .map(|&d| d as i64)
+                        .collect(),
+                    allowzero: true,
+                },
+                Op::Scale { alpha: 1.0 },
+            ],
+        };
+        let mut t = outs[0];
+        for (k, op) in chain.into_iter().enumerate() {
+            let name = format!("{base}{k}");
+            t = out.add_node(&name, op, &[t], &[&name]).unwrap()[0];
+        }
+        map[o.index()] = Some(t);
+    }
+    out.set_outputs(
+        g.outputs
+            .iter()
+            .map(|t| direct[t.index()].unwrap())
+            .collect(),
+    );
+    out.validate().unwrap();
+    out
+}
