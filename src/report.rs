@@ -288,6 +288,31 @@ fn esc(s: &str) -> String {
 /// One self-contained HTML page: the arena (offset against program point, one rectangle per
 /// buffer, coloured by kind, hover names it), the live-bytes curve against the lower bound,
 /// and the largest tensors.
+/// The rewrite sites as an HTML section (empty when none applied).
+fn rewrites_html(sites: &[lowmem_compile::RewriteSite]) -> String {
+    if sites.is_empty() {
+        return String::new();
+    }
+    let total: u64 = sites.iter().map(|r| r.bytes_saved).sum();
+    let rows: String = sites
+        .iter()
+        .map(|r| {
+            format!(
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                esc(&r.node),
+                esc(&r.tensor),
+                esc(&r.kind),
+                human_bytes(r.bytes_saved)
+            )
+        })
+        .collect();
+    format!(
+        "<h2>Rewrites ({} sites, {} of saved tensors fewer)</h2>\n<table><tr><th>node</th><th>tensor</th><th>kind</th><th>bytes saved</th></tr>{rows}</table>\n",
+        sites.len(),
+        human_bytes(total)
+    )
+}
+
 pub fn plan_html(g: &Graph, p: &MemoryPlan, meta: &PlanMeta) -> String {
     let points = (2 * p.order.len()).max(1) as f64;
     let arena = p.arena_bytes.max(1) as f64;
@@ -475,8 +500,9 @@ pub fn plan_html(g: &Graph, p: &MemoryPlan, meta: &PlanMeta) -> String {
 <table><tr><th>tensor</th><th>kind</th><th>bytes</th><th>offset</th><th>live</th></tr>{rows}</table>
 <h2>Persistent memory (outside the arena)</h2>
 <table><tr><th>kind</th><th>buffers</th><th>bytes</th></tr>{persistent}</table>
-</body></html>
+{rewrites}</body></html>
 "#,
+        rewrites = rewrites_html(meta.rewrites),
         model = esc(meta.model),
         batch = meta.batch,
         mode = if meta.train {

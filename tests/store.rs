@@ -221,3 +221,64 @@ fn store_is_refused_where_it_cannot_apply() {
         &["--train"],
     );
 }
+
+#[test]
+fn plan_json_and_html_list_the_sites() {
+    let cli = lowmem_cli!();
+    let dir = std::env::temp_dir().join(format!("lowmem-store-plan-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (j, h) = (dir.join("p.json"), dir.join("p.html"));
+    let (js, hs) = (j.display().to_string(), h.display().to_string());
+    cli.ok(&[
+        "plan",
+        "ir/examples/digits_dropout.json",
+        "--train",
+        "--batch",
+        "16",
+        "--store",
+        "bf16",
+        "--json",
+        &js,
+        "--html",
+        &hs,
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&j).unwrap()).unwrap();
+    let sites = v["rewrites"].as_array().unwrap();
+    assert!(!sites.is_empty());
+    for s in sites {
+        assert_eq!(s["kind"], "store-bf16");
+        assert!(s["bytes_saved"].as_u64().unwrap() > 0);
+        // The stored copy is a planned tensor of the schedule.
+        let t = format!("{}.bf16", s["tensor"].as_str().unwrap());
+        assert!(
+            v["buffers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|b| b["tensor"] == t.as_str()),
+            "{t} is not planned"
+        );
+    }
+    let html = std::fs::read_to_string(&h).unwrap();
+    assert!(
+        html.contains(&format!("<h2>Rewrites ({} sites", sites.len())),
+        "no rewrites section"
+    );
+    // Without --store: an empty list, no section.
+    cli.ok(&[
+        "plan",
+        "ir/examples/digits_dropout.json",
+        "--train",
+        "--json",
+        &js,
+        "--html",
+        &hs,
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&j).unwrap()).unwrap();
+    assert_eq!(v["rewrites"], serde_json::json!([]));
+    assert!(
+        !std::fs::read_to_string(&h)
+            .unwrap()
+            .contains("<h2>Rewrites")
+    );
+}
