@@ -2,7 +2,8 @@
 //!
 //! For the digits classifiers, ResNet-50 and a BERT-base-like encoder at batch 32, each
 //! technique alone and combined with checkpointing: the planned peak of the whole training
-//! step, the arena (activations and temporaries: what the techniques shrink), and with
+//! step, the arena (activations and temporaries: what the techniques shrink), the smallest
+//! feasible budget of checkpointing (the least-memory schedule lowmem finds), and with
 //! `time` the CPU step time (median of 3 runs after one warm-up, in the planned arena).
 //! Nothing is asserted: read the ratios. Published figures for comparison: Sohoni et al.
 //! (16-bit storage with micro-batching and checkpointing: WideResNet-28-2 up to 60.7x less
@@ -36,6 +37,26 @@ fn compiled(g: &Graph, store: Option<DType>, remat: Option<Scheme>) -> CompiledS
     o.remat = remat;
     o.plan.search_time = std::time::Duration::ZERO;
     compile(g, &o).expect("compile")
+}
+
+/// The smallest feasible budget of the training step, with `store` applied.
+fn min_budget(g: &Graph, store: Option<DType>) -> u64 {
+    let sgd = Optimizer::Sgd {
+        lr: 0.1,
+        momentum: 0.9,
+        weight_decay: 0.0,
+    };
+    let mut tg = lowmem::autodiff::training_step(g, g.outputs[0], Loss::CrossEntropy, &sgd)
+        .expect("training step");
+    if let Some(d) = store {
+        tg.store_saved(d).expect("store");
+    }
+    let opts = lowmem::plan::PlanOptions {
+        search_time: std::time::Duration::ZERO,
+        ..Default::default()
+    };
+    let step = lowmem::compile::Step::new(&tg, opts).expect("step");
+    step.min_feasible().expect("min feasible")
 }
 
 fn step_time(s: &CompiledStep) -> f64 {
@@ -126,6 +147,17 @@ fn main() {
                 human_bytes(s.plan.arena_bytes),
                 100.0 * s.plan.arena_bytes as f64 / base.max(1) as f64,
                 t
+            );
+        }
+        for (label, store) in [
+            ("min budget", None),
+            ("min budget, store bf16", Some(DType::BF16)),
+        ] {
+            println!(
+                "{:<15} {:<22} {:>12}",
+                name,
+                label,
+                human_bytes(min_budget(&g, store))
             );
         }
     }
