@@ -3,19 +3,6 @@
 // backward pass. Per-channel statistics: one block per channel (blockIdx.x), each thread
 // summing in f64 like the CPU, then a block reduction; no atomics.
 
-// Sum over the block of an f64 (blockDim.x a multiple of 32); every thread gets it.
-__device__ __forceinline__ double lm_bn_block_sum(double v, double* scratch) {
-    int lane = threadIdx.x % LM_WARP, warp = threadIdx.x / LM_WARP;
-    int nw = blockDim.x / LM_WARP;
-    for (int m = LM_WARP / 2; m > 0; m >>= 1) v += __shfl_xor_sync(0xffffffffu, v, m);
-    __syncthreads();
-    if (lane == 0) scratch[warp] = v;
-    __syncthreads();
-    double t = lane < nw ? scratch[lane] : 0.0;
-    for (int m = LM_WARP / 2; m > 0; m >>= 1) t += __shfl_xor_sync(0xffffffffu, t, m);
-    return t;
-}
-
 // Steps the (image b, position j) pair of a flat index over [batch, sp] by `step` (the
 // block size): no division per element where sp >= step.
 __device__ __forceinline__ void lm_bn_advance(i64* b, i64* j, i64 sp, int step) {
@@ -64,13 +51,13 @@ extern "C" __global__ void lm_bn_train_stats(const float* __restrict__ x, float*
     double s = 0.0;
     for (lm_bn_start(&b, &j, sp, batch); b < batch; lm_bn_advance(&b, &j, sp, blockDim.x))
         s += (double)x[(b * c + ch) * sp + j];
-    const double mean = lm_bn_block_sum(s, scratch) / (double)cnt;
+    const double mean = lm_block_dsum(s, scratch) / (double)cnt;
     double q = 0.0;
     for (lm_bn_start(&b, &j, sp, batch); b < batch; lm_bn_advance(&b, &j, sp, blockDim.x)) {
         double d = (double)x[(b * c + ch) * sp + j] - mean;
         q += d * d;
     }
-    const double var = lm_bn_block_sum(q, scratch) / (double)cnt;
+    const double var = lm_block_dsum(q, scratch) / (double)cnt;
     if (threadIdx.x == 0) {
         saved_mean[ch] = (float)mean;
         saved_invstd[ch] = (float)(1.0 / sqrt(var + (double)eps));
@@ -99,8 +86,8 @@ extern "C" __global__ void lm_bn_grad_sums(const float* __restrict__ dy, const f
         sdy += d;
         sdyx += d * ((double)x[e] - m) * inv;
     }
-    sdy = lm_bn_block_sum(sdy, scratch);
-    sdyx = lm_bn_block_sum(sdyx, scratch);
+    sdy = lm_block_dsum(sdy, scratch);
+    sdyx = lm_block_dsum(sdyx, scratch);
     if (threadIdx.x == 0) {
         dscale[ch] = (float)sdyx;
         dbias[ch] = (float)sdy;

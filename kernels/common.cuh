@@ -80,6 +80,44 @@ __device__ __forceinline__ float lm_block_max(float v, float* scratch) {
     return lm_warp_max(t);
 }
 
+// The f64 versions, for sums the CPU reference accumulates in f64.
+__device__ __forceinline__ double lm_warp_dsum(double v) {
+    for (int m = LM_WARP / 2; m > 0; m >>= 1) v += __shfl_xor_sync(0xffffffffu, v, m);
+    return v;
+}
+
+// `scratch` holds 32 doubles of shared memory.
+__device__ __forceinline__ double lm_block_dsum(double v, double* scratch) {
+    int lane = threadIdx.x % LM_WARP, warp = threadIdx.x / LM_WARP;
+    int nw = blockDim.x / LM_WARP;
+    v = lm_warp_dsum(v);
+    __syncthreads();
+    if (lane == 0) scratch[warp] = v;
+    __syncthreads();
+    double t = lane < nw ? scratch[lane] : 0.0;
+    return lm_warp_dsum(t);
+}
+
+// Over a row's group of threads: its warp (`warp`), or the whole block.
+__device__ __forceinline__ double lm_group_dsum(double v, bool warp, double* scratch) {
+    return warp ? lm_warp_dsum(v) : lm_block_dsum(v, scratch);
+}
+
+__device__ __forceinline__ float lm_group_max(float v, bool warp, float* scratch) {
+    return warp ? lm_warp_max(v) : lm_block_max(v, scratch);
+}
+
+// A convolution or pooling window packed in a Dims (`geo_dims` in
+// crates/cuda/src/ops/conv.rs), padded to 3 spatial dims (leading dims of size 1): kernel,
+// strides, dilations and pad_begin in `shape`; input size, output size and pad_end in `sa`.
+#define LM_WK(w, a) ((int)(w).shape[(a)])
+#define LM_WS(w, a) ((int)(w).shape[3 + (a)])
+#define LM_WD(w, a) ((int)(w).shape[6 + (a)])
+#define LM_WPB(w, a) ((int)(w).shape[9 + (a)])
+#define LM_WI(w, a) ((int)(w).sa[(a)])
+#define LM_WO(w, a) ((int)(w).sa[3 + (a)])
+#define LM_WPE(w, a) ((int)(w).sa[6 + (a)])
+
 // Whether element `i` survives dropout at `step`: the counter-based hash of
 // lowmem_ir::dropout_keep, bit for bit, so masks agree across backends and recomputation.
 __device__ __forceinline__ bool lm_dropout_keep(u64 seed, u64 step, u64 i, float ratio) {

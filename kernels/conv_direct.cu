@@ -2,16 +2,10 @@
 // channel) and their backward passes, direct: no columns, no workspace. Sums run in the CPU
 // executor's tap order.
 //
-// The window arrives packed in a Dims as for kernels/im2col.cu (`Geo::dims` in
+// The window arrives packed in a Dims as for kernels/im2col.cu (`geo_dims` in
 // crates/cuda/src/ops/conv.rs): kernel, strides, dilations, pad_begin in `shape`; input,
 // output sizes in `sa`; padded to 3 spatial dims. Spatial indices are int (checked by the
 // launch code); tensor offsets are i64.
-#define LM_WK(w, a) ((int)(w).shape[(a)])
-#define LM_WS(w, a) ((int)(w).shape[3 + (a)])
-#define LM_WD(w, a) ((int)(w).shape[6 + (a)])
-#define LM_WPB(w, a) ((int)(w).shape[9 + (a)])
-#define LM_WI(w, a) ((int)(w).sa[(a)])
-#define LM_WO(w, a) ((int)(w).sa[3 + (a)])
 
 // y [N, C*mg, P] = bias + depthwise conv of x [N, C, I] with w [C*mg, 1, K]; `bias` may be
 // null. One thread per output element.

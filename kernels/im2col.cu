@@ -2,16 +2,9 @@
 // executor's column layout: `[channels * K, P]` rows (K kernel taps, P output positions),
 // so the planned workspace and the GEMMs are the same on both backends.
 //
-// The window arrives packed in a Dims (`Geo::dims` in ops/conv.rs), padded to 3 spatial
-// dims (leading dims of size 1): kernel, strides, dilations, pad_begin in `shape`; input
-// size, output size, pad_end in `sa`. Indices are int: the launch code checks that every
-// tensor these kernels index has fewer than 2^31 elements.
-#define LM_WK(w, a) ((int)(w).shape[(a)])
-#define LM_WS(w, a) ((int)(w).shape[3 + (a)])
-#define LM_WD(w, a) ((int)(w).shape[6 + (a)])
-#define LM_WPB(w, a) ((int)(w).shape[9 + (a)])
-#define LM_WI(w, a) ((int)(w).sa[(a)])
-#define LM_WO(w, a) ((int)(w).sa[3 + (a)])
+// The window arrives packed in a Dims (`geo_dims` in ops/conv.rs), read with common.cuh's
+// LM_W* macros. Indices are int: the launch code checks that every tensor these kernels
+// index has fewer than 2^31 elements.
 
 // Unfolds `channels` contiguous input planes `x` into `col` ([channels * K, P]); taps in the
 // padding read as zero. One thread per column element: writes are coalesced.

@@ -5,23 +5,6 @@
 // A scale or bias that broadcasts is first expanded to `inner` values in the workspace, so
 // the row kernels index it by column.
 
-__device__ __forceinline__ double lm_ln_warp_dsum(double v) {
-    for (int m = LM_WARP / 2; m > 0; m >>= 1) v += __shfl_xor_sync(0xffffffffu, v, m);
-    return v;
-}
-
-// Sum over a row's group: its warp, or the whole block (`scratch`: 32 doubles of shared).
-__device__ __forceinline__ double lm_ln_dsum(double v, bool warp, double* scratch) {
-    v = lm_ln_warp_dsum(v);
-    if (warp) return v;
-    int lane = threadIdx.x % LM_WARP, w = threadIdx.x / LM_WARP;
-    __syncthreads();
-    if (lane == 0) scratch[w] = v;
-    __syncthreads();
-    double t = lane < (int)(blockDim.x / LM_WARP) ? scratch[lane] : 0.0;
-    return lm_ln_warp_dsum(t);
-}
-
 // dst[i] = src[offset of i] (a broadcasting scale or bias, strides in d.sa).
 extern "C" __global__ void lm_ln_expand(const float* src, float* dst, Dims d) {
     LM_FOR(i, d.n) {
@@ -48,13 +31,13 @@ extern "C" __global__ void lm_ln_fwd(const float* x, const float* scale, const f
         float* yr = y + r * inner;
         double s = 0.0;
         for (i64 i = lane; i < n; i += size) s += (double)xr[i];
-        const double mean = lm_ln_dsum(s, warp, scratch) / d;
+        const double mean = lm_group_dsum(s, warp, scratch) / d;
         double q = 0.0;
         for (i64 i = lane; i < n; i += size) {
             double c = (double)xr[i] - mean;
             q += c * c;
         }
-        const double inv = 1.0 / sqrt(lm_ln_dsum(q, warp, scratch) / d + (double)eps);
+        const double inv = 1.0 / sqrt(lm_group_dsum(q, warp, scratch) / d + (double)eps);
         for (i64 i = lane; i < n; i += size) {
             float v = (float)(((double)xr[i] - mean) * inv) * scale[i];
             yr[i] = has_bias ? v + bias[i] : v + 0.0f;
@@ -81,21 +64,21 @@ extern "C" __global__ void lm_ln_grad_rows(const float* dy, const float* x, cons
         float* o = dx + r * inner;
         double s = 0.0;
         for (i64 i = lane; i < n; i += size) s += (double)xr[i];
-        const double mean = lm_ln_dsum(s, warp, scratch) / d;
+        const double mean = lm_group_dsum(s, warp, scratch) / d;
         double q = 0.0;
         for (i64 i = lane; i < n; i += size) {
             double c = (double)xr[i] - mean;
             q += c * c;
         }
-        const double inv = 1.0 / sqrt(lm_ln_dsum(q, warp, scratch) / d + (double)eps);
+        const double inv = 1.0 / sqrt(lm_group_dsum(q, warp, scratch) / d + (double)eps);
         double s1 = 0.0, s2 = 0.0;
         for (i64 i = lane; i < n; i += size) {
             double g = (double)gr[i] * (double)scale[i];
             s1 += g;
             s2 += g * ((double)xr[i] - mean) * inv;
         }
-        s1 = lm_ln_dsum(s1, warp, scratch);
-        s2 = lm_ln_dsum(s2, warp, scratch);
+        s1 = lm_group_dsum(s1, warp, scratch);
+        s2 = lm_group_dsum(s2, warp, scratch);
         for (i64 i = lane; i < n; i += size) {
             double xhat = ((double)xr[i] - mean) * inv;
             double g = (double)gr[i] * (double)scale[i];

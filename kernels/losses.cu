@@ -6,22 +6,6 @@
 // reference's. A label outside [0, k) cannot be reported from the device: it makes the loss
 // (or that row of the gradient) NaN where the CPU executor refuses the step.
 
-__device__ __forceinline__ double lm_ls_warp_dsum(double v) {
-    for (int m = LM_WARP / 2; m > 0; m >>= 1) v += __shfl_xor_sync(0xffffffffu, v, m);
-    return v;
-}
-
-// Sum over the whole block (`scratch`: 32 doubles of shared); every thread gets it.
-__device__ __forceinline__ double lm_ls_block_dsum(double v, double* scratch) {
-    int lane = threadIdx.x % LM_WARP, w = threadIdx.x / LM_WARP;
-    v = lm_ls_warp_dsum(v);
-    __syncthreads();
-    if (lane == 0) scratch[w] = v;
-    __syncthreads();
-    double t = lane < (int)(blockDim.x / LM_WARP) ? scratch[lane] : 0.0;
-    return lm_ls_warp_dsum(t);
-}
-
 __device__ __forceinline__ float lm_ls_nan() { return __int_as_float(0x7fc00000); }
 
 // out[0] = mean over rows of logsumexp(row) - row[label]; one block, a warp per row.
@@ -37,20 +21,12 @@ extern "C" __global__ void lm_xent_loss(const float* logits, const i64* labels, 
         m = lm_warp_max(m);
         double s = 0.0;
         for (i64 i = lane; i < k; i += LM_WARP) s += (double)expf(row[i] - m);
-        s = lm_ls_warp_dsum(s);
+        s = lm_warp_dsum(s);
         const i64 l = labels[r];
         if (lane == 0) total += (l >= 0 && l < k) ? (double)m + log(s) - (double)row[l] : (double)lm_ls_nan();
     }
-    total = lm_ls_block_dsum(total, scratch);
+    total = lm_block_dsum(total, scratch);
     if (threadIdx.x == 0) out[0] = (float)(total / (double)n);
-}
-
-__device__ __forceinline__ double lm_xent_dsum(double v, bool warp, double* scratch) {
-    return warp ? lm_ls_warp_dsum(v) : lm_ls_block_dsum(v, scratch);
-}
-
-__device__ __forceinline__ float lm_xent_max(float v, bool warp, float* scratch) {
-    return warp ? lm_warp_max(v) : lm_block_max(v, scratch);
 }
 
 // dx = dloss / n * (softmax(row) - onehot(label)), a row per warp (`warp_rows`) or per block.
@@ -70,10 +46,10 @@ extern "C" __global__ void lm_xent_grad(const float* dloss, const float* logits,
         float* o = dx + r * k;
         float m = -lm_inf();
         for (i64 i = lane; i < len; i += size) m = fmaxf(m, row[i]);
-        m = lm_xent_max(m, warp, fscratch);
+        m = lm_group_max(m, warp, fscratch);
         double s = 0.0;
         for (i64 i = lane; i < len; i += size) s += (double)expf(row[i] - m);
-        s = lm_xent_dsum(s, warp, dscratch);
+        s = lm_group_dsum(s, warp, dscratch);
         if (len > 0) {
             const float sf = (float)s;
             const i64 l = labels[r];
@@ -94,7 +70,7 @@ extern "C" __global__ void lm_mse_loss(const float* p, const float* t, float* ou
         double d = (double)p[i] - (double)t[i];
         s += d * d;
     }
-    s = lm_ls_block_dsum(s, scratch);
+    s = lm_block_dsum(s, scratch);
     if (threadIdx.x == 0) out[0] = (float)(s / (double)n);
 }
 

@@ -3,17 +3,10 @@
 // The gradients gather per input element (no atomics), visiting the windows that hold it in
 // output order, so overlapping windows add up in the CPU's order.
 //
-// The window arrives packed in a Dims as for kernels/im2col.cu (`Geo::dims` in
+// The window arrives packed in a Dims as for kernels/im2col.cu (`geo_dims` in
 // crates/cuda/src/ops/conv.rs), padded to 3 spatial dims: kernel, strides, dilations,
 // pad_begin in `shape`; input size, output size, pad_end in `sa`. Spatial indices are int
 // (checked by the launch code); plane offsets are i64.
-#define LM_WK(w, a) ((int)(w).shape[(a)])
-#define LM_WS(w, a) ((int)(w).shape[3 + (a)])
-#define LM_WD(w, a) ((int)(w).shape[6 + (a)])
-#define LM_WPB(w, a) ((int)(w).shape[9 + (a)])
-#define LM_WI(w, a) ((int)(w).sa[(a)])
-#define LM_WO(w, a) ((int)(w).sa[3 + (a)])
-#define LM_WPE(w, a) ((int)(w).sa[6 + (a)])
 
 // f32::MIN, max pooling's initial value (onnxruntime's).
 #define LM_POOL_MIN (-3.40282347e+38f)

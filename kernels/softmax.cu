@@ -7,27 +7,6 @@
 // accumulated in double (the CPU reference sums in f64); the max and elementwise math are
 // float.
 
-__device__ __forceinline__ double lm_sm_warp_dsum(double v) {
-    for (int m = LM_WARP / 2; m > 0; m >>= 1) v += __shfl_xor_sync(0xffffffffu, v, m);
-    return v;
-}
-
-// Sum over a row's group: its warp, or the whole block (`scratch`: 32 doubles of shared).
-__device__ __forceinline__ double lm_sm_dsum(double v, bool warp, double* scratch) {
-    v = lm_sm_warp_dsum(v);
-    if (warp) return v;
-    int lane = threadIdx.x % LM_WARP, w = threadIdx.x / LM_WARP;
-    __syncthreads();
-    if (lane == 0) scratch[w] = v;
-    __syncthreads();
-    double t = lane < (int)(blockDim.x / LM_WARP) ? scratch[lane] : 0.0;
-    return lm_sm_warp_dsum(t);
-}
-
-__device__ __forceinline__ float lm_sm_max(float v, bool warp, float* scratch) {
-    return warp ? lm_warp_max(v) : lm_block_max(v, scratch);
-}
-
 // One row per warp (`warp_rows`, rows of up to a few thousand elements) or per block.
 // Threads of a group stride over the row, so with inner = 1 the reads are coalesced.
 // `y` may not alias `a` or `b`.
@@ -50,10 +29,10 @@ extern "C" __global__ void lm_softmax_rows(const float* a, const float* b, float
         if (mode < 2) {
             float m = -lm_inf();
             for (i64 i = lane; i < n; i += size) m = fmaxf(m, ar[i * inner]);
-            m = lm_sm_max(m, warp, fscratch);
+            m = lm_group_max(m, warp, fscratch);
             double s = 0.0;
             for (i64 i = lane; i < n; i += size) s += (double)expf(ar[i * inner] - m);
-            s = lm_sm_dsum(s, warp, dscratch);
+            s = lm_group_dsum(s, warp, dscratch);
             if (mode == 0) {
                 const float sf = (float)s;
                 for (i64 i = lane; i < n; i += size) yr[i * inner] = expf(ar[i * inner] - m) / sf;
@@ -68,7 +47,7 @@ extern "C" __global__ void lm_softmax_rows(const float* a, const float* b, float
             } else {
                 for (i64 i = lane; i < n; i += size) s += (double)ar[i * inner];
             }
-            s = lm_sm_dsum(s, warp, dscratch);
+            s = lm_group_dsum(s, warp, dscratch);
             const float sf = (float)s;
             if (mode == 2) {
                 for (i64 i = lane; i < n; i += size) yr[i * inner] = br[i * inner] * (ar[i * inner] - sf);

@@ -113,6 +113,13 @@ pub fn matmul_workspace_len(a_shape: &[usize], b_shape: &[usize]) -> usize {
     }
 }
 
+/// Whether a convolution of input `x_shape` by weight `w_shape` in `group` groups is
+/// depthwise (one input channel per group): every backend runs those by direct loops, with
+/// no workspace.
+pub fn conv_is_depthwise(x_shape: &[usize], w_shape: &[usize], group: usize) -> bool {
+    group > 1 && x_shape[1] / group == 1 && w_shape[1] == 1
+}
+
 /// Which convolution kernel a workspace is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ConvPass {
@@ -137,8 +144,7 @@ pub fn conv_workspace_len(
     if x_shape.len() < 2 || w_shape.len() < 2 {
         return 0;
     }
-    let depthwise = g > 1 && x_shape[1] / g == 1 && w_shape[1] == 1;
-    if depthwise {
+    if conv_is_depthwise(x_shape, w_shape, g) {
         return 0;
     }
     let pointwise = win.kernel.iter().all(|&k| k == 1)

@@ -11,86 +11,44 @@ use crate::DevPtr;
 use crate::args::{Arg, BLOCK, Dims, MAX_RANK, call, grid_1d};
 use crate::device::{Device, Gemm, LaunchDims};
 
-/// A window padded to three spatial dims (leading dims of size 1), as the CPU's `Geo`.
-pub(super) struct Geo {
-    pub k: [usize; 3],
-    pub s: [usize; 3],
-    pub d: [usize; 3],
-    pub pb: [usize; 3],
-    pub pe: [usize; 3],
-    pub i: [usize; 3],
-    pub o: [usize; 3],
+pub(super) use lowmem_exec::kernels::Geo;
+
+/// The window's geometry (the CPU kernels' [`Geo`]), checked against the kernels' 32-bit
+/// indexing of planes and windows.
+pub(super) fn geo(win: &Window) -> Result<Geo, OpError> {
+    let g = Geo::try_new(win)?;
+    let big = [g.ksize(), g.isize(), g.osize()]
+        .into_iter()
+        .chain(g.k.iter().zip(&g.d).map(|(k, d)| k * d))
+        .chain(g.pb.iter().chain(&g.pe).chain(&g.s).copied())
+        .any(|v| v > i32::MAX as usize / 4);
+    if big {
+        return Err("window too large for the 32-bit indexing of the kernels".into());
+    }
+    Ok(g)
 }
 
-impl Geo {
-    pub fn new(win: &Window) -> Result<Geo, OpError> {
-        let r = win.kernel.len();
-        if !(1..=3).contains(&r) {
-            return Err(format!("{r}-D windows are not supported").into());
-        }
-        let pad = |v: &[usize], fill: usize| {
-            let mut a = [fill; 3];
-            a[3 - r..].copy_from_slice(v);
-            a
-        };
-        let g = Geo {
-            k: pad(&win.kernel, 1),
-            s: pad(&win.strides, 1),
-            d: pad(&win.dilations, 1),
-            pb: pad(&win.pad_begin, 0),
-            pe: pad(&win.pad_end, 0),
-            i: pad(&win.input, 1),
-            o: pad(&win.output, 1),
-        };
-        // The kernels index planes and windows with 32-bit ints.
-        let big = [g.ksize(), g.isize(), g.osize()]
-            .into_iter()
-            .chain(g.k.iter().zip(&g.d).map(|(k, d)| k * d))
-            .chain(g.pb.iter().chain(&g.pe).chain(&g.s).copied())
-            .any(|v| v > i32::MAX as usize / 4);
-        if big {
-            return Err("window too large for the 32-bit indexing of the kernels".into());
-        }
-        Ok(g)
+/// The window as the kernels take it (see kernels/im2col.cu): kernel, strides, dilations
+/// and pad_begin in `shape`; input, output and pad_end in `sa`.
+pub(super) fn geo_dims(g: &Geo) -> Dims {
+    let mut d = Dims {
+        rank: 3,
+        pad: 0,
+        n: 0,
+        shape: [0; MAX_RANK],
+        sa: [0; MAX_RANK],
+        sb: [0; MAX_RANK],
+    };
+    for a in 0..3 {
+        d.shape[a] = g.k[a] as i64;
+        d.shape[3 + a] = g.s[a] as i64;
+        d.shape[6 + a] = g.d[a] as i64;
+        d.shape[9 + a] = g.pb[a] as i64;
+        d.sa[a] = g.i[a] as i64;
+        d.sa[3 + a] = g.o[a] as i64;
+        d.sa[6 + a] = g.pe[a] as i64;
     }
-
-    /// The window as the kernels take it (see kernels/im2col.cu): kernel, strides,
-    /// dilations and pad_begin in `shape`; input, output and pad_end in `sa`.
-    pub fn dims(&self) -> Dims {
-        let mut d = Dims {
-            rank: 3,
-            pad: 0,
-            n: 0,
-            shape: [0; MAX_RANK],
-            sa: [0; MAX_RANK],
-            sb: [0; MAX_RANK],
-        };
-        for a in 0..3 {
-            d.shape[a] = self.k[a] as i64;
-            d.shape[3 + a] = self.s[a] as i64;
-            d.shape[6 + a] = self.d[a] as i64;
-            d.shape[9 + a] = self.pb[a] as i64;
-            d.sa[a] = self.i[a] as i64;
-            d.sa[3 + a] = self.o[a] as i64;
-            d.sa[6 + a] = self.pe[a] as i64;
-        }
-        d
-    }
-
-    pub fn ksize(&self) -> usize {
-        self.k.iter().product()
-    }
-    pub fn isize(&self) -> usize {
-        self.i.iter().product()
-    }
-    pub fn osize(&self) -> usize {
-        self.o.iter().product()
-    }
-    /// A 1x1 convolution reading its input as is (the CPU's test, so that both backends
-    /// agree on whether columns are planned).
-    pub fn pointwise(&self) -> bool {
-        self.k == [1; 3] && self.s == [1; 3] && self.pb == [0; 3] && self.o == self.i
-    }
+    d
 }
 
 /// The node's window, resolved ahead by the executor.
@@ -117,7 +75,7 @@ struct Sizes {
 
 impl Sizes {
     fn new(x: &[usize], w: &[usize], win: &Window, group: usize) -> Result<Sizes, OpError> {
-        let g = Geo::new(win)?;
+        let g = geo(win)?;
         if x.len() != win.kernel.len() + 2 || w.len() != x.len() {
             return Err(format!("conv shapes {x:?} and {w:?} do not fit the window").into());
         }
@@ -139,7 +97,7 @@ impl Sizes {
             kk,
             p,
             isz,
-            depthwise: group > 1 && x[1] / group == 1 && w[1] == 1,
+            depthwise: lowmem_ir::scratch::conv_is_depthwise(x, w, group),
             g,
         };
         // The im2col kernels index one group's columns and planes with ints.
@@ -251,7 +209,7 @@ fn forward(
             Arg::I64(total as i64),
             Arg::I32(s.c as i32),
             Arg::I32(s.mg as i32),
-            Arg::Dims(Box::new(s.g.dims())),
+            Arg::Dims(Box::new(geo_dims(&s.g))),
         ];
         return Ok(call(dev, "lm_dw_conv", grid_1d(total), &args)?);
     }
@@ -316,7 +274,7 @@ fn im2col(dev: &dyn Device, x: DevPtr, channels: usize, g: &Geo, col: DevPtr) ->
         Arg::Ptr(x),
         Arg::Ptr(col),
         Arg::I32(channels as i32),
-        Arg::Dims(Box::new(g.dims())),
+        Arg::Dims(Box::new(geo_dims(g))),
     ];
     Ok(call(dev, "lm_im2col", grid_1d(n), &args)?)
 }
@@ -335,7 +293,7 @@ fn backward_data(dev: &dyn Device, c: &DevCall, s: &Sizes, dy: DevPtr, w: DevPtr
             Arg::I64(total as i64),
             Arg::I32(s.c as i32),
             Arg::I32(s.mg as i32),
-            Arg::Dims(Box::new(s.g.dims())),
+            Arg::Dims(Box::new(geo_dims(&s.g))),
         ];
         return Ok(call(dev, "lm_dw_data", grid_1d(total), &args)?);
     }
@@ -376,7 +334,7 @@ fn backward_data(dev: &dyn Device, c: &DevCall, s: &Sizes, dy: DevPtr, w: DevPtr
                 Arg::Ptr(col),
                 Arg::Ptr(f(dx, (b * s.c + gi * cg) * s.isz)),
                 Arg::I32(cg as i32),
-                Arg::Dims(Box::new(s.g.dims())),
+                Arg::Dims(Box::new(geo_dims(&s.g))),
             ];
             call(dev, "lm_col2im", grid_1d(cg * s.isz), &args)?;
         }
@@ -401,7 +359,7 @@ fn backward_filter(dev: &dyn Device, c: &DevCall, s: &Sizes, dy: DevPtr, x: DevP
             Arg::I32(s.n as i32),
             Arg::I32(s.c as i32),
             Arg::I32(s.mg as i32),
-            Arg::Dims(Box::new(s.g.dims())),
+            Arg::Dims(Box::new(geo_dims(&s.g))),
         ];
         let dims = LaunchDims {
             grid: [total as u32, 1, 1],

@@ -4,14 +4,14 @@
 use lowmem_ir::Op;
 use lowmem_ir::shape::count;
 
-use super::conv::{Geo, window};
+use super::conv::{geo, geo_dims, window};
 use super::{DevCall, OpResult};
 use crate::args::{Arg, call, grid_1d};
 use crate::device::Device;
 
 pub(super) fn launch(dev: &dyn Device, c: &DevCall) -> OpResult {
-    let g = Geo::new(window(c)?)?;
-    let dims = || Arg::Dims(Box::new(g.dims()));
+    let g = geo(window(c)?)?;
+    let dims = || Arg::Dims(Box::new(geo_dims(&g)));
     match c.op {
         Op::MaxPool(_) | Op::AveragePool(_) => {
             let n = count(c.out_shape(0));

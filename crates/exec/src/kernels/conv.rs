@@ -10,8 +10,10 @@ use super::sgemm::{sgemm, sgemm_workspace_len};
 /// Spatial ranks the convolution and pooling kernels support (1-D to 3-D).
 pub const MAX_SPATIAL_RANK: usize = 3;
 
-/// A window padded to three spatial dims (leading dims of size 1).
-pub(crate) struct Geo {
+/// A window padded to three spatial dims (leading dims of size 1): the geometry every
+/// convolution and pooling kernel (CPU and CUDA) indexes with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Geo {
     pub k: [usize; 3],
     pub s: [usize; 3],
     pub d: [usize; 3],
@@ -22,19 +24,24 @@ pub(crate) struct Geo {
 }
 
 impl Geo {
+    /// Panics on a window of a rank other than 1 to [`MAX_SPATIAL_RANK`] (the executor
+    /// checks ranks ahead); see [`Geo::try_new`].
     pub fn new(win: &Window) -> Geo {
+        Geo::try_new(win).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    pub fn try_new(win: &Window) -> Result<Geo, String> {
         let r = win.kernel.len();
-        assert!(
-            (1..=MAX_SPATIAL_RANK).contains(&r),
-            "{r}-D windows are not supported"
-        );
+        if !(1..=MAX_SPATIAL_RANK).contains(&r) {
+            return Err(format!("{r}-D windows are not supported"));
+        }
         let off = 3 - r;
         let pad = |v: &[usize], fill: usize| {
             let mut a = [fill; 3];
             a[off..].copy_from_slice(v);
             a
         };
-        Geo {
+        Ok(Geo {
             k: pad(&win.kernel, 1),
             s: pad(&win.strides, 1),
             d: pad(&win.dilations, 1),
@@ -42,7 +49,7 @@ impl Geo {
             pe: pad(&win.pad_end, 0),
             i: pad(&win.input, 1),
             o: pad(&win.output, 1),
-        }
+        })
     }
     pub fn ksize(&self) -> usize {
         self.k.iter().product()
@@ -150,9 +157,7 @@ pub(crate) fn channels_per_group(
     (x_shape[1] / group, w_shape[0] / group)
 }
 
-pub(crate) fn depthwise(x_shape: &[usize], w_shape: &[usize], group: usize) -> bool {
-    group > 1 && x_shape[1] / group == 1 && w_shape[1] == 1
-}
+pub(crate) use lowmem_ir::scratch::conv_is_depthwise as depthwise;
 
 /// Workspace (f32 elements) [`conv`] needs for these shapes and window: the im2col columns
 /// (none for pointwise convolutions), then the GEMM's packing buffers.
