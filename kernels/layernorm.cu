@@ -14,6 +14,22 @@ extern "C" __global__ void lm_ln_expand(const float* src, float* dst, Dims d) {
     }
 }
 
+// A row's mean and 1 / sqrt(biased variance + eps), in two passes over its `n` elements
+// (0 for a group past the last row) by the group's `size` threads.
+__device__ __forceinline__ void lm_ln_row_stats(const float* xr, i64 n, int lane, int size, double d, float eps,
+                                                bool warp, double* scratch, double* mean, double* inv) {
+    double s = 0.0;
+    for (i64 i = lane; i < n; i += size) s += (double)xr[i];
+    const double m = lm_group_dsum(s, warp, scratch) / d;
+    double q = 0.0;
+    for (i64 i = lane; i < n; i += size) {
+        double c = (double)xr[i] - m;
+        q += c * c;
+    }
+    *mean = m;
+    *inv = 1.0 / sqrt(lm_group_dsum(q, warp, scratch) / d + (double)eps);
+}
+
 // y = (x - mean) * rsqrt(var + eps) * scale + bias per row, a row per warp (`warp_rows`) or
 // per block. `bias` is read only with `has_bias`.
 extern "C" __global__ void lm_ln_fwd(const float* x, const float* scale, const float* bias, float* y, i64 rows,
@@ -29,15 +45,8 @@ extern "C" __global__ void lm_ln_fwd(const float* x, const float* scale, const f
         const i64 n = r < rows ? inner : 0;
         const float* xr = x + r * inner;
         float* yr = y + r * inner;
-        double s = 0.0;
-        for (i64 i = lane; i < n; i += size) s += (double)xr[i];
-        const double mean = lm_group_dsum(s, warp, scratch) / d;
-        double q = 0.0;
-        for (i64 i = lane; i < n; i += size) {
-            double c = (double)xr[i] - mean;
-            q += c * c;
-        }
-        const double inv = 1.0 / sqrt(lm_group_dsum(q, warp, scratch) / d + (double)eps);
+        double mean, inv;
+        lm_ln_row_stats(xr, n, lane, size, d, eps, warp, scratch, &mean, &inv);
         for (i64 i = lane; i < n; i += size) {
             float v = (float)(((double)xr[i] - mean) * inv) * scale[i];
             yr[i] = has_bias ? v + bias[i] : v + 0.0f;
@@ -62,15 +71,8 @@ extern "C" __global__ void lm_ln_grad_rows(const float* dy, const float* x, cons
         const float* xr = x + r * inner;
         const float* gr = dy + r * inner;
         float* o = dx + r * inner;
-        double s = 0.0;
-        for (i64 i = lane; i < n; i += size) s += (double)xr[i];
-        const double mean = lm_group_dsum(s, warp, scratch) / d;
-        double q = 0.0;
-        for (i64 i = lane; i < n; i += size) {
-            double c = (double)xr[i] - mean;
-            q += c * c;
-        }
-        const double inv = 1.0 / sqrt(lm_group_dsum(q, warp, scratch) / d + (double)eps);
+        double mean, inv;
+        lm_ln_row_stats(xr, n, lane, size, d, eps, warp, scratch, &mean, &inv);
         double s1 = 0.0, s2 = 0.0;
         for (i64 i = lane; i < n; i += size) {
             double g = (double)gr[i] * (double)scale[i];

@@ -102,10 +102,8 @@ fn train_both(step: &CompiledStep, steps: u64, rtol: f32) {
         } else {
             // 16-bit storage: elements may land on neighbouring 16-bit values; the tensor
             // as a whole stays close.
-            let (a, b) = (a.to_f64(), b.to_f64());
-            let num: f64 = a.iter().zip(&b).map(|(x, y)| (x - y) * (x - y)).sum();
-            let den: f64 = a.iter().map(|x| x * x).sum();
-            let rel = (num / den.max(1e-30)).sqrt();
+            let (err, norm) = lowmem_testkit::l2_distance(a, &b);
+            let rel = err / norm.max(1e-15);
             assert!(
                 rel <= 1e-2,
                 "{}: state {name}: relative L2 error {rel:.2e}",
@@ -241,14 +239,13 @@ fn zoo(forward: &[&str], gradient: &[&str]) {
         let x = TensorData::F32(rng.vec_in(g.tensor(g.inputs[0]).numel(), 0.0, 1.0));
         let (want, got) = run_both(&step, &[x]);
         for (k, (w, gt)) in want.iter().zip(&got).enumerate() {
+            let (err, norm) = lowmem_testkit::l2_distance(w, gt);
             let (w, gt) = (w.to_f64(), gt.to_f64());
-            let num: f64 = w.iter().zip(&gt).map(|(a, b)| (a - b) * (a - b)).sum();
-            let den: f64 = w.iter().map(|a| a * a).sum();
             assert!(
-                num.sqrt() <= 1e-3 * den.sqrt().max(1e-12),
+                err <= 1e-3 * norm.max(1e-12),
                 "{name} gradient output {k} ({}): relative L2 error {:.3e}; CPU {:?}.., CUDA kernels {:?}..",
                 step.graph.tensor(step.graph.outputs[k]).name,
-                (num / den.max(1e-30)).sqrt(),
+                err / norm.max(1e-15),
                 &w[..w.len().min(4)],
                 &gt[..gt.len().min(4)]
             );

@@ -3,10 +3,12 @@
 //! ([`Cli`], [`lowmem_cli!`]).
 
 mod cli;
+mod compare;
 mod models;
 mod rng;
 
 pub use cli::{Cli, Invocation, Run};
+pub use compare::l2_distance;
 pub use models::{
     data_dir, example_names, example_path, load, load_example, load_model, model_path,
     try_data_dir, workspace_root, zoo_path,
