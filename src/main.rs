@@ -909,13 +909,7 @@ fn run(cli: Cli) -> Result<(), Error> {
             let free_before = lowmem::device::free_bytes(device.target());
             let mut ex = lowmem::device::executor(&step, device.target())?;
             let inputs = random_inputs(&step.graph, 1)?;
-            for (k, role) in step.inputs.iter().enumerate() {
-                match role {
-                    InputRole::State(_) => {}
-                    InputRole::Step => ex.set_step(1)?,
-                    _ => ex.set_input(k, &inputs[k])?,
-                }
-            }
+            set_random_inputs(ex.as_mut(), &step, &inputs)?;
             ex.run()?;
             ex.sync()?;
             let mut min_free = lowmem::device::free_bytes(device.target());
@@ -1165,13 +1159,7 @@ fn parity(
     let inputs = random_inputs(&step.graph, 7)?;
     let run = |target: Target| -> Result<(Vec<TensorData>, f64), Error> {
         let mut ex = lowmem::device::executor(&step, target)?;
-        for (k, role) in step.inputs.iter().enumerate() {
-            match role {
-                InputRole::Step => ex.set_step(1)?,
-                InputRole::State(_) => {}
-                _ => ex.set_input(k, &inputs[k])?,
-            }
-        }
+        set_random_inputs(ex.as_mut(), &step, &inputs)?;
         ex.run()?;
         ex.sync()?;
         let t = Instant::now();
@@ -1257,6 +1245,23 @@ fn parity(
             bad[0].name
         )))
     }
+}
+
+/// Writes `inputs` (from [`random_inputs`]) into every input of `step` but its state (which
+/// the executor loaded), and step 1.
+fn set_random_inputs(
+    ex: &mut dyn lowmem::device::StepRun,
+    step: &lowmem::compile::CompiledStep,
+    inputs: &[TensorData],
+) -> Result<(), Error> {
+    for (k, role) in step.inputs.iter().enumerate() {
+        match role {
+            InputRole::Step => ex.set_step(1)?,
+            InputRole::State(_) => {}
+            _ => ex.set_input(k, &inputs[k])?,
+        }
+    }
+    Ok(())
 }
 
 /// Deterministic pseudo-random inputs (normal-ish f32 in [-1, 1), zeros for other dtypes).

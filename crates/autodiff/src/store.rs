@@ -5,6 +5,8 @@
 //! to f32 feeds the backward readers. Both casts are ordinary planned nodes and tensors, so
 //! the plan shows the saving in bytes.
 
+use std::collections::HashSet;
+
 use lowmem_ir::{DType, Graph, Node, NodeId, Op, TensorId, TensorKind};
 
 use crate::AutodiffError;
@@ -21,11 +23,11 @@ pub struct StoreSite {
     pub bytes_saved: u64,
 }
 
-/// A fresh name starting with `base`.
-fn fresh(g: &Graph, base: String, taken: &mut std::collections::HashSet<String>) -> String {
+/// A name starting with `base` that is not in `taken` (which then holds it).
+fn fresh(base: String, taken: &mut HashSet<String>) -> String {
     let mut name = base.clone();
     let mut k = 1;
-    while g.tensor_id(&name).is_some() || !taken.insert(name.clone()) {
+    while !taken.insert(name.clone()) {
         name = format!("{base}.{k}");
         k += 1;
     }
@@ -67,26 +69,17 @@ pub(crate) fn store_saved(
     if sites.is_empty() {
         return Ok(Vec::new());
     }
-    let mut names = std::collections::HashSet::new();
-    let mut node_names: std::collections::HashSet<String> =
-        g.nodes.iter().map(|n| n.name.clone()).collect();
-    let mut node_name = |base: String| {
-        let mut name = base.clone();
-        let mut k = 1;
-        while !node_names.insert(name.clone()) {
-            name = format!("{base}.{k}");
-            k += 1;
-        }
-        name
-    };
+    // Tensor and node names are separate namespaces.
+    let mut names: HashSet<String> = g.tensors.iter().map(|t| t.name.clone()).collect();
+    let mut node_names: HashSet<String> = g.nodes.iter().map(|n| n.name.clone()).collect();
     let suffix = if to == DType::F16 { "f16" } else { "bf16" };
     // Per site: (activation, 16-bit copy, restored f32).
     let mut pairs = Vec::with_capacity(sites.len());
     let mut out_sites = Vec::with_capacity(sites.len());
     for &s in &sites {
         let (name, shape) = (g.tensor(s).name.clone(), g.tensor(s).shape.clone());
-        let lo_name = fresh(g, format!("{name}.{suffix}"), &mut names);
-        let hi_name = fresh(g, format!("{name}.restored"), &mut names);
+        let lo_name = fresh(format!("{name}.{suffix}"), &mut names);
+        let hi_name = fresh(format!("{name}.restored"), &mut names);
         let lo = g.add_activation(lo_name, to, shape.clone())?;
         let hi = g.add_activation(hi_name, DType::F32, shape)?;
         let producer = producers[s.index()].expect("filtered on a producer");
@@ -119,7 +112,7 @@ pub(crate) fn store_saved(
                 restored_yet[k] = true;
                 of_old.push(backward_of.get(i).copied().flatten());
                 nodes.push(Node {
-                    name: node_name(format!("{}.restore", g.tensor(s).name)),
+                    name: fresh(format!("{}.restore", g.tensor(s).name), &mut node_names),
                     op: Op::Cast { to: DType::F32 },
                     inputs: vec![lo],
                     outputs: vec![hi],
@@ -144,7 +137,7 @@ pub(crate) fn store_saved(
         for (s, lo) in produced {
             of_old.push(None);
             nodes.push(Node {
-                name: node_name(format!("{}.store", g.tensor(s).name)),
+                name: fresh(format!("{}.store", g.tensor(s).name), &mut node_names),
                 op: Op::Cast { to },
                 inputs: vec![s],
                 outputs: vec![lo],

@@ -130,13 +130,7 @@ impl<'s, 'd> CudaExecutor<'s, 'd> {
     pub fn load_state(&mut self) -> Result<(), CudaError> {
         let step = self.step;
         for s in &step.state {
-            let t = step.graph.tensor(s.input);
-            if s.value.dtype() != t.dtype || s.value.len() != t.numel() {
-                return Err(CudaError::Exec(lowmem_exec::ExecError::Input {
-                    name: t.name.clone(),
-                    msg: format!("state holds {} {} values", s.value.len(), s.value.dtype()),
-                }));
-            }
+            lowmem_exec::check_state(step, s)?;
             self.write(s.input.index(), data_bytes(&s.value))?;
         }
         Ok(())
@@ -144,22 +138,8 @@ impl<'s, 'd> CudaExecutor<'s, 'd> {
 
     /// Copies `data` into graph input `k`, checking its dtype and size.
     pub fn set_input(&mut self, k: usize, data: &TensorData) -> Result<(), CudaError> {
-        let g = &self.step.graph;
-        let t = g.tensor(g.inputs[k]);
-        if data.dtype() != t.dtype || data.len() != t.numel() {
-            return Err(CudaError::Exec(lowmem_exec::ExecError::Input {
-                name: t.name.clone(),
-                msg: format!(
-                    "expected {} {:?} ({} elements), got {} {}",
-                    t.dtype,
-                    t.shape,
-                    t.numel(),
-                    data.len(),
-                    data.dtype()
-                ),
-            }));
-        }
-        self.write(g.inputs[k].index(), data_bytes(data))
+        lowmem_exec::check_input(self.step, k, data)?;
+        self.write(self.step.graph.inputs[k].index(), data_bytes(data))
     }
 
     /// Writes graph input `k` from raw bytes (its dtype's native layout).

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use lowmem_compile::{CompiledStep, InputRole, Task};
+use lowmem_compile::CompiledStep;
 use lowmem_exec::train::{BatchSource, Labels, StepProbe};
 use lowmem_ir::{DType, TensorData};
 
@@ -34,31 +34,10 @@ impl<'s, 'd> CudaTrainer<'s, 'd> {
     /// Builds the executor of `step` on `dev`; `step` must be a training step with one f32
     /// data input.
     pub fn new(step: &'s CompiledStep, dev: &'d dyn Device) -> Result<Self, CudaError> {
-        if !matches!(step.task, Task::Training { .. }) {
-            return Err(CudaError::Exec(lowmem_exec::ExecError::Layout(format!(
-                "the compiled step is a {} step, not a training step",
-                step.task.name()
-            ))));
-        }
-        let data: Vec<usize> = (0..step.inputs.len())
-            .filter(|&k| matches!(step.inputs[k], InputRole::Data(_)))
-            .collect();
-        let [data] = data[..] else {
-            return Err(CudaError::Exec(lowmem_exec::ExecError::Layout(format!(
-                "training needs a model with one data input; this one has {}",
-                data.len()
-            ))));
-        };
+        let (data, labels) = lowmem_exec::train::batch_inputs(step)?;
         let g = &step.graph;
         let xt = g.tensor(g.inputs[data]);
-        if xt.dtype != DType::F32 {
-            return Err(input_err(step, data, "the data input must be f32".into()));
-        }
-        let labels = step
-            .inputs
-            .iter()
-            .position(|r| *r == InputRole::Labels)
-            .map(|k| (k, g.tensor(g.inputs[k]).dtype));
+        let labels = labels.map(|k| (k, g.tensor(g.inputs[k]).dtype));
         let n_labels = labels.map_or(0, |(k, _)| g.tensor(g.inputs[k]).numel());
         Ok(CudaTrainer {
             ex: CudaExecutor::new(step, dev)?,

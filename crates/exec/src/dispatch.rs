@@ -262,9 +262,7 @@ pub(crate) fn exec_op(c: &OpCall, outs: &mut [&mut [u8]], ws: &mut [f32]) -> Res
             let (from, to) = (float(c.in_dtypes[0])?, float(c.out_dtypes[0])?);
             let src = c.raw(0)?;
             let dst = outs.first_mut().ok_or("the node has no output")?;
-            if dst.len() / (if to == kernels::Float::F32 { 4 } else { 2 })
-                != src.len() / (if from == kernels::Float::F32 { 4 } else { 2 })
-            {
+            if dst.len() / c.out_dtypes[0].size() != src.len() / c.in_dtypes[0].size() {
                 return Err("Cast: input and output hold different element counts".into());
             }
             kernels::cast(src, from, dst, to);

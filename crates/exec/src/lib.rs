@@ -24,7 +24,7 @@ use storage::{Store, data_bytes, data_from_bytes};
 use thiserror::Error;
 
 pub use planned::{ArenaStats, Layout, run_planned};
-pub use program::{Instr, Loc, MAX_INPUTS, MAX_OUTPUTS, Place, Program};
+pub use program::{Instr, Loc, MAX_INPUTS, MAX_OUTPUTS, Place, Program, check_input, check_state};
 pub use session::Executor;
 
 #[derive(Debug, Error, Clone, PartialEq)]

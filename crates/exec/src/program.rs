@@ -6,8 +6,8 @@
 //! CPU executor, the CUDA backend) runs the same table, so the plan governs execution on
 //! each.
 
-use lowmem_compile::CompiledStep;
-use lowmem_ir::{Node, TensorId};
+use lowmem_compile::{CompiledStep, StateSlot};
+use lowmem_ir::{Node, TensorData, TensorId};
 
 use crate::dispatch::{alias_input, may_alias, workspace_len};
 use crate::{ExecError, NodeIo, node_err, prepare};
@@ -342,4 +342,38 @@ impl<'s> Program<'s> {
 
         Ok(Program { loc, instrs })
     }
+}
+
+/// Checks that `data` fits graph input `k` of `step` (dtype and element count): what every
+/// backend's `set_input` accepts.
+pub fn check_input(step: &CompiledStep, k: usize, data: &TensorData) -> Result<(), ExecError> {
+    let g = &step.graph;
+    let t = g.tensor(g.inputs[k]);
+    if data.dtype() != t.dtype || data.len() != t.numel() {
+        return Err(ExecError::Input {
+            name: t.name.clone(),
+            msg: format!(
+                "expected {} {:?} ({} elements), got {} {}",
+                t.dtype,
+                t.shape,
+                t.numel(),
+                data.len(),
+                data.dtype()
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Checks that a state slot's value fits its tensor: what every backend's `load_state`
+/// accepts.
+pub fn check_state(step: &CompiledStep, s: &StateSlot) -> Result<(), ExecError> {
+    let t = step.graph.tensor(s.input);
+    if s.value.dtype() != t.dtype || s.value.len() != t.numel() {
+        return Err(ExecError::Input {
+            name: t.name.clone(),
+            msg: format!("state holds {} {} values", s.value.len(), s.value.dtype()),
+        });
+    }
+    Ok(())
 }

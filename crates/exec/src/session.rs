@@ -13,7 +13,9 @@ use lowmem_ir::{DType, Node, TensorData, TensorId};
 
 use crate::block::Block;
 use crate::dispatch::exec_op;
-use crate::program::{Instr, Loc, MAX_INPUTS, MAX_OUTPUTS, Place, Program};
+use crate::program::{
+    Instr, Loc, MAX_INPUTS, MAX_OUTPUTS, Place, Program, check_input, check_state,
+};
 use crate::storage::{data_bytes, data_from_bytes};
 use crate::{ExecError, node_err};
 
@@ -99,13 +101,7 @@ impl<'s> Executor<'s> {
     pub fn load_state(&mut self) -> Result<(), ExecError> {
         let step = self.step;
         for s in &step.state {
-            let t = step.graph.tensor(s.input);
-            if s.value.dtype() != t.dtype || s.value.len() != t.numel() {
-                return Err(ExecError::Input {
-                    name: t.name.clone(),
-                    msg: format!("state holds {} {} values", s.value.len(), s.value.dtype()),
-                });
-            }
+            check_state(step, s)?;
             self.bytes_mut(s.input.index())
                 .copy_from_slice(data_bytes(&s.value));
         }
@@ -173,21 +169,7 @@ impl<'s> Executor<'s> {
 
     /// Copies `data` into graph input `k`, checking its dtype and size.
     pub fn set_input(&mut self, k: usize, data: &TensorData) -> Result<(), ExecError> {
-        let g = &self.step.graph;
-        let t = g.tensor(g.inputs[k]);
-        if data.dtype() != t.dtype || data.len() != t.numel() {
-            return Err(ExecError::Input {
-                name: t.name.clone(),
-                msg: format!(
-                    "expected {} {:?} ({} elements), got {} {}",
-                    t.dtype,
-                    t.shape,
-                    t.numel(),
-                    data.len(),
-                    data.dtype()
-                ),
-            });
-        }
+        check_input(self.step, k, data)?;
         self.input_mut(k).copy_from_slice(data_bytes(data));
         Ok(())
     }

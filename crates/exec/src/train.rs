@@ -37,6 +37,37 @@ pub trait StepProbe {
 pub struct NoProbe;
 impl StepProbe for NoProbe {}
 
+/// A training step's data input (it must have exactly one, f32) and its labels input, if
+/// any: the slots a trainer writes each batch into, on any backend.
+pub fn batch_inputs(step: &CompiledStep) -> Result<(usize, Option<usize>), ExecError> {
+    if !matches!(step.task, Task::Training { .. }) {
+        return Err(ExecError::Layout(format!(
+            "the compiled step is a {} step, not a training step",
+            step.task.name()
+        )));
+    }
+    let mut data_inputs =
+        (0..step.inputs.len()).filter(|&k| matches!(step.inputs[k], InputRole::Data(_)));
+    let (Some(data), None) = (data_inputs.next(), data_inputs.next()) else {
+        return Err(ExecError::Layout(format!(
+            "training needs a model with one data input; this one has {}",
+            step.inputs
+                .iter()
+                .filter(|r| matches!(r, InputRole::Data(_)))
+                .count()
+        )));
+    };
+    let g = &step.graph;
+    if g.tensor(g.inputs[data]).dtype != DType::F32 {
+        return Err(ExecError::Input {
+            name: g.tensor(g.inputs[data]).name.clone(),
+            msg: "the data input must be f32".into(),
+        });
+    }
+    let labels = step.inputs.iter().position(|r| *r == InputRole::Labels);
+    Ok((data, labels))
+}
+
 /// A training step being run, step after step.
 pub struct Trainer<'s> {
     ex: Executor<'s>,
@@ -56,31 +87,7 @@ impl<'s> Trainer<'s> {
         step: &'s CompiledStep,
         before_blocks: impl FnOnce(),
     ) -> Result<Trainer<'s>, ExecError> {
-        if !matches!(step.task, Task::Training { .. }) {
-            return Err(ExecError::Layout(format!(
-                "the compiled step is a {} step, not a training step",
-                step.task.name()
-            )));
-        }
-        let mut data_inputs =
-            (0..step.inputs.len()).filter(|&k| matches!(step.inputs[k], InputRole::Data(_)));
-        let (Some(data), None) = (data_inputs.next(), data_inputs.next()) else {
-            return Err(ExecError::Layout(format!(
-                "training needs a model with one data input; this one has {}",
-                step.inputs
-                    .iter()
-                    .filter(|r| matches!(r, InputRole::Data(_)))
-                    .count()
-            )));
-        };
-        let g = &step.graph;
-        if g.tensor(g.inputs[data]).dtype != DType::F32 {
-            return Err(ExecError::Input {
-                name: g.tensor(g.inputs[data]).name.clone(),
-                msg: "the data input must be f32".into(),
-            });
-        }
-        let labels = step.inputs.iter().position(|r| *r == InputRole::Labels);
+        let (data, labels) = batch_inputs(step)?;
         Ok(Trainer {
             ex: Executor::with_hook(step, before_blocks)?,
             data,
