@@ -140,11 +140,7 @@ pub const BLOCK: u32 = 256;
 /// 65,536 (each thread loops).
 pub fn grid_1d(n: usize) -> LaunchDims {
     let blocks = n.div_ceil(BLOCK as usize).clamp(1, 1 << 16) as u32;
-    LaunchDims {
-        grid: [blocks, 1, 1],
-        block: [BLOCK, 1, 1],
-        shared_bytes: 0,
-    }
+    LaunchDims::new([blocks, 1, 1], [BLOCK, 1, 1])
 }
 
 #[cfg(test)]

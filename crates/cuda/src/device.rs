@@ -19,6 +19,17 @@ pub struct LaunchDims {
     pub shared_bytes: u32,
 }
 
+impl LaunchDims {
+    /// A launch with no dynamic shared memory.
+    pub fn new(grid: [u32; 3], block: [u32; 3]) -> LaunchDims {
+        LaunchDims {
+            grid,
+            block,
+            shared_bytes: 0,
+        }
+    }
+}
+
 /// One strided batched SGEMM in row-major terms: for each `b < batch`,
 /// `C_b = alpha * op(A_b) * op(B_b) + beta * C_b`, `op(A_b)` being `m x k` and `op(B_b)`
 /// `k x n`; `lda`/`ldb`/`ldc` are row strides of the matrices as stored and the `stride_*`

@@ -361,11 +361,7 @@ fn backward_filter(dev: &dyn Device, c: &DevCall, s: &Sizes, dy: DevPtr, x: DevP
             Arg::I32(s.mg as i32),
             Arg::Dims(Box::new(geo_dims(&s.g))),
         ];
-        let dims = LaunchDims {
-            grid: [total as u32, 1, 1],
-            block: [BLOCK, 1, 1],
-            shared_bytes: 0,
-        };
+        let dims = LaunchDims::new([total as u32, 1, 1], [BLOCK, 1, 1]);
         return Ok(call(dev, "lm_dw_filter", dims, &args)?);
     }
     let cols = s.cols();

@@ -20,11 +20,7 @@ fn ncs(shape: &[usize]) -> Result<(usize, usize, usize), String> {
 }
 
 fn per_channel(c: usize) -> LaunchDims {
-    LaunchDims {
-        grid: [c as u32, 1, 1],
-        block: [STATS_BLOCK, 1, 1],
-        shared_bytes: 0,
-    }
+    LaunchDims::new([c as u32, 1, 1], [STATS_BLOCK, 1, 1])
 }
 
 pub(super) fn launch(dev: &dyn Device, c: &DevCall) -> OpResult {

@@ -40,7 +40,7 @@ const MAX_GRID: usize = 1 << 16;
 fn row_launch(rows: usize, len: usize) -> (LaunchDims, i32) {
     if len <= 1024 && rows >= 256 {
         let grid = rows.div_ceil(8).clamp(1, MAX_GRID) as u32;
-        return (dims([grid, 1, 1], [256, 1, 1]), 1);
+        return (LaunchDims::new([grid, 1, 1], [256, 1, 1]), 1);
     }
     let threads = match len {
         0..=2048 => 128,
@@ -49,19 +49,11 @@ fn row_launch(rows: usize, len: usize) -> (LaunchDims, i32) {
         _ => 1024,
     };
     let grid = rows.clamp(1, MAX_GRID) as u32;
-    (dims([grid, 1, 1], [threads, 1, 1]), 0)
-}
-
-fn dims(grid: [u32; 3], block: [u32; 3]) -> LaunchDims {
-    LaunchDims {
-        grid,
-        block,
-        shared_bytes: 0,
-    }
+    (LaunchDims::new([grid, 1, 1], [threads, 1, 1]), 0)
 }
 
 /// A single block of at most 1024 threads, a multiple of 32, enough for `n` elements.
 fn one_block(n: usize) -> LaunchDims {
     let t = n.div_ceil(32).clamp(1, 32) as u32 * 32;
-    dims([1, 1, 1], [t, 1, 1])
+    LaunchDims::new([1, 1, 1], [t, 1, 1])
 }

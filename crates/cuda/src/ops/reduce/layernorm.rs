@@ -6,10 +6,11 @@
 use lowmem_ir::Op;
 use lowmem_ir::shape::{axis as norm_axis, count};
 
-use super::{MAX_GRID, dims, row_launch, sum};
+use super::{MAX_GRID, row_launch, sum};
 use crate::DevPtr;
 use crate::args::{Arg, Dims, call, grid_1d};
 use crate::device::Device;
+use crate::device::LaunchDims;
 use crate::ops::{DevCall, OpError, OpResult};
 
 /// Input `j` (broadcasting to `norm`) as `inner` contiguous values: itself when it already
@@ -123,7 +124,7 @@ pub(super) fn launch(dev: &dyn Device, c: &DevCall) -> OpResult {
             call(
                 dev,
                 "lm_ln_grad_cols",
-                dims([grid, 1, 1], [bx as u32, by as u32, 1]),
+                LaunchDims::new([grid, 1, 1], [bx as u32, by as u32, 1]),
                 &args,
             )?;
             if !full {

@@ -4,10 +4,11 @@
 use lowmem_ir::Op;
 use lowmem_ir::shape::{axis as norm_axis, count};
 
-use super::{MAX_GRID, dims};
+use super::MAX_GRID;
 use crate::DevPtr;
 use crate::args::{Arg, Dims, call};
 use crate::device::Device;
+use crate::device::LaunchDims;
 use crate::ops::{DevCall, OpResult};
 
 pub(super) fn launch(dev: &dyn Device, c: &DevCall) -> OpResult {
@@ -60,7 +61,7 @@ pub(super) fn launch(dev: &dyn Device, c: &DevCall) -> OpResult {
             Ok(call(
                 dev,
                 "lm_reduce_gap_grad",
-                dims([gx, gy, 1], [256, 1, 1]),
+                LaunchDims::new([gx, gy, 1], [256, 1, 1]),
                 &args,
             )?)
         }
@@ -144,7 +145,7 @@ pub(super) fn reduce(
     Ok(call(
         dev,
         "lm_reduce",
-        dims([grid, 1, 1], [bx as u32, by as u32, 1]),
+        LaunchDims::new([grid, 1, 1], [bx as u32, by as u32, 1]),
         &args,
     )?)
 }
