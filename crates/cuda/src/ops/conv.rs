@@ -11,12 +11,17 @@ use crate::DevPtr;
 use crate::args::{Arg, BLOCK, Dims, MAX_RANK, call, grid_1d};
 use crate::device::{Device, Gemm, LaunchDims};
 
-pub(super) use lowmem_exec::kernels::Geo;
+pub(super) use lowmem_exec::kernels::{ConvDims, Geo};
 
 /// The window's geometry (the CPU kernels' [`Geo`]), checked against the kernels' 32-bit
 /// indexing of planes and windows.
 pub(super) fn geo(win: &Window) -> Result<Geo, OpError> {
     let g = Geo::try_new(win)?;
+    check_geo(&g)?;
+    Ok(g)
+}
+
+fn check_geo(g: &Geo) -> Result<(), OpError> {
     let big = [g.ksize(), g.isize(), g.osize()]
         .into_iter()
         .chain(g.k.iter().zip(&g.d).map(|(k, d)| k * d))
@@ -25,7 +30,7 @@ pub(super) fn geo(win: &Window) -> Result<Geo, OpError> {
     if big {
         return Err("window too large for the 32-bit indexing of the kernels".into());
     }
-    Ok(g)
+    Ok(())
 }
 
 /// The window as the kernels take it (see kernels/im2col.cu): kernel, strides, dilations
@@ -57,54 +62,36 @@ pub(super) fn window<'a>(c: &DevCall<'a>) -> Result<&'a Window, OpError> {
         .ok_or_else(|| OpError::from(format!("{} has no resolved window", c.op.name())))
 }
 
-/// A conv's sizes (as the CPU's `ConvDims`): batch `n`, channels `c` in and `m` out,
-/// per group `cg` and `mg`, kernel taps `kk`, output and input positions `p`, `isz`.
+/// A conv's sizes: the CPU kernels' [`ConvDims`] (batch `n`, channels `c` in and `m` out,
+/// per group `cg` and `mg`, kernel taps `kk`, output and input positions `p`, `isz`),
+/// checked for the kernels' 32-bit indexing, with the group count and whether the
+/// convolution runs depthwise.
 struct Sizes {
-    g: Geo,
+    d: ConvDims,
     group: usize,
-    n: usize,
-    c: usize,
-    m: usize,
-    cg: usize,
-    mg: usize,
-    kk: usize,
-    p: usize,
-    isz: usize,
     depthwise: bool,
+}
+
+impl std::ops::Deref for Sizes {
+    type Target = ConvDims;
+    fn deref(&self) -> &ConvDims {
+        &self.d
+    }
 }
 
 impl Sizes {
     fn new(x: &[usize], w: &[usize], win: &Window, group: usize) -> Result<Sizes, OpError> {
-        let g = geo(win)?;
-        if x.len() != win.kernel.len() + 2 || w.len() != x.len() {
-            return Err(format!("conv shapes {x:?} and {w:?} do not fit the window").into());
-        }
-        if group == 0
-            || !x[1].is_multiple_of(group)
-            || !w[0].is_multiple_of(group)
-            || w[1] * group != x[1]
-        {
-            return Err(format!("conv group {group} does not fit {x:?} and {w:?}").into());
-        }
-        let (kk, p, isz) = (g.ksize(), g.osize(), g.isize());
-        let s = Sizes {
-            group,
-            n: x[0],
-            c: x[1],
-            m: w[0],
-            cg: x[1] / group,
-            mg: w[0] / group,
-            kk,
-            p,
-            isz,
-            depthwise: lowmem_ir::scratch::conv_is_depthwise(x, w, group),
-            g,
-        };
+        let d = ConvDims::try_new(x, w, win, group)?;
+        check_geo(&d.g)?;
         // The im2col kernels index one group's columns and planes with ints.
-        if s.cg * kk * p > i32::MAX as usize || s.c * isz > i32::MAX as usize {
+        if d.cg * d.kk * d.p > i32::MAX as usize || d.c * d.isz > i32::MAX as usize {
             return Err("convolution too large for the 32-bit indexing of im2col".into());
         }
-        Ok(s)
+        Ok(Sizes {
+            d,
+            group,
+            depthwise: lowmem_ir::scratch::conv_is_depthwise(x, w, group),
+        })
     }
 
     /// Columns (f32) one group's im2col needs: none for pointwise convolutions.

@@ -102,10 +102,11 @@ pub(crate) fn valid_range(
     (lo, hi.max(lo))
 }
 
-/// The sizes every convolution kernel (forward and both backward passes) works with:
-/// channels per group (`cg` in, `mg` out), batch `n`, channels `c` and `m`, kernel, output
-/// and input spatial sizes `kk`, `p`, `isz`.
-pub(crate) struct ConvDims {
+/// The sizes every convolution kernel (forward and both backward passes, CPU and CUDA)
+/// works with: channels per group (`cg` in, `mg` out), batch `n`, channels `c` and `m`,
+/// kernel, output and input spatial sizes `kk`, `p`, `isz`.
+#[derive(Clone, Debug)]
+pub struct ConvDims {
     pub g: Geo,
     pub cg: usize,
     pub mg: usize,
@@ -118,43 +119,45 @@ pub(crate) struct ConvDims {
 }
 
 impl ConvDims {
+    /// Panics where [`ConvDims::try_new`] errs (the executor checks shapes ahead).
     pub fn new(x_shape: &[usize], w_shape: &[usize], win: &Window, group: usize) -> ConvDims {
-        let g = Geo::new(win);
-        assert_eq!(x_shape.len(), win.kernel.len() + 2, "conv input rank");
-        let (cg, mg) = channels_per_group(x_shape, w_shape, group);
+        ConvDims::try_new(x_shape, w_shape, win, group).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    pub fn try_new(
+        x_shape: &[usize],
+        w_shape: &[usize],
+        win: &Window,
+        group: usize,
+    ) -> Result<ConvDims, String> {
+        let g = Geo::try_new(win)?;
+        if x_shape.len() != win.kernel.len() + 2 || w_shape.len() != x_shape.len() {
+            return Err(format!(
+                "conv shapes {x_shape:?} and {w_shape:?} do not fit the window"
+            ));
+        }
+        if group == 0
+            || !x_shape[1].is_multiple_of(group)
+            || !w_shape[0].is_multiple_of(group)
+            || w_shape[1] * group != x_shape[1]
+        {
+            return Err(format!(
+                "conv group {group} does not fit {x_shape:?} and {w_shape:?}"
+            ));
+        }
         let (kk, p, isz) = (g.ksize(), g.osize(), g.isize());
-        ConvDims {
+        Ok(ConvDims {
             g,
-            cg,
-            mg,
+            cg: x_shape[1] / group,
+            mg: w_shape[0] / group,
             n: x_shape[0],
             c: x_shape[1],
             m: w_shape[0],
             kk,
             p,
             isz,
-        }
+        })
     }
-}
-
-pub(crate) fn channels_per_group(
-    x_shape: &[usize],
-    w_shape: &[usize],
-    group: usize,
-) -> (usize, usize) {
-    assert!(group > 0, "conv group 0");
-    assert_eq!(
-        x_shape[1] / group * group,
-        x_shape[1],
-        "group divides input channels"
-    );
-    assert_eq!(
-        w_shape[0] / group * group,
-        w_shape[0],
-        "group divides output channels"
-    );
-    assert_eq!(w_shape[1] * group, x_shape[1], "conv weight channels");
-    (x_shape[1] / group, w_shape[0] / group)
 }
 
 pub(crate) use lowmem_ir::scratch::conv_is_depthwise as depthwise;
