@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use lowmem_ir::{DType, Graph, NodeId, Op, SoftmaxAttrs, TensorData, TensorId, TensorKind};
 
+use crate::sliceout::{Cut, SlicePlan};
 use crate::{AutodiffError, Loss, Mode, StateKind};
 
 pub(crate) struct Builder {
@@ -22,6 +23,10 @@ pub(crate) struct Builder {
     counter: usize,
     /// Per node of `g`: the forward node whose gradient rule emitted it (set by `backward`).
     pub backward_of: Vec<Option<NodeId>>,
+    /// SliceOut's changes to the replay (training mode).
+    pub slice: SlicePlan,
+    /// (tensor, axis, seed) -> its window, so a weight read twice is sliced once.
+    windows: HashMap<(TensorId, usize, u64), TensorId>,
 }
 
 /// The tensor the loss reads, and whether the output's Softmax was fused into the loss.
@@ -68,6 +73,8 @@ impl Builder {
             names: fwd.tensors.iter().map(|t| t.name.clone()).collect(),
             counter: 0,
             backward_of: Vec::new(),
+            slice: SlicePlan::default(),
+            windows: HashMap::new(),
         }
     }
 
@@ -160,6 +167,26 @@ impl Builder {
         Ok(id)
     }
 
+    /// `t` read through SliceOut's window `cut`.
+    fn window(&mut self, t: TensorId, cut: Cut) -> Result<TensorId, AutodiffError> {
+        if let Some(&w) = self.windows.get(&(t, cut.axis, cut.seed)) {
+            return Ok(w);
+        }
+        let step = self.step_input()?;
+        let name = format!("{}.window", self.g.tensor(t).name);
+        let w = self.emit1(
+            &name,
+            Op::SliceWindow {
+                axis: cut.axis,
+                size: cut.kept,
+                seed: cut.seed,
+            },
+            &[t, step],
+        )?;
+        self.windows.insert((t, cut.axis, cut.seed), w);
+        Ok(w)
+    }
+
     /// Copies the forward nodes that `target` depends on. Weights in `as_input` become graph
     /// inputs (carried state); in training mode BatchNormalization and Dropout switch to their
     /// training forms. Differentiation requirements are seeded by the caller via `backward`.
@@ -208,7 +235,12 @@ impl Builder {
         }
         for n in fwd.node_ids().filter(|n| needed[n.index()]) {
             let node = fwd.node(n);
-            let ins: Vec<TensorId> = node.inputs.iter().map(|&i| self.map(i)).collect();
+            let mut ins: Vec<TensorId> = node.inputs.iter().map(|&i| self.map(i)).collect();
+            for (i, t) in ins.iter_mut().enumerate() {
+                if let Some(cut) = self.slice.inputs.get(&(n.index(), i)).copied() {
+                    *t = self.window(*t, cut)?;
+                }
+            }
             let outs: Vec<&str> = node
                 .outputs
                 .iter()
@@ -241,6 +273,13 @@ impl Builder {
                         }
                     }
                     ids[..1].to_vec()
+                }
+                (Op::Dropout { .. }, Mode::Training)
+                    if self.slice.scales.contains_key(&n.index()) =>
+                {
+                    let alpha = self.slice.scales[&n.index()];
+                    self.g
+                        .add_node(node.name.clone(), Op::Scale { alpha }, &ins[..1], &outs)?
                 }
                 (Op::Dropout { ratio, seed }, Mode::Training) => {
                     if node.outputs.len() > 1 {

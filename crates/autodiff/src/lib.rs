@@ -9,8 +9,10 @@
 
 mod builder;
 mod rules;
+mod sliceout;
 mod store;
 
+pub use sliceout::SliceOutSite;
 pub use store::StoreSite;
 
 use std::collections::HashMap;
@@ -152,6 +154,17 @@ pub struct TrainingGraph {
     pub backward_start: usize,
     /// As [`GradGraph::backward_of`].
     pub backward_of: Vec<Option<NodeId>>,
+    /// SliceOut's rewritten dropouts ([`StepOptions::sliceout`]).
+    pub sliceout: Vec<SliceOutSite>,
+    /// Dropouts SliceOut left dense: (node, why).
+    pub sliceout_skipped: Vec<(String, String)>,
+}
+
+/// Rewrites applied while the training step is built.
+#[derive(Clone, Debug, Default)]
+pub struct StepOptions {
+    /// SliceOut at this drop ratio ([`sliceout`]), in `(0, 1)`.
+    pub sliceout: Option<f32>,
 }
 
 impl GradGraph {
@@ -230,8 +243,31 @@ pub fn training_step(
     loss: Loss,
     optimizer: &Optimizer,
 ) -> Result<TrainingGraph, AutodiffError> {
+    training_step_with(forward, output, loss, optimizer, &StepOptions::default())
+}
+
+/// [`training_step`] with the rewrites of `opts`.
+pub fn training_step_with(
+    forward: &Graph,
+    output: TensorId,
+    loss: Loss,
+    optimizer: &Optimizer,
+    opts: &StepOptions,
+) -> Result<TrainingGraph, AutodiffError> {
     let trainable = forward.trainable_weights();
     let mut b = Builder::new(forward, Mode::Training, &format!("{}.train", forward.name));
+    let (mut sliceout, mut sliceout_skipped) = (Vec::new(), Vec::new());
+    if let Some(p) = opts.sliceout {
+        if !(p > 0.0 && p < 1.0) {
+            return Err(AutodiffError::Options(format!(
+                "sliceout={p}: the drop ratio must be in (0, 1)"
+            )));
+        }
+        let (plan, sites, skipped) = sliceout::find(forward, p);
+        b.slice = plan;
+        sliceout = sites;
+        sliceout_skipped = skipped;
+    }
     let (loss_in, fused) = builder::loss_input(forward, output, loss)?;
     // Trainable weights and BatchNorm statistics become inputs carried between steps.
     let mut as_input: HashMap<TensorId, StateKind> = trainable
@@ -391,6 +427,8 @@ pub fn training_step(
         grads,
         backward_start,
         backward_of,
+        sliceout,
+        sliceout_skipped,
     })
 }
 

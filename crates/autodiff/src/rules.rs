@@ -397,6 +397,18 @@ pub(crate) fn gradient(
                 b.emit1(h, Op::Expand { shape: xs }, &[g])?
             });
         }
+        Op::SliceWindow { axis, seed, .. } => {
+            let n = shape(b, x(0))[*axis];
+            out[0] = Some(b.emit1(
+                h,
+                Op::SliceWindowGrad {
+                    axis: *axis,
+                    size: n,
+                    seed: *seed,
+                },
+                &[dy, x(1)],
+            )?);
+        }
         Op::Expand { .. } => {
             let xs = shape(b, x(0));
             out[0] = Some(sum_to(b, h, dy, &xs)?);

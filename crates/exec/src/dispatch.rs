@@ -353,6 +353,43 @@ pub(crate) fn exec_op(c: &OpCall, outs: &mut [&mut [u8]], ws: &mut [f32]) -> Res
             c.init(outs, 0, 0)?;
             kernels::dropout_inplace(c.out1(outs)?, *ratio, *seed, step);
         }
+        Op::SliceWindow { axis, seed, .. } => {
+            let step = c.i64_scalar(1)? as u64;
+            kernels::slice_window(x(0)?, shapes[0], *axis, *seed, step, c.out1(outs)?);
+        }
+        Op::SliceWindowGrad { axis, size, seed } => {
+            let step = c.i64_scalar(1)? as u64;
+            let dx = c.out1(outs)?;
+            kernels::slice_window_grad(x(0)?, shapes[0], *axis, *size, *seed, step, dx);
+        }
+        Op::ReluMask => {
+            let o = outs.first_mut().ok_or("the node has no output")?;
+            kernels::relu_mask(x(0)?, o);
+        }
+        Op::ReluMaskGrad => {
+            let mask = c.raw(1)?;
+            c.init(outs, 0, 0)?;
+            kernels::relu_mask_grad_inplace(c.out1(outs)?, mask);
+        }
+        Op::TopK { k } => {
+            let [values, indices] = outs else {
+                return Err(bad_outputs(op, outs.len()));
+            };
+            let xs = x(0)?;
+            let indices: &mut [i32] = cast_mut(indices)?;
+            let keys: &mut [u32] = bytemuck::cast_slice_mut(&mut ws[..xs.len()]);
+            if indices.len() != *k {
+                return Err(format!("indices hold {} of {k}", indices.len()));
+            }
+            kernels::topk(xs, c.f32_out(0, values)?, indices, keys);
+        }
+        Op::TopKScatter { .. } => {
+            let idx: &[i32] = match c.in_dtypes[1] {
+                DType::I32 => cast(c.raw(1)?)?,
+                d => return Err(format!("indices have dtype {d}, expected i32")),
+            };
+            kernels::topk_scatter(x(0)?, idx, c.out1(outs)?)?;
+        }
         Op::ConvBackwardData { conv, input_shape } => {
             let win = c.window(|| conv.window(input_shape, shapes[1]))?;
             kernels::conv_backward_data(

@@ -35,6 +35,7 @@ impl Op {
                             | Op::Dropout { .. }
                             | Op::DropoutTrain { .. }
                             | Op::DropoutGrad { .. }
+                            | Op::ReluMaskGrad
                             | Op::SgdUpdate { .. }
                             | Op::AdamUpdate { .. }
                     ) =>

@@ -24,4 +24,5 @@ pub use graph::{Graph, Node, NodeId, Tensor, TensorId, TensorKind};
 pub use op::{
     AutoPad, BatchNormAttrs, ClipAttrs, ConvAttrs, GeluApprox, GemmAttrs, LrnAttrs, Op, PoolAttrs,
     ReduceAttrs, SoftmaxAttrs, Window, dropout_keep, matmul_shape, norm_axes, reshape_target,
+    window_start,
 };

@@ -551,6 +551,38 @@ pub enum Op {
         seed: u64,
     },
 
+    // Rewrite ops (lowmem's rewrite stage inserts them; see `lowmem_autodiff`).
+    /// SliceOut's unit slice. Inputs X, step (i64 scalar): `size` consecutive entries of X
+    /// along `axis`, starting at [`window_start`]`(seed, step, n)` and wrapping around the
+    /// end (so every unit is kept equally often): `Y[.., j, ..] = X[.., (s + j) % n, ..]`.
+    SliceWindow {
+        axis: usize,
+        size: usize,
+        seed: u64,
+    },
+    /// The adjoint of [`Op::SliceWindow`]. Inputs dY, step: dX with `size` (the full `n`)
+    /// entries along `axis`, dY scattered to the window of the same seed, zeros elsewhere.
+    SliceWindowGrad {
+        axis: usize,
+        size: usize,
+        seed: u64,
+    },
+    /// ReLU's output as a bit mask: Y (f32) -> u8 `[ceil(numel / 8)]`, bit `i % 8` (least
+    /// significant first) of byte `i / 8` set iff `y[i] > 0`. ReLU's backward needs only this.
+    ReluMask,
+    /// dY, mask -> dX: dY where the [`Op::ReluMask`] bit is set, else 0.
+    ReluMaskGrad,
+    /// DropIT's compression: X (f32) -> values (f32 `[k]`), indices (i32 `[k]`): the `k`
+    /// elements of largest magnitude (ties to the lower index), in index order.
+    TopK {
+        k: usize,
+    },
+    /// values `[k]`, indices (i32 `[k]`) -> a dense tensor of `shape`: each value at its
+    /// flat index, zeros elsewhere (the inverse of [`Op::TopK`] on what it kept).
+    TopKScatter {
+        shape: Vec<usize>,
+    },
+
     // Losses (scalar outputs).
     /// logits `[N, C]`, labels (i64 `[N]`, in `0..C`) -> mean over N of
     /// `-log softmax(logits)[label]`.
@@ -586,14 +618,24 @@ pub enum Op {
 /// Whether element `i` survives [`Op::DropoutTrain`] at `step`: a counter-based hash, so any
 /// recomputation or backward pass regenerates the same mask from (seed, step) alone.
 pub fn dropout_keep(seed: u64, step: u64, i: u64, ratio: f32) -> bool {
+    ((mix(seed, step, i) >> 40) as f32) / ((1u64 << 24) as f32) >= ratio
+}
+
+/// The first unit of [`Op::SliceWindow`]'s window over `n` units at `step`: the dropout hash
+/// at the counter `u64::MAX` (which no element index reaches), reduced mod `n`.
+pub fn window_start(seed: u64, step: u64, n: usize) -> usize {
+    (mix(seed, step, u64::MAX) % (n.max(1) as u64)) as usize
+}
+
+/// splitmix64 of the counter `(seed, step, i)`.
+fn mix(seed: u64, step: u64, i: u64) -> u64 {
     let mut z = seed
         .wrapping_mul(0x9E37_79B9_7F4A_7C15)
         .wrapping_add(step.wrapping_mul(0xD1B5_4A32_D192_ED03))
         .wrapping_add(i.wrapping_mul(0xBF58_476D_1CE4_E5B9));
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^= z >> 31;
-    ((z >> 40) as f32) / ((1u64 << 24) as f32) >= ratio
+    z ^ (z >> 31)
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -794,6 +836,12 @@ impl Op {
             Op::ClipGrad(_) => "ClipGrad",
             Op::PowGrad => "PowGrad",
             Op::DropoutGrad { .. } => "DropoutGrad",
+            Op::SliceWindow { .. } => "SliceWindow",
+            Op::SliceWindowGrad { .. } => "SliceWindowGrad",
+            Op::ReluMask => "ReluMask",
+            Op::ReluMaskGrad => "ReluMaskGrad",
+            Op::TopK { .. } => "TopK",
+            Op::TopKScatter { .. } => "TopKScatter",
             Op::SoftmaxCrossEntropy => "SoftmaxCrossEntropy",
             Op::SoftmaxCrossEntropyGrad => "SoftmaxCrossEntropyGrad",
             Op::MseLoss => "MseLoss",
@@ -836,6 +884,17 @@ impl Op {
         )
     }
 
+    /// Ops that keep a forward tensor in a compact form for the backward pass (a 16-bit
+    /// Cast, [`Op::ReluMask`], [`Op::TopK`]): checkpointing keeps them with the stage of the
+    /// tensor they store.
+    pub fn is_saved_form(&self) -> bool {
+        match self {
+            Op::Cast { to } => *to != DType::F32,
+            Op::ReluMask | Op::TopK { .. } => true,
+            _ => false,
+        }
+    }
+
     pub fn is_binary_elementwise(&self) -> bool {
         matches!(self, Op::Add | Op::Sub | Op::Mul | Op::Div | Op::Pow)
     }
@@ -847,7 +906,7 @@ impl Op {
             Op::Dropout { .. } => (1, 2),
             Op::BatchNormTrain(_) => (5, 5),
             Op::BatchNormGrad { .. } | Op::LayerNormGrad { .. } => (3, 3),
-            Op::PowGrad => (2, 2),
+            Op::PowGrad | Op::TopK { .. } => (2, 2),
             Op::SgdUpdate { .. } => (1, 2),
             Op::AdamUpdate { .. } => (3, 3),
             _ => (1, 1),
@@ -1235,6 +1294,7 @@ impl Op {
             Op::GeluGrad { .. } | Op::ErfGrad => 10 * out,
             Op::PowGrad => 6 * out,
             Op::SumTo { .. } => inp,
+            Op::TopK { .. } => 4 * inp,
             Op::SoftmaxCrossEntropy
             | Op::SoftmaxCrossEntropyGrad
             | Op::MseLoss

@@ -165,3 +165,19 @@ pub fn conv_workspace_len(
         ConvPass::BackwardFilter => sgemm_workspace_len(mg, ck, p),
     }
 }
+
+/// Elements per chunk of [`crate::Op::TopK`]'s ordered compaction on a GPU: one thread
+/// counts, then places, one chunk's selected elements, so the output order (index order) does
+/// not depend on scheduling.
+pub const TOPK_CHUNK: usize = 256;
+
+/// u32 slots of the GPU radix select's state: a 256-bin histogram and the running prefix,
+/// mask and remaining count (padded).
+pub const TOPK_STATE: usize = 272;
+
+/// 4-byte slots of [`crate::Op::TopK`]'s workspace over `n` elements: the reference kernel
+/// selects over a copy of the `n` magnitudes; the GPU kernels need the radix state and two
+/// counts per chunk. One formula covers both.
+pub fn topk_workspace_len(n: usize) -> usize {
+    n.max(TOPK_STATE + 2 * n.div_ceil(TOPK_CHUNK))
+}

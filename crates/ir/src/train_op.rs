@@ -98,6 +98,77 @@ impl Op {
                 }
                 Ok(vec![(inputs[0].0, inputs[0].1.to_vec())])
             })(),
+            Op::SliceWindow { axis, size, .. } | Op::SliceWindowGrad { axis, size, .. } => (|| {
+                want_inputs(inputs.len(), 2, 2)?;
+                want_step(inputs, 1)?;
+                let x = inputs[0].1;
+                if *axis >= x.len() {
+                    return Err(format!("axis {axis} is out of range for {x:?}"));
+                }
+                let (k, n) = match self {
+                    Op::SliceWindow { .. } => (*size, x[*axis]),
+                    _ => (x[*axis], *size),
+                };
+                if k == 0 || k > n {
+                    return Err(format!(
+                        "a window of {k} units does not fit axis {axis} of {n} units"
+                    ));
+                }
+                let mut out = x.to_vec();
+                out[*axis] = *size;
+                Ok(vec![(inputs[0].0, out)])
+            })(
+            ),
+            Op::ReluMask => (|| {
+                want_inputs(inputs.len(), 1, 1)?;
+                want_float(inputs)?;
+                Ok(vec![(DType::U8, vec![count(inputs[0].1).div_ceil(8)])])
+            })(),
+            Op::ReluMaskGrad => (|| {
+                want_inputs(inputs.len(), 2, 2)?;
+                want_float(&inputs[..1])?;
+                let bytes = count(inputs[0].1).div_ceil(8);
+                if inputs[1].0 != DType::U8 || inputs[1].1 != [bytes] {
+                    return Err(format!(
+                        "mask is {} {:?}, expected u8 [{bytes}] for dY {:?}",
+                        inputs[1].0, inputs[1].1, inputs[0].1
+                    ));
+                }
+                Ok(vec![(inputs[0].0, inputs[0].1.to_vec())])
+            })(),
+            Op::TopK { k } => (|| {
+                want_inputs(inputs.len(), 1, 1)?;
+                if inputs[0].0 != DType::F32 {
+                    return Err(format!("input is {}, expected f32", inputs[0].0));
+                }
+                let n = count(inputs[0].1);
+                if *k == 0 || *k > n || n > i32::MAX as usize {
+                    return Err(format!(
+                        "keeps {k} of {n} elements (needs 1 <= k <= n < 2^31)"
+                    ));
+                }
+                Ok(vec![(DType::F32, vec![*k]), (DType::I32, vec![*k])])
+            })(),
+            Op::TopKScatter { shape } => (|| {
+                want_inputs(inputs.len(), 2, 2)?;
+                let k = inputs[0].1.iter().product::<usize>();
+                if inputs[0].0 != DType::F32 || inputs[0].1.len() != 1 {
+                    return Err(format!(
+                        "values are {} {:?}, expected f32 [k]",
+                        inputs[0].0, inputs[0].1
+                    ));
+                }
+                if inputs[1].0 != DType::I32 || inputs[1].1 != [k] {
+                    return Err(format!(
+                        "indices are {} {:?}, expected i32 [{k}]",
+                        inputs[1].0, inputs[1].1
+                    ));
+                }
+                if k > count(shape) {
+                    return Err(format!("{k} values do not fit shape {shape:?}"));
+                }
+                Ok(vec![(DType::F32, shape.clone())])
+            })(),
             Op::ConvBackwardData { conv, input_shape } => (|| {
                 want_inputs(inputs.len(), 2, 2)?;
                 let d = same_dtype(inputs)?;
@@ -275,6 +346,7 @@ impl Op {
     /// - LayerNormGrad: three vectors over the normalised dims, two statistics per row, and
     ///   f64 accumulators for a broadcasting scale's gradients.
     /// - ReduceSum / ReduceMean / SumTo: one f64 accumulator per output element.
+    /// - TopK: [`crate::scratch::topk_workspace_len`].
     ///
     /// f64 accumulators take `2 * n + 1` f32 slots (one spare to align to 8 bytes).
     pub fn workspace_bytes(&self, inputs: &[&[usize]], outputs: &[&[usize]]) -> usize {
@@ -295,6 +367,9 @@ impl Op {
                 weight_shape,
             } => conv(c, inputs[1], weight_shape, ConvPass::BackwardFilter),
             Op::MatMul => matmul_workspace_len(inputs[0], inputs[1]) * 4,
+            Op::TopK { .. } => {
+                crate::scratch::topk_workspace_len(crate::shape::count(inputs[0])) * 4
+            }
             Op::Gemm(a) => {
                 let (x, w) = (inputs[0], inputs[1]);
                 if x.len() != 2 || w.len() != 2 {

@@ -284,14 +284,13 @@ fn stages_inner(g: &Graph, output: TensorId, primary: Option<TensorId>) -> Vec<S
             );
         }
     }
-    // A Cast that keeps a stage's tensor in 16 bits for the backward pass (`--store`) is
-    // not needed for the output but belongs to the stage of what it stores: recomputing the
-    // stage recomputes it, and the stage's record holds the 16-bit copy.
+    // A node that keeps a stage's tensor in a compact form for the backward pass (`--store`'s
+    // 16-bit Cast, DropIT's top-k, ReLU's bit mask) is not needed for the output but belongs
+    // to the stage of what it stores: recomputing the stage recomputes it, and the stage's
+    // record holds the compact copy.
     let producers = g.producers();
     for n in 0..g.nodes.len() {
-        if stage_of[n].is_none()
-            && matches!(g.nodes[n].op, lowmem_ir::Op::Cast { to } if to != lowmem_ir::DType::F32)
-        {
+        if stage_of[n].is_none() && g.nodes[n].op.is_saved_form() {
             let q = g.nodes[n].inputs.first().and_then(|i| producers[i.index()]);
             stage_of[n] = q.and_then(|q| stage_of[q.index()]);
         }

@@ -64,8 +64,8 @@ impl OpKey {
     }
 }
 
-/// Ops the rewriter never touches and never merges: randomness (dropout masks come from a
-/// seed and the step), optimizer and statistics updates, and every multi-output op (its
+/// Ops the rewriter never touches and never merges: randomness (dropout masks and SliceOut
+/// windows come from a seed and the step), optimizer and statistics updates, and every multi-output op (its
 /// outputs are read through [`Term::Proj`], which keeps the node whole).
 pub fn is_opaque(op: &Op, n_out: usize) -> bool {
     n_out > 1
@@ -74,6 +74,8 @@ pub fn is_opaque(op: &Op, n_out: usize) -> bool {
             Op::Dropout { .. }
                 | Op::DropoutTrain { .. }
                 | Op::DropoutGrad { .. }
+                | Op::SliceWindow { .. }
+                | Op::SliceWindowGrad { .. }
                 | Op::BatchNormTrain(_)
                 | Op::SgdUpdate { .. }
                 | Op::AdamUpdate { .. }

@@ -23,6 +23,7 @@ mod norm_grad;
 mod pool;
 mod reduce;
 mod sgemm;
+mod sparse;
 
 pub use conv::{ConvDims, Geo, MAX_SPATIAL_RANK, conv, conv_workspace_len, im2col};
 pub use conv_grad::{
@@ -49,6 +50,9 @@ pub use pool::{
 };
 pub use reduce::{reduce, reduce_workspace_len, sum_to};
 pub use sgemm::{sgemm, sgemm_workspace_len};
+pub use sparse::{
+    relu_mask, relu_mask_grad_inplace, slice_window, slice_window_grad, topk, topk_scatter,
+};
 
 /// Element count above which elementwise-style kernels split their work over rayon.
 pub(crate) const PAR_ELEMS: usize = 1 << 15;
