@@ -25,6 +25,57 @@ pub mod train;
 
 use thiserror::Error;
 
+/// Compiles `g` as `opts` asks, printing each warning (a rewrite asked for that found no
+/// site) to stderr: the one place the CLI's subcommands compile a step.
+pub fn compile_step(
+    g: &lowmem_ir::Graph,
+    opts: &lowmem_compile::CompileOptions,
+) -> Result<lowmem_compile::CompiledStep, Error> {
+    let step = lowmem_compile::compile(g, opts)?;
+    for w in &step.warnings {
+        eprintln!("warning: {w}");
+    }
+    Ok(step)
+}
+
+/// The memory rewrites of `--rewrite sliceout=P,dropit=GAMMA`: (SliceOut's drop ratio,
+/// DropIT's dropped fraction), each in (0, 1).
+pub fn parse_rewrite(spec: &str) -> Result<(Option<f32>, Option<f32>), Error> {
+    let (mut sliceout, mut dropit) = (None, None);
+    for part in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (key, value) = part.split_once('=').ok_or_else(|| {
+            Error::Usage(format!(
+                "--rewrite {part}: expected NAME=VALUE (sliceout=P, dropit=GAMMA)"
+            ))
+        })?;
+        let v: f32 = value
+            .trim()
+            .parse()
+            .map_err(|_| Error::Usage(format!("--rewrite {part}: '{value}' is not a number")))?;
+        let slot = match key.trim() {
+            "sliceout" => &mut sliceout,
+            "dropit" => &mut dropit,
+            k => {
+                return Err(Error::Usage(format!(
+                    "--rewrite {part}: unknown rewrite '{k}' (known: sliceout, dropit)"
+                )));
+            }
+        };
+        if !(v > 0.0 && v < 1.0) {
+            return Err(Error::Usage(format!(
+                "--rewrite {part}: the value must be in (0, 1), got {v}"
+            )));
+        }
+        *slot = Some(v);
+    }
+    if sliceout.is_none() && dropit.is_none() {
+        return Err(Error::Usage(
+            "--rewrite: name at least one rewrite (sliceout=P, dropit=GAMMA)".into(),
+        ));
+    }
+    Ok((sliceout, dropit))
+}
+
 /// Errors reported by the command line; each names the file, tensor or node at fault.
 #[derive(Debug, Error)]
 pub enum Error {

@@ -198,6 +198,9 @@ enum Cmd {
         /// Keep the activations saved for the backward pass in 16 bits.
         #[arg(long, value_enum, value_name = "DTYPE")]
         store: Option<StoreArg>,
+        /// Memory rewrites: sliceout=P, dropit=GAMMA (comma-separated).
+        #[arg(long, value_name = "SPEC")]
+        rewrite: Option<String>,
     },
     /// Peak memory against recomputation overhead for every checkpointing scheme on a
     /// training step: a table, the budget where each scheme first fits 50% and 25% of the
@@ -225,6 +228,9 @@ enum Cmd {
         /// Keep the activations saved for the backward pass in 16 bits.
         #[arg(long, value_enum, value_name = "DTYPE")]
         store: Option<StoreArg>,
+        /// Memory rewrites: sliceout=P, dropit=GAMMA (comma-separated).
+        #[arg(long, value_name = "SPEC")]
+        rewrite: Option<String>,
     },
     /// Run a step on --device and on the CPU executor with the same random inputs, and
     /// compare: outputs element by element (--rtol, --atol); with --grad the gradient step
@@ -277,6 +283,10 @@ struct RematOpts {
     /// Keep the activations saved for the backward pass in 16 bits (compute stays f32).
     #[arg(long, value_enum, value_name = "DTYPE")]
     store: Option<StoreArg>,
+    /// Memory rewrites: sliceout=P (slice dropout between weight layers), dropit=GAMMA
+    /// (weight gradients from the top (1-GAMMA) of each layer input), comma-separated.
+    #[arg(long, value_name = "SPEC")]
+    rewrite: Option<String>,
 }
 
 /// A 16-bit storage type.
@@ -297,7 +307,20 @@ impl StoreArg {
 
 impl RematOpts {
     fn given(&self) -> bool {
-        self.remat.is_some() || self.budget.is_some() || self.store.is_some()
+        self.remat.is_some()
+            || self.budget.is_some()
+            || self.store.is_some()
+            || self.rewrite.is_some()
+    }
+    /// Sets every memory option of `opts` from the flags.
+    fn apply(&self, opts: &mut CompileOptions) -> Result<(), Error> {
+        opts.remat = self.scheme();
+        opts.budget = self.budget()?;
+        opts.store = self.store();
+        if let Some(spec) = &self.rewrite {
+            (opts.sliceout, opts.dropit) = lowmem::parse_rewrite(spec)?;
+        }
+        Ok(())
     }
     fn store(&self) -> Option<DType> {
         self.store.map(StoreArg::dtype)
@@ -561,10 +584,8 @@ fn grad(model_path: &std::path::Path, a: GradArgs) -> Result<(), Error> {
         loss: loss.loss(),
         output: Some(g.tensor(output).name.clone()),
     });
-    opts.remat = remat.scheme();
-    opts.budget = remat.budget()?;
-    opts.store = remat.store();
-    let step = compile(&g, &opts)?;
+    remat.apply(&mut opts)?;
+    let step = lowmem::compile_step(&g, &opts)?;
     let mut ex = lowmem::device::executor(&step, device)?;
     let mut labels = labels_file.map(|t| t.data);
     for (k, role) in step.inputs.iter().enumerate() {
@@ -704,11 +725,9 @@ fn train_cmd(model_path: &std::path::Path, a: TrainArgs) -> Result<(), Error> {
             .and_then(|&i| g.tensor(i).shape.first().copied());
         let mut opts = CompileOptions::new(a.opt.task());
         opts.batch = Some(batch);
-        opts.remat = a.remat.scheme();
-        opts.budget = a.remat.budget()?;
-        opts.store = a.remat.store();
+        a.remat.apply(&mut opts)?;
         opts.plan.search_time = std::time::Duration::ZERO;
-        compile(&g, &opts)?
+        lowmem::compile_step(&g, &opts)?
     };
     let config = TrainConfig {
         steps: a.steps,
@@ -895,17 +914,14 @@ fn run(cli: Cli) -> Result<(), Error> {
             } else {
                 Task::Inference
             });
-            opts.remat = remat.scheme();
-            opts.budget = remat.budget()?;
-            opts.store = remat.store();
-            opts.store = remat.store();
+            remat.apply(&mut opts)?;
             opts.plan.search_time = std::time::Duration::ZERO;
             if remat.given() && !train {
                 return Err(Error::Usage(
                     "--remat and --budget apply to a training step: add --train".into(),
                 ));
             }
-            let step = compile(&g, &opts)?;
+            let step = lowmem::compile_step(&g, &opts)?;
             let free_before = lowmem::device::free_bytes(device.target());
             let mut ex = lowmem::device::executor(&step, device.target())?;
             let inputs = random_inputs(&step.graph, 1)?;
@@ -1003,11 +1019,8 @@ fn run(cli: Cli) -> Result<(), Error> {
             let g = model::load(&model, None)?;
             let mut opts = CompileOptions::new(if train { opt.task() } else { Task::Inference });
             opts.batch = batch;
-            opts.remat = remat.scheme();
-            opts.budget = remat.budget()?;
-            opts.store = remat.store();
-            opts.store = remat.store();
-            let step = compile(&g, &opts)?;
+            remat.apply(&mut opts)?;
+            let step = lowmem::compile_step(&g, &opts)?;
             lowmem::compile::lmc::write(&step, &out).map_err(|source| Error::Io {
                 path: out.display().to_string(),
                 source,
@@ -1069,11 +1082,16 @@ fn run(cli: Cli) -> Result<(), Error> {
             remat,
             budget,
             store,
+            rewrite,
         } => {
             let budget = budget
                 .as_deref()
                 .map(lowmem::remat::parse_budget)
                 .transpose()?;
+            let (sliceout, dropit) = match rewrite.as_deref() {
+                Some(r) => lowmem::parse_rewrite(r)?,
+                None => (None, None),
+            };
             let opts = lowmem::planning::PlanRequest {
                 train,
                 batch,
@@ -1084,6 +1102,8 @@ fn run(cli: Cli) -> Result<(), Error> {
                 remat: remat.map(RematArg::scheme),
                 budget,
                 store: store.map(StoreArg::dtype),
+                sliceout,
+                dropit,
             };
             lowmem::planning::plan_cmd(&model, &opts, json.as_deref(), html.as_deref(), verify)
         }
@@ -1097,7 +1117,12 @@ fn run(cli: Cli) -> Result<(), Error> {
             json,
             html,
             store,
+            rewrite,
         } => {
+            let (sliceout, dropit) = match rewrite.as_deref() {
+                Some(r) => lowmem::parse_rewrite(r)?,
+                None => (None, None),
+            };
             let req = lowmem::planning::PlanRequest {
                 train: true,
                 batch,
@@ -1108,6 +1133,8 @@ fn run(cli: Cli) -> Result<(), Error> {
                 remat: None,
                 budget: None,
                 store: store.map(StoreArg::dtype),
+                sliceout,
+                dropit,
             };
             lowmem::planning::frontier_cmd(&model, &req, levels, json.as_deref(), html.as_deref())
         }

@@ -4,7 +4,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use lowmem_autodiff::{Loss, Optimizer, training_step};
-use lowmem_compile::{CompileOptions, CompiledStep, Task, compile};
+use lowmem_compile::{CompileOptions, CompiledStep, Task};
 use lowmem_plan::{MemoryPlan, PlanOptions};
 use lowmem_schedule::Roles;
 
@@ -26,6 +26,10 @@ pub struct PlanRequest {
     pub budget: Option<u64>,
     /// `--store f16|bf16`: saved activations in 16 bits.
     pub store: Option<lowmem_ir::DType>,
+    /// `--rewrite sliceout=P`.
+    pub sliceout: Option<f32>,
+    /// `--rewrite dropit=GAMMA`.
+    pub dropit: Option<f32>,
 }
 
 impl PlanRequest {
@@ -45,6 +49,8 @@ impl PlanRequest {
             remat: self.remat,
             budget: self.budget,
             store: self.store,
+            sliceout: self.sliceout,
+            dropit: self.dropit,
             plan: plan_options(self),
         }
     }
@@ -65,13 +71,13 @@ pub fn compile_model(model: &Path, req: &PlanRequest) -> Result<CompiledStep, Er
             "--remat and --budget apply to a training step: add --train".into(),
         ));
     }
-    if req.store.is_some() && !req.train {
+    if (req.store.is_some() || req.sliceout.is_some() || req.dropit.is_some()) && !req.train {
         return Err(Error::Usage(
-            "--store applies to a training step: add --train".into(),
+            "--store and --rewrite apply to a training step: add --train".into(),
         ));
     }
     let g = model::load(model, None)?;
-    Ok(compile(&g, &req.options())?)
+    crate::compile_step(&g, &req.options())
 }
 
 /// The graph to plan (forward, or a whole training step), its roles, its plan, and the time

@@ -237,7 +237,13 @@ impl Builder {
             let node = fwd.node(n);
             let mut ins: Vec<TensorId> = node.inputs.iter().map(|&i| self.map(i)).collect();
             for (i, t) in ins.iter_mut().enumerate() {
-                if let Some(cut) = self.slice.inputs.get(&(n.index(), i)).copied() {
+                for cut in self
+                    .slice
+                    .inputs
+                    .get(&(n.index(), i))
+                    .cloned()
+                    .unwrap_or_default()
+                {
                     *t = self.window(*t, cut)?;
                 }
             }

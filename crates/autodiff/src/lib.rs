@@ -8,10 +8,12 @@
 //! storage compresses.
 
 mod builder;
+mod dropit;
 mod rules;
 mod sliceout;
 mod store;
 
+pub use dropit::{DropItSite, ReluMaskSite};
 pub use sliceout::SliceOutSite;
 pub use store::StoreSite;
 
@@ -181,7 +183,37 @@ impl GradGraph {
     }
 }
 
+impl GradGraph {
+    /// DropIT at `gamma` ([`dropit`]): weight gradients from the top-k of each layer input.
+    pub fn dropit(
+        &mut self,
+        gamma: f32,
+    ) -> Result<(Vec<DropItSite>, Vec<ReluMaskSite>), AutodiffError> {
+        dropit::dropit(
+            &mut self.graph,
+            &mut self.saved,
+            &mut self.backward_start,
+            &mut self.backward_of,
+            gamma,
+        )
+    }
+}
+
 impl TrainingGraph {
+    /// [`GradGraph::dropit`] for a training step.
+    pub fn dropit(
+        &mut self,
+        gamma: f32,
+    ) -> Result<(Vec<DropItSite>, Vec<ReluMaskSite>), AutodiffError> {
+        dropit::dropit(
+            &mut self.graph,
+            &mut self.saved,
+            &mut self.backward_start,
+            &mut self.backward_of,
+            gamma,
+        )
+    }
+
     /// [`GradGraph::store_saved`] for a training step.
     pub fn store_saved(&mut self, to: DType) -> Result<Vec<StoreSite>, AutodiffError> {
         store::store_saved(

@@ -53,8 +53,9 @@ pub(crate) struct Cut {
 /// What the replay changes.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct SlicePlan {
-    /// (forward node, input index) -> the window it reads through.
-    pub inputs: HashMap<(usize, usize), Cut>,
+    /// (forward node, input index) -> the windows it reads through, applied in order (a
+    /// layer between two sites has its weight cut on both axes).
+    pub inputs: HashMap<(usize, usize), Vec<Cut>>,
     /// Dropout node -> its scale `1 / (1 - p)`.
     pub scales: HashMap<usize, f32>,
 }
@@ -91,6 +92,7 @@ pub(crate) fn find(fwd: &Graph, p: f32) -> (SlicePlan, Vec<SliceOutSite>, Vec<(S
     let mut plan = SlicePlan::default();
     let mut sites = Vec::new();
     let mut skipped = Vec::new();
+    let mut site_cuts = Vec::new();
     for (d, node) in fwd.nodes.iter().enumerate() {
         let Op::Dropout { seed, .. } = node.op else {
             continue;
@@ -230,22 +232,12 @@ pub(crate) fn find(fwd: &Graph, p: f32) -> (SlicePlan, Vec<SliceOutSite>, Vec<(S
             .iter()
             .map(|&t| fwd.tensor(t).bytes() as u64 / n as u64 * (n - k) as u64)
             .sum();
-        let windows: u64 = cuts
-            .iter()
-            .map(|&((v, i), _)| {
-                let t = fwd.node(NodeId(v as u32)).inputs[i];
-                fwd.tensor(t).bytes() as u64 / n as u64 * k as u64
-            })
-            .sum();
         for &(at, axis) in &cuts {
-            plan.inputs.insert(
-                at,
-                Cut {
-                    axis,
-                    kept: k,
-                    seed,
-                },
-            );
+            plan.inputs.entry(at).or_default().push(Cut {
+                axis,
+                kept: k,
+                seed,
+            });
         }
         plan.scales.insert(d, 1.0 / (1.0 - p));
         sites.push(SliceOutSite {
@@ -253,13 +245,34 @@ pub(crate) fn find(fwd: &Graph, p: f32) -> (SlicePlan, Vec<SliceOutSite>, Vec<(S
             tensor: fwd.tensor(node.outputs[0]).name.clone(),
             units: n,
             kept: k,
-            bytes_saved: saved.saturating_sub(windows),
-            why: (windows >= saved).then(|| {
-                format!(
-                    "the weight windows ({windows} bytes) outweigh the activations saved ({saved} bytes) at this batch"
-                )
-            }),
+            bytes_saved: saved,
+            why: None,
         });
+        site_cuts.push(cuts.iter().map(|c| c.0).collect::<Vec<_>>());
+    }
+    // The weight windows live from the forward to the backward pass (the layers' dX reads
+    // them): each window's bytes (cut on every axis it is cut on), shared among its sites.
+    for (site, keys) in sites.iter_mut().zip(&site_cuts) {
+        let windows: u64 = keys
+            .iter()
+            .map(|&(v, i)| {
+                let t = fwd.node(NodeId(v as u32)).inputs[i];
+                let shape = &fwd.tensor(t).shape;
+                let cuts = &plan.inputs[&(v, i)];
+                let kept: f64 = cuts
+                    .iter()
+                    .map(|c| c.kept as f64 / shape[c.axis] as f64)
+                    .product();
+                (fwd.tensor(t).bytes() as f64 * kept / cuts.len() as f64) as u64
+            })
+            .sum();
+        let saved = site.bytes_saved;
+        site.bytes_saved = saved.saturating_sub(windows);
+        if windows >= saved {
+            site.why = Some(format!(
+                "the weight windows ({windows} bytes) outweigh the activations saved ({saved} bytes) at this batch"
+            ));
+        }
     }
     (plan, sites, skipped)
 }

@@ -10,7 +10,9 @@ pub mod remat;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use lowmem_autodiff::{AutodiffError, Loss, Mode, Optimizer, StateKind, gradients, training_step};
+use lowmem_autodiff::{
+    AutodiffError, Loss, Mode, Optimizer, StateKind, gradients, training_step_with,
+};
 use lowmem_ir::{Graph, IrError, TensorData, TensorId};
 use lowmem_plan::{Claim, MemoryPlan, PlanOptions, plan, verify_plan};
 use lowmem_schedule::Roles;
@@ -77,6 +79,10 @@ pub struct CompileOptions {
     /// Keep the activations saved for the backward pass in this 16-bit type (f16 or bf16;
     /// training and gradient steps).
     pub store: Option<lowmem_ir::DType>,
+    /// SliceOut at this drop ratio (training steps).
+    pub sliceout: Option<f32>,
+    /// DropIT at this fraction of each layer input dropped (training and gradient steps).
+    pub dropit: Option<f32>,
     pub plan: PlanOptions,
 }
 
@@ -88,6 +94,8 @@ impl CompileOptions {
             remat: None,
             budget: None,
             store: None,
+            sliceout: None,
+            dropit: None,
             plan: PlanOptions::default(),
         }
     }
@@ -104,6 +112,9 @@ pub struct RewriteSite {
     /// Bytes of the tensor no longer held (before planning: the plan's peak shows the net
     /// effect).
     pub bytes_saved: u64,
+    /// Why the site saves nothing, where it does not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub why: Option<String>,
 }
 
 impl RewriteSite {
@@ -113,8 +124,120 @@ impl RewriteSite {
             node: s.node,
             tensor: s.tensor,
             bytes_saved: s.bytes_saved,
+            why: None,
         }
     }
+
+    fn sliced(s: &lowmem_autodiff::SliceOutSite) -> RewriteSite {
+        RewriteSite {
+            kind: format!("sliceout-{}/{}", s.kept, s.units),
+            node: s.node.clone(),
+            tensor: s.tensor.clone(),
+            bytes_saved: s.bytes_saved,
+            why: s.why.clone(),
+        }
+    }
+
+    fn dropped(s: lowmem_autodiff::DropItSite) -> RewriteSite {
+        RewriteSite {
+            kind: "dropit".into(),
+            node: s.node,
+            tensor: s.tensor,
+            bytes_saved: s.bytes_saved,
+            why: s.why,
+        }
+    }
+
+    fn masked(s: lowmem_autodiff::ReluMaskSite) -> RewriteSite {
+        RewriteSite {
+            kind: "relu-mask".into(),
+            node: s.node,
+            tensor: s.tensor,
+            bytes_saved: s.bytes_saved,
+            why: (s.bytes_saved == 0)
+                .then(|| "the ReLU output is still read by another backward node".into()),
+        }
+    }
+}
+
+/// A step the post-autodiff rewrites apply to.
+trait Rewritable {
+    fn dropit(
+        &mut self,
+        gamma: f32,
+    ) -> Result<
+        (
+            Vec<lowmem_autodiff::DropItSite>,
+            Vec<lowmem_autodiff::ReluMaskSite>,
+        ),
+        AutodiffError,
+    >;
+    fn store_saved(
+        &mut self,
+        to: lowmem_ir::DType,
+    ) -> Result<Vec<lowmem_autodiff::StoreSite>, AutodiffError>;
+}
+
+macro_rules! rewritable {
+    ($t:ty) => {
+        impl Rewritable for $t {
+            fn dropit(
+                &mut self,
+                gamma: f32,
+            ) -> Result<
+                (
+                    Vec<lowmem_autodiff::DropItSite>,
+                    Vec<lowmem_autodiff::ReluMaskSite>,
+                ),
+                AutodiffError,
+            > {
+                <$t>::dropit(self, gamma)
+            }
+            fn store_saved(
+                &mut self,
+                to: lowmem_ir::DType,
+            ) -> Result<Vec<lowmem_autodiff::StoreSite>, AutodiffError> {
+                <$t>::store_saved(self, to)
+            }
+        }
+    };
+}
+rewritable!(lowmem_autodiff::GradGraph);
+rewritable!(lowmem_autodiff::TrainingGraph);
+
+/// Applies the post-autodiff rewrites of `opts` (DropIT, then 16-bit storage) to `step`,
+/// adding their sites, and a warning for each rewrite asked for that found nothing to do.
+fn post_autodiff(
+    opts: &CompileOptions,
+    step: &mut impl Rewritable,
+    sites: &mut Vec<RewriteSite>,
+    warnings: &mut Vec<String>,
+) -> Result<(), CompileError> {
+    if let Some(gamma) = opts.dropit {
+        let (d, r) = step.dropit(gamma)?;
+        if !d.iter().any(|s| s.why.is_none()) {
+            warnings.push(if d.is_empty() {
+                "--rewrite dropit: no Gemm, MatMul or Conv computes a weight gradient from an activation".into()
+            } else {
+                format!(
+                    "--rewrite dropit: no site could drop its dense input ({})",
+                    d[0].why.as_deref().unwrap_or("")
+                )
+            });
+        }
+        sites.extend(r.into_iter().map(RewriteSite::masked));
+        sites.extend(d.into_iter().map(RewriteSite::dropped));
+    }
+    if let Some(to) = opts.store {
+        let s = step.store_saved(to)?;
+        if s.is_empty() {
+            warnings.push(format!(
+                "--store {to}: the backward pass reads no f32 activation of rank 2 or more"
+            ));
+        }
+        sites.extend(s.into_iter().map(RewriteSite::stored));
+    }
+    Ok(())
 }
 
 /// Where the value of each graph input comes from.
@@ -196,8 +319,10 @@ pub struct CompiledStep {
     pub forward: Graph,
     pub budget: Option<u64>,
     pub remat: Option<RematRecord>,
-    /// Every rewrite site applied (`--store`, ...), in graph order.
+    /// Every rewrite site (`--store`, `--rewrite`), applied or (with `why`) left alone.
     pub rewrites: Vec<RewriteSite>,
+    /// Rewrites asked for that found no site, one line each, naming the flag.
+    pub warnings: Vec<String>,
     pub costs: Costs,
     /// Time spent planning (model loading and graph building excluded).
     pub planning_time: Duration,
@@ -317,6 +442,12 @@ pub fn compile(model: &Graph, opts: &CompileOptions) -> Result<CompiledStep, Com
             "--store applies to a training or gradient step (it stores what the backward pass reads)".into(),
         ));
     }
+    if (opts.dropit.is_some() || opts.sliceout.is_some()) && opts.task == Task::Inference {
+        return Err(CompileError::Options(
+            "--rewrite applies to a training or gradient step".into(),
+        ));
+    }
+    let mut warnings = Vec::new();
     let data_role = |g: &Graph, i: TensorId| {
         forward
             .inputs
@@ -348,6 +479,7 @@ pub fn compile(model: &Graph, opts: &CompileOptions) -> Result<CompiledStep, Com
                 budget: None,
                 remat: None,
                 rewrites: Vec::new(),
+                warnings: Vec::new(),
                 planning_time,
             })
         }
@@ -360,14 +492,14 @@ pub fn compile(model: &Graph, opts: &CompileOptions) -> Result<CompiledStep, Com
                 ));
             }
             let mut gg = gradients(&forward, out, *loss, &wrt, Mode::Inference)?;
-            let rewrites: Vec<RewriteSite> = match opts.store {
-                Some(d) => gg
-                    .store_saved(d)?
-                    .into_iter()
-                    .map(RewriteSite::stored)
-                    .collect(),
-                None => Vec::new(),
-            };
+            if opts.sliceout.is_some() {
+                warnings.push(
+                    "--rewrite sliceout: a gradient step runs dropout as the identity, so there is nothing to slice"
+                        .into(),
+                );
+            }
+            let mut rewrites = Vec::new();
+            post_autodiff(opts, &mut gg, &mut rewrites, &mut warnings)?;
             let inputs = gg
                 .graph
                 .inputs
@@ -431,21 +563,28 @@ pub fn compile(model: &Graph, opts: &CompileOptions) -> Result<CompiledStep, Com
                 budget: opts.budget,
                 remat,
                 rewrites,
+                warnings: warnings.clone(),
                 costs,
                 planning_time,
             })
         }
         Task::Training { loss, optimizer } => {
             let out = output_of(&forward, None)?;
-            let mut tg = training_step(&forward, out, *loss, optimizer)?;
-            let rewrites: Vec<RewriteSite> = match opts.store {
-                Some(d) => tg
-                    .store_saved(d)?
-                    .into_iter()
-                    .map(RewriteSite::stored)
-                    .collect(),
-                None => Vec::new(),
+            let step_opts = lowmem_autodiff::StepOptions {
+                sliceout: opts.sliceout,
             };
+            let mut tg = training_step_with(&forward, out, *loss, optimizer, &step_opts)?;
+            let mut rewrites: Vec<RewriteSite> =
+                tg.sliceout.iter().map(RewriteSite::sliced).collect();
+            if opts.sliceout.is_some() && tg.sliceout.is_empty() {
+                warnings.push(match tg.sliceout_skipped.first() {
+                    None => "--rewrite sliceout: the model has no Dropout".into(),
+                    Some((node, why)) => format!(
+                        "--rewrite sliceout: no Dropout sits between two weight layers (e.g. '{node}': {why})"
+                    ),
+                });
+            }
+            post_autodiff(opts, &mut tg, &mut rewrites, &mut warnings)?;
             let t = Instant::now();
             let step = Step::new(&tg, opts.plan.clone())?;
             let o = if remat_asked {
@@ -505,6 +644,7 @@ pub fn compile(model: &Graph, opts: &CompileOptions) -> Result<CompiledStep, Com
                 budget: opts.budget,
                 remat,
                 rewrites,
+                warnings: warnings.clone(),
                 costs,
                 planning_time,
             })

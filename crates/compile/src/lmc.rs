@@ -746,6 +746,7 @@ pub fn from_bytes(bytes: &[u8]) -> Result<CompiledStep, CompileError> {
             .map(|r| r.parse())
             .transpose()?
             .unwrap_or_default(),
+        warnings: Vec::new(),
         costs: Costs {
             forward_flops: c.get("forward_flops")?.u64()?,
             backward_flops: c.get("backward_flops")?.u64()?,
