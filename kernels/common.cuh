@@ -118,12 +118,22 @@ __device__ __forceinline__ float lm_group_max(float v, bool warp, float* scratch
 #define LM_WO(w, a) ((int)(w).sa[3 + (a)])
 #define LM_WPE(w, a) ((int)(w).sa[6 + (a)])
 
-// Whether element `i` survives dropout at `step`: the counter-based hash of
-// lowmem_ir::dropout_keep, bit for bit, so masks agree across backends and recomputation.
-__device__ __forceinline__ bool lm_dropout_keep(u64 seed, u64 step, u64 i, float ratio) {
+// splitmix64 of the counter (seed, step, i): lowmem_ir's `mix`, bit for bit, so dropout
+// masks and SliceWindow's windows agree across backends and recomputation.
+__device__ __forceinline__ u64 lm_mix(u64 seed, u64 step, u64 i) {
     u64 z = seed * 0x9E3779B97F4A7C15ull + step * 0xD1B54A32D192ED03ull + i * 0xBF58476D1CE4E5B9ull;
     z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
     z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    z ^= z >> 31;
-    return (float)(z >> 40) / (float)(1ull << 24) >= ratio;
+    return z ^ (z >> 31);
+}
+
+// Whether element `i` survives dropout at `step` (lowmem_ir::dropout_keep).
+__device__ __forceinline__ bool lm_dropout_keep(u64 seed, u64 step, u64 i, float ratio) {
+    return (float)(lm_mix(seed, step, i) >> 40) / (float)(1ull << 24) >= ratio;
+}
+
+// The first unit of SliceWindow's window over `n` units at `step` (lowmem_ir::window_start):
+// the hash at the counter u64::MAX, which no element index reaches, reduced mod n.
+__device__ __forceinline__ i64 lm_window_start(u64 seed, u64 step, i64 n) {
+    return (i64)(lm_mix(seed, step, ~0ull) % (u64)(n > 0 ? n : 1));
 }

@@ -74,6 +74,11 @@ static inline float atomicAdd(float* p, float v) {
     *p = old + v;
     return old;
 }
+static inline unsigned atomicAdd(unsigned* p, unsigned v) {
+    unsigned old = *p;
+    *p = old + v;
+    return old;
+}
 
 static inline float rsqrtf(float x) { return 1.0f / std::sqrt(x); }
 

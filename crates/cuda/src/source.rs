@@ -24,6 +24,7 @@ pub const FILES: &[(&str, &str)] = &[
     ("batchnorm", include_str!("../../../kernels/batchnorm.cu")),
     ("lrn", include_str!("../../../kernels/lrn.cu")),
     ("pool", include_str!("../../../kernels/pool.cu")),
+    ("sparse", include_str!("../../../kernels/sparse.cu")),
 ];
 
 /// A file's whole compilation unit: the shared header, then the file.

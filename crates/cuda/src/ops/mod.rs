@@ -9,6 +9,7 @@ mod movement;
 mod norm;
 mod pool;
 mod reduce;
+mod sparse;
 
 use lowmem_exec::NodeIo;
 use lowmem_ir::{DType, Op};
@@ -161,13 +162,12 @@ pub fn launch_op(dev: &dyn Device, c: &DevCall) -> OpResult {
         Op::MaxPool(_) | Op::AveragePool(_) | Op::MaxPoolGrad(_) | Op::AveragePoolGrad { .. } => {
             pool::launch(dev, c)
         }
-        // TEMPORARY until the rewrite kernels land (being written now).
         Op::SliceWindow { .. }
         | Op::SliceWindowGrad { .. }
         | Op::ReluMask
         | Op::ReluMaskGrad
         | Op::TopK { .. }
-        | Op::TopKScatter { .. } => Err(format!("{} has no CUDA kernel yet", c.op.name()).into()),
+        | Op::TopKScatter { .. } => sparse::launch(dev, c),
         // No wildcard: a new op does not compile until it has a CUDA route.
         Op::Identity
         | Op::Reshape { .. }
