@@ -298,16 +298,17 @@ fn rewrites_html(sites: &[lowmem_compile::RewriteSite]) -> String {
         .iter()
         .map(|r| {
             format!(
-                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
                 esc(&r.node),
                 esc(&r.tensor),
                 esc(&r.kind),
-                human_bytes(r.bytes_saved)
+                human_bytes(r.bytes_saved),
+                esc(r.why.as_deref().unwrap_or(""))
             )
         })
         .collect();
     format!(
-        "<h2>Rewrites ({} sites, {} of saved tensors fewer)</h2>\n<table><tr><th>node</th><th>tensor</th><th>kind</th><th>bytes saved</th></tr>{rows}</table>\n",
+        "<h2>Rewrites ({} sites, {} of saved tensors fewer)</h2>\n<table><tr><th>node</th><th>tensor</th><th>kind</th><th>bytes saved</th><th>why none</th></tr>{rows}</table>\n",
         sites.len(),
         human_bytes(total)
     )

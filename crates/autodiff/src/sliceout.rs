@@ -75,6 +75,10 @@ fn is_activation(op: &Op) -> bool {
     )
 }
 
+/// A matched site: the (node, input) cuts with their axes, the activations that shrink, the
+/// unit count and the second layer.
+type Match = (Vec<((usize, usize), usize)>, Vec<TensorId>, usize, usize);
+
 /// The layer kind a site's two ends share.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Kind {

@@ -375,13 +375,11 @@ pub(crate) fn exec_op(c: &OpCall, outs: &mut [&mut [u8]], ws: &mut [f32]) -> Res
             let [values, indices] = outs else {
                 return Err(bad_outputs(op, outs.len()));
             };
-            let xs = x(0)?;
             let indices: &mut [i32] = cast_mut(indices)?;
-            let keys: &mut [u32] = bytemuck::cast_slice_mut(&mut ws[..xs.len()]);
             if indices.len() != *k {
                 return Err(format!("indices hold {} of {k}", indices.len()));
             }
-            kernels::topk(xs, c.f32_out(0, values)?, indices, keys);
+            kernels::topk(x(0)?, c.f32_out(0, values)?, indices);
         }
         Op::TopKScatter { .. } => {
             let idx: &[i32] = match c.in_dtypes[1] {

@@ -175,9 +175,9 @@ pub const TOPK_CHUNK: usize = 256;
 /// mask and remaining count (padded).
 pub const TOPK_STATE: usize = 272;
 
-/// 4-byte slots of [`crate::Op::TopK`]'s workspace over `n` elements: the reference kernel
-/// selects over a copy of the `n` magnitudes; the GPU kernels need the radix state and two
-/// counts per chunk. One formula covers both.
+/// 4-byte slots of [`crate::Op::TopK`]'s workspace over `n` elements: the GPU kernels' radix
+/// state and two counts per chunk (the reference kernel keeps its histograms on the stack).
+/// A small fraction of `n`: compressing a tensor never needs a tensor-sized scratch.
 pub fn topk_workspace_len(n: usize) -> usize {
-    n.max(TOPK_STATE + 2 * n.div_ceil(TOPK_CHUNK))
+    TOPK_STATE + 2 * n.div_ceil(TOPK_CHUNK)
 }

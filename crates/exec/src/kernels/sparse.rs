@@ -74,24 +74,38 @@ fn key(v: f32) -> u32 {
 }
 
 /// [`lowmem_ir::Op::TopK`]: the `values.len()` elements of `x` of largest magnitude (ties to
-/// the lower index), in index order, with their flat indices. `keys` is scratch of
-/// `x.len()` slots. Expected linear time: one selection (`select_nth_unstable`) for the
-/// threshold, one pass to compact.
-pub fn topk(x: &[f32], values: &mut [f32], indices: &mut [i32], keys: &mut [u32]) {
+/// the lower index), in index order, with their flat indices. Linear time and no scratch:
+/// a radix select over the 32-bit magnitude keys (four passes of 8 bits, as the GPU kernels)
+/// finds the k-th largest key, then one pass compacts.
+pub fn topk(x: &[f32], values: &mut [f32], indices: &mut [i32]) {
     let k = values.len();
-    let n = x.len();
-    for (s, &v) in keys.iter_mut().zip(x) {
-        *s = key(v);
+    // Select the k-th largest key digit by digit, most significant first.
+    let (mut prefix, mut mask, mut left) = (0u32, 0u32, k);
+    for shift in [24u32, 16, 8, 0] {
+        let mut hist = [0usize; 256];
+        for &v in x {
+            let kv = key(v);
+            if kv & mask == prefix {
+                hist[(kv >> shift & 0xFF) as usize] += 1;
+            }
+        }
+        let mut digit = 255;
+        loop {
+            if hist[digit] >= left || digit == 0 {
+                break;
+            }
+            left -= hist[digit];
+            digit -= 1;
+        }
+        prefix |= (digit as u32) << shift;
+        mask |= 0xFF << shift;
     }
-    // The k-th largest key.
-    let t = *keys[..n].select_nth_unstable(n - k).1;
-    let above = x.iter().filter(|&&v| key(v) > t).count();
-    let mut ties = k - above;
+    // `prefix` is the threshold key; `left` of its ties are taken, lowest index first.
+    let (t, mut ties) = (prefix, left);
     let mut o = 0;
     for (i, &v) in x.iter().enumerate() {
         let kv = key(v);
-        let take = kv > t || (kv == t && ties > 0);
-        if take {
+        if kv > t || (kv == t && ties > 0) {
             if kv == t {
                 ties -= 1;
             }
