@@ -201,6 +201,9 @@ enum Cmd {
         /// Memory rewrites: sliceout=P, dropit=GAMMA (comma-separated).
         #[arg(long, value_name = "SPEC")]
         rewrite: Option<String>,
+        /// Run each batch as K micro-batches of batch/K (gradients summed, one update).
+        #[arg(long, value_name = "K")]
+        microbatch: Option<usize>,
     },
     /// Peak memory against recomputation overhead for every checkpointing scheme on a
     /// training step: a table, the budget where each scheme first fits 50% and 25% of the
@@ -231,6 +234,9 @@ enum Cmd {
         /// Memory rewrites: sliceout=P, dropit=GAMMA (comma-separated).
         #[arg(long, value_name = "SPEC")]
         rewrite: Option<String>,
+        /// Run each batch as K micro-batches of batch/K (gradients summed, one update).
+        #[arg(long, value_name = "K")]
+        microbatch: Option<usize>,
     },
     /// Run a step on --device and on the CPU executor with the same random inputs, and
     /// compare: outputs element by element (--rtol, --atol); with --grad the gradient step
@@ -287,6 +293,9 @@ struct RematOpts {
     /// (weight gradients from the top (1-GAMMA) of each layer input), comma-separated.
     #[arg(long, value_name = "SPEC")]
     rewrite: Option<String>,
+    /// Run each batch as K micro-batches of batch/K (gradients summed, one update).
+    #[arg(long, value_name = "K")]
+    microbatch: Option<usize>,
 }
 
 /// A 16-bit storage type.
@@ -311,6 +320,7 @@ impl RematOpts {
             || self.budget.is_some()
             || self.store.is_some()
             || self.rewrite.is_some()
+            || self.microbatch.is_some()
     }
     /// Sets every memory option of `opts` from the flags.
     fn apply(&self, opts: &mut CompileOptions) -> Result<(), Error> {
@@ -320,6 +330,7 @@ impl RematOpts {
         if let Some(spec) = &self.rewrite {
             (opts.sliceout, opts.dropit) = lowmem::parse_rewrite(spec)?;
         }
+        opts.microbatch = self.microbatch;
         Ok(())
     }
     fn store(&self) -> Option<DType> {
@@ -1083,6 +1094,7 @@ fn run(cli: Cli) -> Result<(), Error> {
             budget,
             store,
             rewrite,
+            microbatch,
         } => {
             let budget = budget
                 .as_deref()
@@ -1104,6 +1116,7 @@ fn run(cli: Cli) -> Result<(), Error> {
                 store: store.map(StoreArg::dtype),
                 sliceout,
                 dropit,
+                microbatch,
             };
             lowmem::planning::plan_cmd(&model, &opts, json.as_deref(), html.as_deref(), verify)
         }
@@ -1118,6 +1131,7 @@ fn run(cli: Cli) -> Result<(), Error> {
             html,
             store,
             rewrite,
+            microbatch,
         } => {
             let (sliceout, dropit) = match rewrite.as_deref() {
                 Some(r) => lowmem::parse_rewrite(r)?,
@@ -1135,6 +1149,7 @@ fn run(cli: Cli) -> Result<(), Error> {
                 store: store.map(StoreArg::dtype),
                 sliceout,
                 dropit,
+                microbatch,
             };
             lowmem::planning::frontier_cmd(&model, &req, levels, json.as_deref(), html.as_deref())
         }

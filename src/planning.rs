@@ -30,6 +30,8 @@ pub struct PlanRequest {
     pub sliceout: Option<f32>,
     /// `--rewrite dropit=GAMMA`.
     pub dropit: Option<f32>,
+    /// `--microbatch K`.
+    pub microbatch: Option<usize>,
 }
 
 impl PlanRequest {
@@ -51,6 +53,7 @@ impl PlanRequest {
             store: self.store,
             sliceout: self.sliceout,
             dropit: self.dropit,
+            microbatch: self.microbatch,
             plan: plan_options(self),
         }
     }
@@ -71,9 +74,14 @@ pub fn compile_model(model: &Path, req: &PlanRequest) -> Result<CompiledStep, Er
             "--remat and --budget apply to a training step: add --train".into(),
         ));
     }
-    if (req.store.is_some() || req.sliceout.is_some() || req.dropit.is_some()) && !req.train {
+    if (req.store.is_some()
+        || req.sliceout.is_some()
+        || req.dropit.is_some()
+        || req.microbatch.is_some())
+        && !req.train
+    {
         return Err(Error::Usage(
-            "--store and --rewrite apply to a training step: add --train".into(),
+            "--store, --rewrite and --microbatch apply to a training step: add --train".into(),
         ));
     }
     let g = model::load(model, None)?;

@@ -537,3 +537,266 @@ fn the_plan_lists_each_site_with_its_saving_or_why_not() {
     assert!(html.contains("sliceout-128/256") && html.contains("dropit"));
     let _ = DType::F32;
 }
+
+/// Random inputs for every graph input of `s` (labels in `0..classes`), by position.
+fn random_inputs(s: &CompiledStep, seed: u64, classes: usize) -> Vec<TensorData> {
+    let mut rng = Rng::new(seed);
+    s.graph
+        .inputs
+        .iter()
+        .map(|&t| {
+            let t = s.graph.tensor(t);
+            match t.dtype {
+                DType::F32 => TensorData::F32(rng.vec_in(t.numel(), -1.0, 1.0)),
+                DType::I64 => TensorData::I64(
+                    (0..t.numel())
+                        .map(|_| rng.below(classes as u64) as i64)
+                        .collect(),
+                ),
+                d => TensorData::zeros(d, t.numel()),
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn micro_batched_gradients_equal_the_full_batch_ones() {
+    for (name, loss, batch) in [
+        ("digits_mlp", Loss::CrossEntropy, 16),
+        ("digits_cnn", Loss::CrossEntropy, 8),
+        // BatchNorm in a gradient step runs on its running statistics, so micro-batches
+        // do not change it either.
+        ("tiny_cnn", Loss::CrossEntropy, 8),
+        ("encoder_block", Loss::Sum, 4),
+    ] {
+        let mut o = CompileOptions::new(Task::Gradient { loss, output: None });
+        o.batch = Some(batch);
+        let full = compile(&load_example(name), &o).unwrap();
+        o.microbatch = Some(4);
+        let micro = compile(&load_example(name), &o).unwrap();
+        assert_eq!(full.graph.inputs.len(), micro.graph.inputs.len());
+        let inputs = random_inputs(&full, 9, 4);
+        let run = |s: &CompiledStep| {
+            let mut ex = Executor::new(s).unwrap();
+            for (k, v) in inputs.iter().enumerate() {
+                ex.set_input(k, v).unwrap();
+            }
+            ex.run().unwrap();
+            ex.outputs()
+        };
+        let (want, got) = (run(&full), run(&micro));
+        for (k, (w, g)) in want.iter().zip(&got).enumerate() {
+            let w: Vec<f32> = w.to_f64().iter().map(|&x| x as f32).collect();
+            let g: Vec<f32> = g.to_f64().iter().map(|&x| x as f32).collect();
+            let scale = w.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+            for (i, (a, b)) in w.iter().zip(&g).enumerate() {
+                assert!(
+                    (a - b).abs() <= 1e-5 * a.abs().max(b.abs()) + 1e-6 * scale,
+                    "{name} output {k}[{i}]: {b} != {a}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn micro_batches_normalise_with_their_own_batchnorm_statistics() {
+    // tiny_cnn (Conv -> BatchNorm -> ...) trained with plain SGD at lr 1: a micro-batched
+    // step of 4 x 2 moves each weight by the mean of the gradients of 4 separate steps on
+    // the slices (each normalised by its own slice's statistics), and leaves the running
+    // statistics where the 4 slices, applied in order, leave them.
+    let task = |lr: f32| Task::Training {
+        loss: Loss::CrossEntropy,
+        optimizer: Optimizer::Sgd {
+            lr,
+            momentum: 0.0,
+            weight_decay: 0.0,
+        },
+    };
+    let g = load_example("tiny_cnn");
+    let mut o = CompileOptions::new(task(1.0));
+    o.batch = Some(8);
+    o.microbatch = Some(4);
+    let micro = compile(&g, &o).unwrap();
+    let mut o1 = CompileOptions::new(task(1.0));
+    o1.batch = Some(2);
+    let single = compile(&g, &o1).unwrap();
+    let inputs = random_inputs(&micro, 21, 3);
+    let role_data = |s: &CompiledStep, k: usize| s.inputs[k];
+    let slice = |t: &TensorData, m: usize| -> TensorData {
+        match t {
+            TensorData::F32(v) => {
+                let n = v.len() / 4;
+                TensorData::F32(v[m * n..(m + 1) * n].to_vec())
+            }
+            TensorData::I64(v) => {
+                let n = v.len() / 4;
+                TensorData::I64(v[m * n..(m + 1) * n].to_vec())
+            }
+            _ => unreachable!(),
+        }
+    };
+    let run = |s: &CompiledStep,
+               feed: &dyn Fn(usize) -> Option<TensorData>,
+               state: Option<Vec<TensorData>>| {
+        let mut ex = Executor::new(s).unwrap();
+        if let Some(st) = state {
+            for (k, role) in s.inputs.iter().enumerate() {
+                if let InputRole::State(j) = *role {
+                    ex.set_input(k, &st[j]).unwrap();
+                }
+            }
+        }
+        for k in 0..s.inputs.len() {
+            if let Some(v) = feed(k) {
+                ex.set_input(k, &v).unwrap();
+            }
+        }
+        ex.set_step(1).unwrap();
+        ex.run().unwrap();
+        (ex.state_values(), ex.outputs()[0].to_f64()[0])
+    };
+    let feed_full = |k: usize| match role_data(&micro, k) {
+        InputRole::Data(_) | InputRole::Labels => Some(inputs[k].clone()),
+        _ => None,
+    };
+    let (got, loss) = run(&micro, &feed_full, None);
+    // The full-batch inputs by role, to slice for the single steps.
+    let by_role = |r: InputRole| {
+        micro
+            .inputs
+            .iter()
+            .position(|&q| q == r)
+            .map(|k| inputs[k].clone())
+    };
+    let names: Vec<&str> = single.state.iter().map(|s| s.name.as_str()).collect();
+    let mut state: Option<Vec<TensorData>> = None;
+    let mut mean_params = vec![0.0f64; 0];
+    let mut losses = 0.0;
+    for m in 0..4 {
+        let feed = |k: usize| match single.inputs[k] {
+            r @ (InputRole::Data(_) | InputRole::Labels) => by_role(r).map(|t| slice(&t, m)),
+            _ => None,
+        };
+        // Weights from the initial state; running statistics chained from the previous slice.
+        let start = state.clone().map(|prev: Vec<TensorData>| {
+            prev.into_iter()
+                .zip(&single.state)
+                .map(|(v, st)| match st.kind {
+                    lowmem::autodiff::StateKind::RunningMean
+                    | lowmem::autodiff::StateKind::RunningVar => v,
+                    _ => (*st.value).clone(),
+                })
+                .collect()
+        });
+        let (after, l) = run(&single, &feed, start);
+        losses += l / 4.0;
+        let flat: Vec<f64> = after
+            .iter()
+            .zip(&single.state)
+            .flat_map(|(v, st)| match st.kind {
+                lowmem::autodiff::StateKind::Parameter => v.to_f64(),
+                _ => Vec::new(),
+            })
+            .collect();
+        if mean_params.is_empty() {
+            mean_params = vec![0.0; flat.len()];
+        }
+        for (a, b) in mean_params.iter_mut().zip(flat) {
+            *a += b / 4.0;
+        }
+        state = Some(after);
+    }
+    assert!(
+        (loss - losses).abs() <= 1e-5 * losses.abs(),
+        "loss {loss} != {losses}"
+    );
+    let got_params: Vec<f64> = got
+        .iter()
+        .zip(&micro.state)
+        .flat_map(|(v, st)| match st.kind {
+            lowmem::autodiff::StateKind::Parameter => v.to_f64(),
+            _ => Vec::new(),
+        })
+        .collect();
+    for (i, (a, b)) in mean_params.iter().zip(&got_params).enumerate() {
+        assert!(
+            (a - b).abs() <= 1e-5 * a.abs().max(1e-2),
+            "parameter {i}: {b} != {a}"
+        );
+    }
+    let last = state.unwrap();
+    for (k, st) in micro.state.iter().enumerate() {
+        if matches!(
+            st.kind,
+            lowmem::autodiff::StateKind::RunningMean | lowmem::autodiff::StateKind::RunningVar
+        ) {
+            let j = names.iter().position(|&n| n == st.name).unwrap();
+            let (a, b) = (last[j].to_f64(), got[k].to_f64());
+            for (x, y) in a.iter().zip(&b) {
+                assert!(
+                    (x - y).abs() <= 1e-6 * x.abs().max(1.0),
+                    "{}: {y} != {x}",
+                    st.name
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn micro_batching_trains_digits_to_the_full_batch_accuracy() {
+    let cli = lowmem_cli!();
+    let out = std::env::temp_dir()
+        .join(format!("lowmem-mb-{}.onnx", std::process::id()))
+        .display()
+        .to_string();
+    for model in [
+        "ir/examples/digits_dropout.json",
+        "ir/examples/digits_cnn.json",
+    ] {
+        let run = |extra: &[&str]| {
+            let mut args = vec![
+                "train", model, "--data", "digits", "--steps", "600", "--lr", "0.02", "--seed",
+                "0", "--json", "--out", &out,
+            ];
+            args.extend(extra);
+            json(cli.ok(&args))
+        };
+        let acc = |v: &serde_json::Value| v["test_accuracy"].as_f64().unwrap();
+        let (base, mb) = (run(&[]), run(&["--microbatch", "4"]));
+        eprintln!(
+            "{model}: full {:.4}, 4 micro-batches {:.4}",
+            acc(&base),
+            acc(&mb)
+        );
+        assert!((acc(&mb) - acc(&base)).abs() <= 0.005, "{model}");
+        assert_eq!(mb["measured_peak_bytes"], mb["planned_peak_bytes"]);
+    }
+    cli.fails(
+        &[
+            "plan",
+            "ir/examples/digits_cnn.json",
+            "--train",
+            "--batch",
+            "6",
+            "--microbatch",
+            "4",
+        ],
+        &["--microbatch 4 does not divide the batch 6"],
+    );
+    cli.fails(
+        &[
+            "plan",
+            "ir/examples/digits_cnn.json",
+            "--train",
+            "--batch",
+            "8",
+            "--microbatch",
+            "2",
+            "--remat",
+            "sqrt",
+        ],
+        &["--microbatch does not combine with --remat"],
+    );
+}

@@ -78,6 +78,25 @@ impl Builder {
         }
     }
 
+    /// A builder that appends to `g` (every name in it reserved).
+    pub fn over(g: Graph) -> Builder {
+        let mut names: HashSet<String> = g.tensors.iter().map(|t| t.name.clone()).collect();
+        names.extend(g.nodes.iter().map(|n| n.name.clone()));
+        Builder {
+            mode: Mode::Training,
+            map: Vec::new(),
+            requires: Vec::new(),
+            step: None,
+            running_stats: Vec::new(),
+            names,
+            counter: 0,
+            backward_of: Vec::new(),
+            slice: SlicePlan::default(),
+            windows: HashMap::new(),
+            g,
+        }
+    }
+
     pub fn map(&self, t: TensorId) -> TensorId {
         self.map[t.index()].expect("forward tensor replayed")
     }
@@ -405,12 +424,14 @@ impl Builder {
         }
     }
 
-    /// The reverse sweep from `loss` over every node emitted so far; returns (weight, gradient)
-    /// for each of `wrt` (tensors of `g`), in order.
+    /// The reverse sweep from `loss` over every node emitted so far, seeded with `dloss`
+    /// (1, or 1/K for one of K micro-batches of a mean loss); returns (weight, gradient) for
+    /// each of `wrt` (tensors of `g`), in order.
     pub fn backward(
         &mut self,
         loss: TensorId,
         wrt: &[TensorId],
+        dloss: f32,
     ) -> Result<Vec<(TensorId, TensorId)>, AutodiffError> {
         // Requirements: forward from the differentiated weights.
         let n_fwd = self.g.nodes.len();
@@ -430,7 +451,7 @@ impl Builder {
             ));
         }
         let mut contrib: HashMap<TensorId, Vec<TensorId>> = HashMap::new();
-        let seed = self.constant("loss.seed", vec![], TensorData::F32(vec![1.0]))?;
+        let seed = self.constant("loss.seed", vec![], TensorData::F32(vec![dloss]))?;
         contrib.insert(loss, vec![seed]);
         for n in (0..n_fwd).rev() {
             let node = self.g.nodes[n].clone();

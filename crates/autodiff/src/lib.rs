@@ -9,6 +9,7 @@
 
 mod builder;
 mod dropit;
+mod microbatch;
 mod rules;
 mod sliceout;
 mod store;
@@ -108,12 +109,17 @@ pub struct GradGraph {
     pub grads: Vec<(TensorId, TensorId)>,
     /// Forward activations read by the backward pass, in first-read order.
     pub saved: Vec<TensorId>,
-    /// Nodes `..backward_start` are the forward pass and loss; the rest the backward pass.
+    /// Nodes `..backward_start` are the forward pass and loss; the rest the backward pass
+    /// (micro-batched steps interleave them: see `forward`).
     pub backward_start: usize,
     /// Per node: the forward node whose gradient rule emitted it (`None` for forward nodes,
     /// final weight-gradient sums and optimizer updates). Checkpointing runs a stage's
     /// backward nodes with the stage.
     pub backward_of: Vec<Option<NodeId>>,
+    /// Per node, for a micro-batched step (`None` otherwise): a forward or loss node.
+    pub forward: Option<Vec<bool>>,
+    /// What the rewrites of [`StepOptions`] did.
+    pub sites: Sites,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -156,74 +162,197 @@ pub struct TrainingGraph {
     pub backward_start: usize,
     /// As [`GradGraph::backward_of`].
     pub backward_of: Vec<Option<NodeId>>,
-    /// SliceOut's rewritten dropouts ([`StepOptions::sliceout`]).
+    /// As [`GradGraph::forward`].
+    pub forward: Option<Vec<bool>>,
+    /// What the rewrites of [`StepOptions`] did.
+    pub sites: Sites,
+}
+
+/// Rewrites applied while a step is built, in pipeline order: SliceOut while the forward
+/// pass is replayed, then DropIT and 16-bit storage on the forward + backward body, then
+/// micro-batching unrolls the body.
+#[derive(Clone, Debug, Default)]
+pub struct StepOptions {
+    /// SliceOut at this drop ratio ([`sliceout`]), in `(0, 1)` (training only).
+    pub sliceout: Option<f32>,
+    /// DropIT at this fraction of each layer input dropped ([`dropit`]), in `(0, 1)`.
+    pub dropit: Option<f32>,
+    /// Keep the saved activations in this 16-bit type ([`store`]).
+    pub store: Option<DType>,
+    /// Run the batch as this many micro-batches ([`microbatch`]).
+    pub microbatch: Option<usize>,
+}
+
+/// Every site the rewrites of [`StepOptions`] found.
+#[derive(Clone, Debug, Default)]
+pub struct Sites {
     pub sliceout: Vec<SliceOutSite>,
     /// Dropouts SliceOut left dense: (node, why).
     pub sliceout_skipped: Vec<(String, String)>,
+    pub dropit: Vec<DropItSite>,
+    pub relu_masks: Vec<ReluMaskSite>,
+    pub stored: Vec<StoreSite>,
 }
 
-/// Rewrites applied while the training step is built.
-#[derive(Clone, Debug, Default)]
-pub struct StepOptions {
-    /// SliceOut at this drop ratio ([`sliceout`]), in `(0, 1)`.
-    pub sliceout: Option<f32>,
+/// What a step is built from, common to [`gradients_with`] and [`training_step_with`].
+struct Built {
+    g: Graph,
+    loss: TensorId,
+    labels: Option<TensorId>,
+    step: Option<TensorId>,
+    data: Vec<TensorId>,
+    grads: Vec<(TensorId, TensorId)>,
+    saved: Vec<TensorId>,
+    backward_start: usize,
+    backward_of: Vec<Option<NodeId>>,
+    forward: Option<Vec<bool>>,
+    /// (running statistic input, output, forward weight, kind).
+    running: Vec<(TensorId, TensorId, TensorId, StateKind)>,
+    sites: Sites,
 }
 
-impl GradGraph {
-    /// Keeps the f32 activations the backward pass reads in `to` (f16 or bf16) between
-    /// their forward and backward use ([`store`]).
-    pub fn store_saved(&mut self, to: DType) -> Result<Vec<StoreSite>, AutodiffError> {
-        store::store_saved(
-            &mut self.graph,
-            &mut self.saved,
-            &mut self.backward_start,
-            &mut self.backward_of,
-            to,
-        )
+/// Builds forward, loss and backward of `forward` (the body, at `B / K` under
+/// micro-batching), applies the body rewrites and unrolls. `wrt`: the weights differentiated
+/// (forward tensors); `as_input`: weights that become graph inputs.
+fn build(
+    forward: &Graph,
+    output: TensorId,
+    loss: Loss,
+    wrt: &[TensorId],
+    mode: Mode,
+    as_input: &HashMap<TensorId, StateKind>,
+    opts: &StepOptions,
+    name: &str,
+) -> Result<(Built, Vec<TensorId>), AutodiffError> {
+    let k = opts.microbatch.unwrap_or(1);
+    let body_fwd;
+    let (fwd, output) = if k > 1 {
+        let batch = forward
+            .inputs
+            .first()
+            .and_then(|&i| forward.tensor(i).shape.first().copied())
+            .unwrap_or(1);
+        if batch % k != 0 {
+            return Err(AutodiffError::Options(format!(
+                "--microbatch {k} does not divide the batch {batch}"
+            )));
+        }
+        body_fwd = forward.with_batch(batch / k)?;
+        let out = body_fwd
+            .tensor_id(&forward.tensor(output).name)
+            .ok_or_else(|| AutodiffError::Loss("the output vanished at the micro-batch".into()))?;
+        (&body_fwd, out)
+    } else {
+        (forward, output)
+    };
+    let mut b = Builder::new(fwd, mode, name);
+    let mut sites = Sites::default();
+    if let Some(p) = opts.sliceout {
+        if !(p > 0.0 && p < 1.0) {
+            return Err(AutodiffError::Options(format!(
+                "sliceout={p}: the drop ratio must be in (0, 1)"
+            )));
+        }
+        if mode == Mode::Training {
+            let (plan, found, skipped) = sliceout::find(fwd, p);
+            b.slice = plan;
+            sites.sliceout = found;
+            sites.sliceout_skipped = skipped;
+        }
     }
-}
-
-impl GradGraph {
-    /// DropIT at `gamma` ([`dropit`]): weight gradients from the top-k of each layer input.
-    pub fn dropit(
-        &mut self,
-        gamma: f32,
-    ) -> Result<(Vec<DropItSite>, Vec<ReluMaskSite>), AutodiffError> {
-        dropit::dropit(
-            &mut self.graph,
-            &mut self.saved,
-            &mut self.backward_start,
-            &mut self.backward_of,
+    let (loss_in, fused) = builder::loss_input(fwd, output, loss)?;
+    b.replay(fwd, loss_in, as_input)?;
+    if mode == Mode::Training {
+        b.step_input()?;
+    }
+    let (loss_t, labels) = b.loss(fwd, loss_in, fused, loss)?;
+    let backward_start = b.g.nodes.len();
+    // Weights the loss does not reach are left out (training) or get zero gradients.
+    let reached: Vec<TensorId> = wrt
+        .iter()
+        .copied()
+        .filter(|&w| mode == Mode::Inference || b.is_mapped(w))
+        .collect();
+    let params: Vec<TensorId> = reached.iter().map(|&w| b.map(w)).collect();
+    let mean = !matches!(loss, Loss::Sum);
+    let seed = if mean { 1.0 / k as f32 } else { 1.0 };
+    let grads = b.backward(loss_t, &params, seed)?;
+    let saved = b.saved(backward_start);
+    let data: Vec<TensorId> = fwd.inputs.iter().map(|&i| b.map(i)).collect();
+    let mut backward_of = std::mem::take(&mut b.backward_of);
+    backward_of.resize(b.g.nodes.len(), None);
+    let mut built = Built {
+        loss: loss_t,
+        labels,
+        step: b.step,
+        data,
+        grads,
+        saved,
+        backward_start,
+        backward_of,
+        forward: None,
+        running: b
+            .running_stats
+            .iter()
+            .map(|&(w, i, o, kind)| (i, o, w, kind))
+            .collect(),
+        sites,
+        g: b.g,
+    };
+    if let Some(gamma) = opts.dropit {
+        let (d, r) = dropit::dropit(
+            &mut built.g,
+            &mut built.saved,
+            &mut built.backward_start,
+            &mut built.backward_of,
             gamma,
-        )
+        )?;
+        built.sites.dropit = d;
+        built.sites.relu_masks = r;
     }
-}
-
-impl TrainingGraph {
-    /// [`GradGraph::dropit`] for a training step.
-    pub fn dropit(
-        &mut self,
-        gamma: f32,
-    ) -> Result<(Vec<DropItSite>, Vec<ReluMaskSite>), AutodiffError> {
-        dropit::dropit(
-            &mut self.graph,
-            &mut self.saved,
-            &mut self.backward_start,
-            &mut self.backward_of,
-            gamma,
-        )
-    }
-
-    /// [`GradGraph::store_saved`] for a training step.
-    pub fn store_saved(&mut self, to: DType) -> Result<Vec<StoreSite>, AutodiffError> {
-        store::store_saved(
-            &mut self.graph,
-            &mut self.saved,
-            &mut self.backward_start,
-            &mut self.backward_of,
+    if let Some(to) = opts.store {
+        built.sites.stored = store::store_saved(
+            &mut built.g,
+            &mut built.saved,
+            &mut built.backward_start,
+            &mut built.backward_of,
             to,
-        )
+        )?;
     }
+    if k > 1 {
+        let body = microbatch::Body {
+            loss: built.loss,
+            labels: built.labels,
+            data: built.data.clone(),
+            grads: built.grads.clone(),
+            chained: built.running.iter().map(|r| (r.0, r.1)).collect(),
+            backward_start: built.backward_start,
+            backward_of: std::mem::take(&mut built.backward_of),
+            g: std::mem::replace(&mut built.g, Graph::new("")),
+        };
+        let u = microbatch::unroll(&body, k, mean)?;
+        let id = |t: TensorId| {
+            u.g.tensor_id(&body.g.tensor(t).name)
+                .expect("shared tensors keep their names")
+        };
+        built.step = built.step.map(id);
+        built.running = built
+            .running
+            .iter()
+            .zip(&u.chained)
+            .map(|(r, &(i, o))| (i, o, r.2, r.3))
+            .collect();
+        built.loss = u.loss;
+        built.labels = u.labels;
+        built.data = u.data;
+        built.grads = u.grads;
+        built.backward_of = u.backward_of;
+        built.forward = Some(u.forward);
+        built.saved = Vec::new();
+        built.backward_start = body.backward_start;
+        built.g = u.g;
+    }
+    Ok((built, reached))
 }
 
 /// Gradients of `loss(output)` with respect to the weights `wrt` of `forward`.
@@ -234,35 +363,50 @@ pub fn gradients(
     wrt: &[TensorId],
     mode: Mode,
 ) -> Result<GradGraph, AutodiffError> {
+    gradients_with(forward, output, loss, wrt, mode, &StepOptions::default())
+}
+
+/// [`gradients`] with the rewrites of `opts`.
+pub fn gradients_with(
+    forward: &Graph,
+    output: TensorId,
+    loss: Loss,
+    wrt: &[TensorId],
+    mode: Mode,
+    opts: &StepOptions,
+) -> Result<GradGraph, AutodiffError> {
     for &w in wrt {
         let t = forward.tensor(w);
         if forward.kind(w) != TensorKind::Weight || !t.dtype.is_float() {
             return Err(AutodiffError::NotAWeight(t.name.clone()));
         }
     }
-    let mut b = Builder::new(forward, mode, &format!("{}.grad", forward.name));
-    let (loss_in, fused) = builder::loss_input(forward, output, loss)?;
-    b.replay(forward, loss_in, &HashMap::new())?;
-    let (loss_t, labels) = b.loss(forward, loss_in, fused, loss)?;
-    let backward_start = b.g.nodes.len();
-    let wrt_new: Vec<TensorId> = wrt.iter().map(|&w| b.map(w)).collect();
-    let grads = b.backward(loss_t, &wrt_new)?;
-    let mut outputs = vec![loss_t];
-    outputs.extend(grads.iter().map(|&(_, g)| g));
+    let name = format!("{}.grad", forward.name);
+    let (mut b, _) = build(
+        forward,
+        output,
+        loss,
+        wrt,
+        mode,
+        &HashMap::new(),
+        opts,
+        &name,
+    )?;
+    let mut outputs = vec![b.loss];
+    outputs.extend(b.grads.iter().map(|&(_, g)| g));
     b.g.set_outputs(outputs);
     b.g.validate()?;
-    let saved = b.saved(backward_start);
-    let mut backward_of = std::mem::take(&mut b.backward_of);
-    backward_of.resize(b.g.nodes.len(), None);
     Ok(GradGraph {
         graph: b.g,
-        loss: loss_t,
-        labels,
+        loss: b.loss,
+        labels: b.labels,
         step: b.step,
-        grads,
-        saved,
-        backward_start,
-        backward_of,
+        grads: b.grads,
+        saved: b.saved,
+        backward_start: b.backward_start,
+        backward_of: b.backward_of,
+        forward: b.forward,
+        sites: b.sites,
     })
 }
 
@@ -287,20 +431,6 @@ pub fn training_step_with(
     opts: &StepOptions,
 ) -> Result<TrainingGraph, AutodiffError> {
     let trainable = forward.trainable_weights();
-    let mut b = Builder::new(forward, Mode::Training, &format!("{}.train", forward.name));
-    let (mut sliceout, mut sliceout_skipped) = (Vec::new(), Vec::new());
-    if let Some(p) = opts.sliceout {
-        if !(p > 0.0 && p < 1.0) {
-            return Err(AutodiffError::Options(format!(
-                "sliceout={p}: the drop ratio must be in (0, 1)"
-            )));
-        }
-        let (plan, sites, skipped) = sliceout::find(forward, p);
-        b.slice = plan;
-        sliceout = sites;
-        sliceout_skipped = skipped;
-    }
-    let (loss_in, fused) = builder::loss_input(forward, output, loss)?;
     // Trainable weights and BatchNorm statistics become inputs carried between steps.
     let mut as_input: HashMap<TensorId, StateKind> = trainable
         .iter()
@@ -315,20 +445,33 @@ pub fn training_step_with(
             }
         }
     }
-    b.replay(forward, loss_in, &as_input)?;
-    let step = b.step_input()?;
-    let (loss_t, labels) = b.loss(forward, loss_in, fused, loss)?;
-    let backward_start = b.g.nodes.len();
-    // Trainable weights the loss does not reach are left out of the step.
-    let reached: Vec<TensorId> = trainable
-        .iter()
-        .copied()
-        .filter(|&w| b.is_mapped(w))
-        .collect();
-    let params: Vec<TensorId> = reached.iter().map(|&w| b.map(w)).collect();
-    let grads = b.backward(loss_t, &params)?;
-    let saved = b.saved(backward_start);
-
+    let name = format!("{}.train", forward.name);
+    let (built, reached) = build(
+        forward,
+        output,
+        loss,
+        &trainable,
+        Mode::Training,
+        &as_input,
+        opts,
+        &name,
+    )?;
+    let Built {
+        g,
+        loss: loss_t,
+        labels,
+        step,
+        data,
+        grads,
+        saved,
+        backward_start,
+        mut backward_of,
+        forward: fwd_mask,
+        running,
+        sites,
+    } = built;
+    let step = step.expect("a training step has a step input");
+    let mut b = Builder::over(g);
     let mut state = Vec::new();
     let init = |w: TensorId| {
         forward
@@ -430,7 +573,7 @@ pub fn training_step_with(
             }
         }
     }
-    for (w, input, output, kind) in b.running_stats.clone() {
+    for &(input, output, w, kind) in &running {
         let name = forward.tensor(w).name.clone();
         state.push(State {
             name: name.clone(),
@@ -445,9 +588,11 @@ pub fn training_step_with(
     outputs.extend(state.iter().map(|s| s.output));
     b.g.set_outputs(outputs);
     b.g.validate()?;
-    let data = forward.inputs.iter().map(|&i| b.map(i)).collect();
-    let mut backward_of = std::mem::take(&mut b.backward_of);
     backward_of.resize(b.g.nodes.len(), None);
+    let forward_mask = fwd_mask.map(|mut f| {
+        f.resize(b.g.nodes.len(), false);
+        f
+    });
     Ok(TrainingGraph {
         graph: b.g,
         loss: loss_t,
@@ -459,8 +604,8 @@ pub fn training_step_with(
         grads,
         backward_start,
         backward_of,
-        sliceout,
-        sliceout_skipped,
+        forward: forward_mask,
+        sites,
     })
 }
 

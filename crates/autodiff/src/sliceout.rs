@@ -102,120 +102,115 @@ pub(crate) fn find(fwd: &Graph, p: f32) -> (SlicePlan, Vec<SliceOutSite>, Vec<(S
             continue;
         };
         let skip = |why: &str| (node.name.clone(), why.to_string());
-        let r =
-            (|| -> Result<(Vec<((usize, usize), usize)>, Vec<TensorId>, usize, usize), String> {
-                if node.outputs.len() != 1 {
-                    return Err("the dropout's mask output is read".into());
+        let r = (|| -> Result<Match, String> {
+            if node.outputs.len() != 1 {
+                return Err("the dropout's mask output is read".into());
+            }
+            let dout = node.outputs[0];
+            let a = node.inputs[0];
+            single_reader(fwd, &consumers, a).ok_or("its input has other readers")?;
+            let mut acts = vec![a, dout];
+            let mut h = a;
+            if let Some(act) = producers[a.index()] {
+                let an = fwd.node(act);
+                if is_activation(&an.op) && an.inputs.len() == 1 {
+                    h = an.inputs[0];
+                    single_reader(fwd, &consumers, h)
+                        .ok_or("the activation's input has other readers")?;
+                    acts.push(h);
                 }
-                let dout = node.outputs[0];
-                let a = node.inputs[0];
-                single_reader(fwd, &consumers, a).ok_or("its input has other readers")?;
-                let mut acts = vec![a, dout];
-                let mut h = a;
-                if let Some(act) = producers[a.index()] {
-                    let an = fwd.node(act);
-                    if is_activation(&an.op) && an.inputs.len() == 1 {
-                        h = an.inputs[0];
-                        single_reader(fwd, &consumers, h)
-                            .ok_or("the activation's input has other readers")?;
-                        acts.push(h);
+            }
+            let p1 = producers[h.index()].ok_or("it does not follow a layer")?;
+            let n1 = fwd.node(p1);
+            let mut cuts: Vec<((usize, usize), usize)> = Vec::new();
+            let hs = &fwd.tensor(h).shape;
+            let (kind, units) = match &n1.op {
+                Op::Gemm(a) if is_param(n1.inputs[1]) => {
+                    let n = hs[1];
+                    cuts.push(((p1.index(), 1), if a.trans_b { 0 } else { 1 }));
+                    if let Some(&c) = n1.inputs.get(2) {
+                        let cs = &fwd.tensor(c).shape;
+                        match cs.as_slice() {
+                            [m] if *m == n => cuts.push(((p1.index(), 2), 0)),
+                            [1, m] if *m == n => cuts.push(((p1.index(), 2), 1)),
+                            s if s.iter().product::<usize>() == 1 => {}
+                            _ => return Err("the first layer's bias is not per unit".into()),
+                        }
+                    }
+                    (Kind::Linear, n)
+                }
+                Op::Conv(c) if c.group == 1 && is_param(n1.inputs[1]) => {
+                    cuts.push(((p1.index(), 1), 0));
+                    if n1.inputs.len() == 3 {
+                        cuts.push(((p1.index(), 2), 0));
+                    }
+                    (Kind::Conv, hs[1])
+                }
+                Op::MatMul | Op::Add => {
+                    // MatMul(X, W) or Add(MatMul(X, W), b) with b per unit.
+                    let n = *hs.last().ok_or("the layer output is a scalar")?;
+                    let mm = if matches!(n1.op, Op::Add) && n1.inputs.len() == 2 {
+                        let bias = n1
+                            .inputs
+                            .iter()
+                            .position(|&i| is_param(i))
+                            .ok_or("it does not follow a layer")?;
+                        let m = n1.inputs[1 - bias];
+                        let bs = &fwd.tensor(n1.inputs[bias]).shape;
+                        if bs.last() != Some(&n) || bs.iter().product::<usize>() != n {
+                            return Err("the first layer's bias is not per unit".into());
+                        }
+                        cuts.push(((p1.index(), bias), bs.len() - 1));
+                        single_reader(fwd, &consumers, m)
+                            .ok_or("the layer output has other readers")?;
+                        acts.push(m);
+                        producers[m.index()].ok_or("it does not follow a layer")?
+                    } else {
+                        p1
+                    };
+                    let mn = fwd.node(mm);
+                    let w = mn.inputs[1];
+                    if !matches!(mn.op, Op::MatMul)
+                        || !is_param(w)
+                        || fwd.tensor(w).shape.len() != 2
+                    {
+                        return Err("it does not follow a layer with a weight matrix".into());
+                    }
+                    cuts.push(((mm.index(), 1), 1));
+                    (Kind::Linear, n)
+                }
+                _ => {
+                    return Err(
+                        "it does not follow a Gemm, MatMul or Conv with a trainable weight".into(),
+                    );
+                }
+            };
+            let p2 =
+                single_reader(fwd, &consumers, dout).ok_or("its output has several readers")?;
+            let n2 = fwd.node(p2);
+            if n2.inputs.first() != Some(&dout) || n2.inputs.len() < 2 || !is_param(n2.inputs[1]) {
+                return Err("it does not feed a layer's input with a trainable weight".into());
+            }
+            let axis2 = match (&n2.op, kind) {
+                (Op::Gemm(a), Kind::Linear) if !a.trans_a => {
+                    if a.trans_b {
+                        1
+                    } else {
+                        0
                     }
                 }
-                let p1 = producers[h.index()].ok_or("it does not follow a layer")?;
-                let n1 = fwd.node(p1);
-                let mut cuts: Vec<((usize, usize), usize)> = Vec::new();
-                let hs = &fwd.tensor(h).shape;
-                let (kind, units) = match &n1.op {
-                    Op::Gemm(a) if is_param(n1.inputs[1]) => {
-                        let n = hs[1];
-                        cuts.push(((p1.index(), 1), if a.trans_b { 0 } else { 1 }));
-                        if let Some(&c) = n1.inputs.get(2) {
-                            let cs = &fwd.tensor(c).shape;
-                            match cs.as_slice() {
-                                [m] if *m == n => cuts.push(((p1.index(), 2), 0)),
-                                [1, m] if *m == n => cuts.push(((p1.index(), 2), 1)),
-                                s if s.iter().product::<usize>() == 1 => {}
-                                _ => return Err("the first layer's bias is not per unit".into()),
-                            }
-                        }
-                        (Kind::Linear, n)
-                    }
-                    Op::Conv(c) if c.group == 1 && is_param(n1.inputs[1]) => {
-                        cuts.push(((p1.index(), 1), 0));
-                        if n1.inputs.len() == 3 {
-                            cuts.push(((p1.index(), 2), 0));
-                        }
-                        (Kind::Conv, hs[1])
-                    }
-                    Op::MatMul | Op::Add => {
-                        // MatMul(X, W) or Add(MatMul(X, W), b) with b per unit.
-                        let n = *hs.last().ok_or("the layer output is a scalar")?;
-                        let mm = if matches!(n1.op, Op::Add) && n1.inputs.len() == 2 {
-                            let bias = n1
-                                .inputs
-                                .iter()
-                                .position(|&i| is_param(i))
-                                .ok_or("it does not follow a layer")?;
-                            let m = n1.inputs[1 - bias];
-                            let bs = &fwd.tensor(n1.inputs[bias]).shape;
-                            if bs.last() != Some(&n) || bs.iter().product::<usize>() != n {
-                                return Err("the first layer's bias is not per unit".into());
-                            }
-                            cuts.push(((p1.index(), bias), bs.len() - 1));
-                            single_reader(fwd, &consumers, m)
-                                .ok_or("the layer output has other readers")?;
-                            acts.push(m);
-                            producers[m.index()].ok_or("it does not follow a layer")?
-                        } else {
-                            p1
-                        };
-                        let mn = fwd.node(mm);
-                        let w = mn.inputs[1];
-                        if !matches!(mn.op, Op::MatMul)
-                            || !is_param(w)
-                            || fwd.tensor(w).shape.len() != 2
-                        {
-                            return Err("it does not follow a layer with a weight matrix".into());
-                        }
-                        cuts.push(((mm.index(), 1), 1));
-                        (Kind::Linear, n)
-                    }
-                    _ => {
-                        return Err(
-                            "it does not follow a Gemm, MatMul or Conv with a trainable weight"
-                                .into(),
-                        );
-                    }
-                };
-                let p2 =
-                    single_reader(fwd, &consumers, dout).ok_or("its output has several readers")?;
-                let n2 = fwd.node(p2);
-                if n2.inputs.first() != Some(&dout)
-                    || n2.inputs.len() < 2
-                    || !is_param(n2.inputs[1])
-                {
-                    return Err("it does not feed a layer's input with a trainable weight".into());
-                }
-                let axis2 = match (&n2.op, kind) {
-                    (Op::Gemm(a), Kind::Linear) if !a.trans_a => {
-                        if a.trans_b {
-                            1
-                        } else {
-                            0
-                        }
-                    }
-                    (Op::MatMul, Kind::Linear) if fwd.tensor(n2.inputs[1]).shape.len() == 2 => 0,
-                    (Op::Conv(c), Kind::Conv) if c.group == 1 => 1,
-                    _ => {
-                        return Err(
+                (Op::MatMul, Kind::Linear) if fwd.tensor(n2.inputs[1]).shape.len() == 2 => 0,
+                (Op::Conv(c), Kind::Conv) if c.group == 1 => 1,
+                _ => {
+                    return Err(
                         "it does not feed a layer of the same kind (Gemm/MatMul or Conv, group 1)"
                             .into(),
                     );
-                    }
-                };
-                cuts.push(((p2.index(), 1), axis2));
-                Ok((cuts, acts, units, p2.index()))
-            })();
+                }
+            };
+            cuts.push(((p2.index(), 1), axis2));
+            Ok((cuts, acts, units, p2.index()))
+        })();
         let (cuts, acts, n, _) = match r {
             Ok(x) => x,
             Err(why) => {

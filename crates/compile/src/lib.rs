@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use lowmem_autodiff::{
-    AutodiffError, Loss, Mode, Optimizer, StateKind, gradients, training_step_with,
+    AutodiffError, Loss, Mode, Optimizer, StateKind, gradients_with, training_step_with,
 };
 use lowmem_ir::{Graph, IrError, TensorData, TensorId};
 use lowmem_plan::{Claim, MemoryPlan, PlanOptions, plan, verify_plan};
@@ -83,6 +83,9 @@ pub struct CompileOptions {
     pub sliceout: Option<f32>,
     /// DropIT at this fraction of each layer input dropped (training and gradient steps).
     pub dropit: Option<f32>,
+    /// Run the batch as this many micro-batches, one optimizer update (training and
+    /// gradient steps).
+    pub microbatch: Option<usize>,
     pub plan: PlanOptions,
 }
 
@@ -96,6 +99,7 @@ impl CompileOptions {
             store: None,
             sliceout: None,
             dropit: None,
+            microbatch: None,
             plan: PlanOptions::default(),
         }
     }
@@ -160,61 +164,25 @@ impl RewriteSite {
     }
 }
 
-/// A step the post-autodiff rewrites apply to.
-trait Rewritable {
-    fn dropit(
-        &mut self,
-        gamma: f32,
-    ) -> Result<
-        (
-            Vec<lowmem_autodiff::DropItSite>,
-            Vec<lowmem_autodiff::ReluMaskSite>,
-        ),
-        AutodiffError,
-    >;
-    fn store_saved(
-        &mut self,
-        to: lowmem_ir::DType,
-    ) -> Result<Vec<lowmem_autodiff::StoreSite>, AutodiffError>;
-}
-
-macro_rules! rewritable {
-    ($t:ty) => {
-        impl Rewritable for $t {
-            fn dropit(
-                &mut self,
-                gamma: f32,
-            ) -> Result<
-                (
-                    Vec<lowmem_autodiff::DropItSite>,
-                    Vec<lowmem_autodiff::ReluMaskSite>,
-                ),
-                AutodiffError,
-            > {
-                <$t>::dropit(self, gamma)
-            }
-            fn store_saved(
-                &mut self,
-                to: lowmem_ir::DType,
-            ) -> Result<Vec<lowmem_autodiff::StoreSite>, AutodiffError> {
-                <$t>::store_saved(self, to)
-            }
-        }
-    };
-}
-rewritable!(lowmem_autodiff::GradGraph);
-rewritable!(lowmem_autodiff::TrainingGraph);
-
-/// Applies the post-autodiff rewrites of `opts` (DropIT, then 16-bit storage) to `step`,
-/// adding their sites, and a warning for each rewrite asked for that found nothing to do.
-fn post_autodiff(
+/// The rewrite sites of a built step, and a warning for each rewrite asked for that found
+/// nothing to do.
+fn sites_of(
     opts: &CompileOptions,
-    step: &mut impl Rewritable,
-    sites: &mut Vec<RewriteSite>,
+    sites: &lowmem_autodiff::Sites,
+    out: &mut Vec<RewriteSite>,
     warnings: &mut Vec<String>,
-) -> Result<(), CompileError> {
-    if let Some(gamma) = opts.dropit {
-        let (d, r) = step.dropit(gamma)?;
+) {
+    out.extend(sites.sliceout.iter().map(RewriteSite::sliced));
+    if opts.sliceout.is_some() && sites.sliceout.is_empty() {
+        warnings.push(match sites.sliceout_skipped.first() {
+            None => "--rewrite sliceout: the model has no Dropout".into(),
+            Some((node, why)) => format!(
+                "--rewrite sliceout: no Dropout sits between two weight layers (e.g. '{node}': {why})"
+            ),
+        });
+    }
+    if opts.dropit.is_some() {
+        let d = &sites.dropit;
         if !d.iter().any(|s| s.why.is_none()) {
             warnings.push(if d.is_empty() {
                 "--rewrite dropit: no Gemm, MatMul or Conv computes a weight gradient from an activation".into()
@@ -225,19 +193,17 @@ fn post_autodiff(
                 )
             });
         }
-        sites.extend(r.into_iter().map(RewriteSite::masked));
-        sites.extend(d.into_iter().map(RewriteSite::dropped));
+        out.extend(sites.relu_masks.iter().cloned().map(RewriteSite::masked));
+        out.extend(d.iter().cloned().map(RewriteSite::dropped));
     }
     if let Some(to) = opts.store {
-        let s = step.store_saved(to)?;
-        if s.is_empty() {
+        if sites.stored.is_empty() {
             warnings.push(format!(
                 "--store {to}: the backward pass reads no f32 activation of rank 2 or more"
             ));
         }
-        sites.extend(s.into_iter().map(RewriteSite::stored));
+        out.extend(sites.stored.iter().cloned().map(RewriteSite::stored));
     }
-    Ok(())
 }
 
 /// Where the value of each graph input comes from.
@@ -447,6 +413,29 @@ pub fn compile(model: &Graph, opts: &CompileOptions) -> Result<CompiledStep, Com
             "--rewrite applies to a training or gradient step".into(),
         ));
     }
+    if let Some(k) = opts.microbatch {
+        if opts.task == Task::Inference {
+            return Err(CompileError::Options(
+                "--microbatch applies to a training or gradient step".into(),
+            ));
+        }
+        if k == 0 || batch % k != 0 {
+            return Err(CompileError::Options(format!(
+                "--microbatch {k} does not divide the batch {batch}"
+            )));
+        }
+        if remat_asked {
+            return Err(CompileError::Options(
+                "--microbatch does not combine with --remat or --budget yet: checkpointing cuts one forward pass into stages, and a micro-batched step has K of them".into(),
+            ));
+        }
+    }
+    let step_opts = lowmem_autodiff::StepOptions {
+        sliceout: opts.sliceout,
+        dropit: opts.dropit,
+        store: opts.store,
+        microbatch: opts.microbatch.filter(|&k| k > 1),
+    };
     let mut warnings = Vec::new();
     let data_role = |g: &Graph, i: TensorId| {
         forward
@@ -491,15 +480,23 @@ pub fn compile(model: &Graph, opts: &CompileOptions) -> Result<CompiledStep, Com
                     "the model has no trainable weights".into(),
                 ));
             }
-            let mut gg = gradients(&forward, out, *loss, &wrt, Mode::Inference)?;
+            let gg = gradients_with(&forward, out, *loss, &wrt, Mode::Inference, &step_opts)?;
+            let mut rewrites = Vec::new();
             if opts.sliceout.is_some() {
                 warnings.push(
                     "--rewrite sliceout: a gradient step runs dropout as the identity, so there is nothing to slice"
                         .into(),
                 );
             }
-            let mut rewrites = Vec::new();
-            post_autodiff(opts, &mut gg, &mut rewrites, &mut warnings)?;
+            sites_of(
+                &CompileOptions {
+                    sliceout: None,
+                    ..opts.clone()
+                },
+                &gg.sites,
+                &mut rewrites,
+                &mut warnings,
+            );
             let inputs = gg
                 .graph
                 .inputs
@@ -535,7 +532,8 @@ pub fn compile(model: &Graph, opts: &CompileOptions) -> Result<CompiledStep, Com
             } else {
                 let roles = Roles::inference(&gg.graph);
                 let p = plan(&gg.graph, &roles, &opts.plan);
-                let (fwd, bwd) = remat::split_flops(&gg.graph, gg.backward_start);
+                let (fwd, bwd) =
+                    remat::split_flops(&gg.graph, gg.backward_start, gg.forward.as_deref());
                 let costs = Costs {
                     forward_flops: fwd,
                     backward_flops: bwd,
@@ -570,32 +568,47 @@ pub fn compile(model: &Graph, opts: &CompileOptions) -> Result<CompiledStep, Com
         }
         Task::Training { loss, optimizer } => {
             let out = output_of(&forward, None)?;
-            let step_opts = lowmem_autodiff::StepOptions {
-                sliceout: opts.sliceout,
-            };
-            let mut tg = training_step_with(&forward, out, *loss, optimizer, &step_opts)?;
-            let mut rewrites: Vec<RewriteSite> =
-                tg.sliceout.iter().map(RewriteSite::sliced).collect();
-            if opts.sliceout.is_some() && tg.sliceout.is_empty() {
-                warnings.push(match tg.sliceout_skipped.first() {
-                    None => "--rewrite sliceout: the model has no Dropout".into(),
-                    Some((node, why)) => format!(
-                        "--rewrite sliceout: no Dropout sits between two weight layers (e.g. '{node}': {why})"
-                    ),
-                });
-            }
-            post_autodiff(opts, &mut tg, &mut rewrites, &mut warnings)?;
+            let tg = training_step_with(&forward, out, *loss, optimizer, &step_opts)?;
+            let mut rewrites = Vec::new();
+            sites_of(opts, &tg.sites, &mut rewrites, &mut warnings);
             let t = Instant::now();
-            let step = Step::new(&tg, opts.plan.clone())?;
-            let o = if remat_asked {
-                step.run(opts.remat.unwrap_or(Scheme::None), opts.budget)?
+            let (o, remat, costs) = if tg.forward.is_some() {
+                // Micro-batched: no stage chain (K forward passes); the planner's free
+                // choice of order over the step as built.
+                let roles = remat::training_roles(&tg);
+                let p = plan(&tg.graph, &roles, &opts.plan);
+                let (fwd, bwd) =
+                    remat::split_flops(&tg.graph, tg.backward_start, tg.forward.as_deref());
+                let o = Outcome {
+                    scheme: Scheme::None,
+                    detail: format!("{} micro-batches", opts.microbatch.unwrap_or(1)),
+                    budget: None,
+                    graph: tg.graph.clone(),
+                    roles,
+                    plan: p,
+                    checkpoints: Vec::new(),
+                    recomputed_nodes: 0,
+                    recompute_flops: 0,
+                    schedule: None,
+                };
+                let costs = Costs {
+                    forward_flops: fwd,
+                    backward_flops: bwd,
+                    recompute_flops: 0,
+                };
+                (o, None, costs)
             } else {
-                // No checkpointing asked for: the planner's free choice of order.
-                step.none()
+                let step = Step::new(&tg, opts.plan.clone())?;
+                let o = if remat_asked {
+                    step.run(opts.remat.unwrap_or(Scheme::None), opts.budget)?
+                } else {
+                    // No checkpointing asked for: the planner's free choice of order.
+                    step.none()
+                };
+                let (record, costs) = record_of(&step, &o);
+                (o, remat_asked.then_some(record), costs)
             };
             let planning_time = t.elapsed();
-            let (record, costs) = record_of(&step, &o);
-            let remat = remat_asked.then_some(record);
             let state_of = |i: TensorId| tg.state.iter().position(|s| s.input == i);
             let inputs = o
                 .graph

@@ -142,12 +142,21 @@ pub fn training_roles(tg: &TrainingGraph) -> Roles {
     )
 }
 
-/// FLOPs of the nodes before `backward_start` (forward and loss) and of the rest.
-pub(crate) fn split_flops(g: &Graph, backward_start: usize) -> (u64, u64) {
+/// FLOPs of the forward and loss nodes (those before `backward_start`, or those `forward`
+/// marks in a micro-batched step) and of the rest.
+pub(crate) fn split_flops(
+    g: &Graph,
+    backward_start: usize,
+    forward: Option<&[bool]>,
+) -> (u64, u64) {
     let (mut fwd, mut bwd) = (0u64, 0u64);
     for (v, node) in g.nodes.iter().enumerate() {
         let f = g.node_flops(node);
-        if v < backward_start {
+        let is_fwd = match forward {
+            Some(m) => m.get(v).copied().unwrap_or(false),
+            None => v < backward_start,
+        };
+        if is_fwd {
             fwd = fwd.saturating_add(f);
         } else {
             bwd = bwd.saturating_add(f);
@@ -241,7 +250,7 @@ impl<'a> Step<'a> {
         let params: Vec<TensorId> = grads.iter().map(|&(w, _)| w).collect();
         let chain = lowmem_remat::chain_of_step(g, backward_of, &stages, &params)
             .map_err(|e| Error::Internal(format!("the chain's cost model: {e}")))?;
-        let (fwd, bwd) = split_flops(g, backward_start);
+        let (fwd, bwd) = split_flops(g, backward_start, None);
         Ok(Step {
             graph: g,
             backward_of,

@@ -92,10 +92,19 @@ impl Graph {
                 _ => true,
             };
             // A batch-carrying input broadcast against a weight or other tensor of full rank
-            // whose dimension 0 is the old batch would need that tensor rewritten too.
+            // whose dimension 0 is the old batch would need that tensor rewritten too. Only
+            // broadcasting operands count: a Conv or BatchNorm weight whose first dimension
+            // happens to equal the batch is not batched.
+            let broadcasts = |k: usize| match &node.op {
+                op if op.is_binary_elementwise() || matches!(op, Op::Sum) => true,
+                Op::Gemm(_) => k == 2,
+                Op::MatMul => self.tensors[node.inputs[k].index()].shape.len() >= 3,
+                _ => false,
+            };
             for (k, &t) in node.inputs.iter().enumerate() {
                 let tt = &self.tensors[t.index()];
                 if !ins[k]
+                    && broadcasts(k)
                     && producers[t.index()].is_none()
                     && tt.value.is_some()
                     && old != 1
