@@ -58,6 +58,22 @@ print(f"accuracy {d['device']}: {d['test_accuracy']:.4f}, cpu: {c['test_accuracy
 assert abs(d["test_accuracy"] - c["test_accuracy"]) <= 0.01, "accuracy differs by more than 1 point"
 PY
 
+note "2b. the memory rewrites on $DEV and on the CPU: same accuracy, planned = device peak"
+for spec in "ir/examples/digits_dropout_wide.json --rewrite sliceout=0.5" \
+            "ir/examples/digits_cnn.json --rewrite dropit=0.9" \
+            "ir/examples/digits_cnn.json --microbatch 4 --store bf16"; do
+  set -- $spec
+  "$BIN" train "$@" --data digits --steps 300 --device "$DEV" --json --out /tmp/gpu.onnx | tail -1 > /tmp/rw_dev.json || FAIL=1
+  "$BIN" train "$@" --data digits --steps 300 --device cpu --json --out /tmp/cpu.onnx | tail -1 > /tmp/rw_cpu.json || FAIL=1
+  SPEC="$spec" $PY - <<'PY' || FAIL=1
+import json, os
+d, c = (json.load(open(f)) for f in ("/tmp/rw_dev.json", "/tmp/rw_cpu.json"))
+print(f"{os.environ['SPEC']}: accuracy {d['test_accuracy']:.4f} vs cpu {c['test_accuracy']:.4f}; "
+      f"planned {d['planned_peak_bytes']}, device peak {d.get('device_peak_bytes')}")
+assert abs(d["test_accuracy"] - c["test_accuracy"]) <= 0.01, "accuracy differs by more than 1 point"
+PY
+done
+
 note "3. training step time and peak memory vs PyTorch eager"
 bench() { # model batch [remat args]
   "$BIN" bench "$1" --batch "$2" --train --iters "$ITERS" --device "$DEV" --json "${@:3}"

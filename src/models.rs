@@ -105,6 +105,22 @@ pub fn transformer_encoder(
     classes: usize,
     batch: usize,
 ) -> Graph {
+    transformer_encoder_with(layers, d_model, heads, seq, ffn, classes, batch, None)
+}
+
+/// [`transformer_encoder`] with an optional dropout of this ratio between the feed-forward
+/// block's activation and its second linear layer (where SliceOut slices the hidden units).
+#[allow(clippy::too_many_arguments)]
+pub fn transformer_encoder_with(
+    layers: usize,
+    d_model: usize,
+    heads: usize,
+    seq: usize,
+    ffn: usize,
+    classes: usize,
+    batch: usize,
+    ffn_hidden_dropout: Option<f32>,
+) -> Graph {
     assert!(
         heads > 0 && d_model.is_multiple_of(heads),
         "d_model {d_model} is not a multiple of heads {heads}"
@@ -170,6 +186,17 @@ pub fn transformer_encoder(
             },
             &[f1],
         );
+        let act = match ffn_hidden_dropout {
+            Some(ratio) => b.node(
+                &format!("{p}.ffn_hidden_dropout"),
+                Op::Dropout {
+                    ratio,
+                    seed: 1000 + l as u64,
+                },
+                &[act],
+            ),
+            None => act,
+        };
         let f2 = b.linear(&format!("{p}.ffn2"), act, ffn, d_model);
         let f2 = b.node(
             &format!("{p}.ffn_dropout"),

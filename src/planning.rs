@@ -3,7 +3,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use lowmem_autodiff::{Loss, Optimizer, training_step};
+use lowmem_autodiff::{Loss, Optimizer, StepOptions, training_step_with};
 use lowmem_compile::{CompileOptions, CompiledStep, Task};
 use lowmem_plan::{MemoryPlan, PlanOptions};
 use lowmem_schedule::Roles;
@@ -74,15 +74,21 @@ pub fn compile_model(model: &Path, req: &PlanRequest) -> Result<CompiledStep, Er
             "--remat and --budget apply to a training step: add --train".into(),
         ));
     }
-    if (req.store.is_some()
-        || req.sliceout.is_some()
-        || req.dropit.is_some()
-        || req.microbatch.is_some())
-        && !req.train
-    {
-        return Err(Error::Usage(
-            "--store, --rewrite and --microbatch apply to a training step: add --train".into(),
-        ));
+    let given: Vec<&str> = [
+        (req.store.is_some(), "--store"),
+        (req.sliceout.is_some() || req.dropit.is_some(), "--rewrite"),
+        (req.microbatch.is_some(), "--microbatch"),
+    ]
+    .iter()
+    .filter(|f| f.0)
+    .map(|f| f.1)
+    .collect();
+    if !given.is_empty() && !req.train {
+        return Err(Error::Usage(format!(
+            "{} {} to a training step: add --train",
+            given.join(" and "),
+            if given.len() == 1 { "applies" } else { "apply" }
+        )));
     }
     let g = model::load(model, None)?;
     crate::compile_step(&g, &req.options())
@@ -253,7 +259,19 @@ pub fn frontier_cmd(
         .outputs
         .first()
         .ok_or_else(|| Error::Model("the model has no outputs".into()))?;
-    let tg = training_step(&forward, out, req.loss, &req.optimizer)?;
+    if req.microbatch.is_some() {
+        return Err(Error::Usage(
+            "--microbatch does not combine with checkpointing yet, and the frontier sweeps checkpointing schemes".into(),
+        ));
+    }
+    // The rewrites apply before checkpointing, so each point is the rewritten step's.
+    let rewrites = StepOptions {
+        sliceout: req.sliceout,
+        dropit: req.dropit,
+        store: req.store,
+        microbatch: None,
+    };
+    let tg = training_step_with(&forward, out, req.loss, &req.optimizer, &rewrites)?;
     let step = Step::new(&tg, plan_options(req))?;
     let (points, secs) = step.frontier(levels)?;
     let none = points

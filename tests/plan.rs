@@ -25,6 +25,9 @@ fn request() -> PlanRequest {
         remat: None,
         budget: None,
         store: None,
+        sliceout: None,
+        dropit: None,
+        microbatch: None,
     }
 }
 

@@ -253,3 +253,41 @@ fn zoo(forward: &[&str], gradient: &[&str]) {
         eprintln!("{name} gradient: {:.1} s", t.elapsed().as_secs_f64());
     }
 }
+
+/// `--rewrite` and `--microbatch`: SliceOut's windows, DropIT's top-k and scatter, ReLU's
+/// bit masks and the unrolled micro-batches run on the device as on the CPU (also under
+/// checkpointing). DropIT selects by magnitude, so values the two backends round apart can
+/// trade places at the threshold: the tolerance is wider than for plain f32 steps.
+#[test]
+fn rewritten_steps_train_like_the_cpu() {
+    let step = |name: &str, batch, f: &dyn Fn(&mut CompileOptions)| {
+        let mut o = CompileOptions::new(sgd());
+        o.batch = Some(batch);
+        f(&mut o);
+        compile(&load_example(name), &o).unwrap_or_else(|e| panic!("{name}: {e}"))
+    };
+    train_both(
+        &step("digits_dropout", 8, &|o| {
+            o.sliceout = Some(0.5);
+            o.dropit = Some(0.9);
+        }),
+        3,
+        1e-3,
+    );
+    train_both(
+        &step("digits_cnn", 8, &|o| {
+            o.dropit = Some(0.8);
+            o.remat = Some(Scheme::Sqrt);
+        }),
+        3,
+        1e-3,
+    );
+    train_both(
+        &step("tiny_cnn", 8, &|o| {
+            o.microbatch = Some(2);
+            o.dropit = Some(0.5);
+        }),
+        3,
+        1e-3,
+    );
+}
