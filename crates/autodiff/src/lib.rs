@@ -214,6 +214,7 @@ struct Built {
 /// Builds forward, loss and backward of `forward` (the body, at `B / K` under
 /// micro-batching), applies the body rewrites and unrolls. `wrt`: the weights differentiated
 /// (forward tensors); `as_input`: weights that become graph inputs.
+#[allow(clippy::too_many_arguments)]
 fn build(
     forward: &Graph,
     output: TensorId,
@@ -232,7 +233,7 @@ fn build(
             .first()
             .and_then(|&i| forward.tensor(i).shape.first().copied())
             .unwrap_or(1);
-        if batch % k != 0 {
+        if !batch.is_multiple_of(k) {
             return Err(AutodiffError::Options(format!(
                 "--microbatch {k} does not divide the batch {batch}"
             )));

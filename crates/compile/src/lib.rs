@@ -419,7 +419,7 @@ pub fn compile(model: &Graph, opts: &CompileOptions) -> Result<CompiledStep, Com
                 "--microbatch applies to a training or gradient step".into(),
             ));
         }
-        if k == 0 || batch % k != 0 {
+        if k == 0 || !batch.is_multiple_of(k) {
             return Err(CompileError::Options(format!(
                 "--microbatch {k} does not divide the batch {batch}"
             )));
