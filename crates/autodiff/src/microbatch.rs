@@ -110,7 +110,15 @@ pub(crate) fn unroll(body: &Body, k: usize, mean: bool) -> Result<Unrolled, Auto
             backward_of.push(None);
             forward.push(true);
         }
-        let base = g.nodes.len();
+        // Body node -> its copy's node index (forward nodes precede their backward).
+        let mut at = vec![0usize; b.nodes.len()];
+        // Body gradient tensor -> its position in `body.grads`.
+        let grad_of: HashMap<TensorId, usize> = body
+            .grads
+            .iter()
+            .enumerate()
+            .map(|(j, &(_, gr))| (gr, j))
+            .collect();
         for (v, node) in b.nodes.iter().enumerate() {
             let ins: Vec<TensorId> = node.inputs.iter().map(|i| map[i]).collect();
             let outs: Vec<String> = node
@@ -131,6 +139,7 @@ pub(crate) fn unroll(body: &Body, k: usize, mean: bool) -> Result<Unrolled, Auto
                 },
                 op => op.clone(),
             };
+            at[v] = g.nodes.len();
             let ids = g.add_node(suffix(&node.name, m), op, &ins, &outs)?;
             for (&o, &id) in node.outputs.iter().zip(&ids) {
                 map.insert(o, id);
@@ -140,23 +149,33 @@ pub(crate) fn unroll(body: &Body, k: usize, mean: bool) -> Result<Unrolled, Auto
                     .get(v)
                     .copied()
                     .flatten()
-                    .map(|f| NodeId((base + f.index()) as u32)),
+                    .map(|f| NodeId(at[f.index()] as u32)),
             );
             forward.push(v < body.backward_start);
+            // Each gradient joins its running sum as soon as it exists, so a micro-batch's
+            // gradients are never all live at once.
+            for &o in &node.outputs {
+                let Some(&j) = grad_of.get(&o) else { continue };
+                let gm = map[&o];
+                sums[j] = Some(match sums[j] {
+                    None => gm,
+                    Some(acc) => {
+                        let name = format!("{}.sum{m}", b.tensor(o).name);
+                        let ids =
+                            g.add_node(name.clone(), Op::Add, &[acc, gm], &[name.as_str()])?;
+                        backward_of.push(None);
+                        forward.push(false);
+                        ids[0]
+                    }
+                });
+            }
         }
         losses.push(map[&body.loss]);
+        // Gradients that are not computed (a weight the loss does not read: a constant).
         for (j, &(_, gr)) in body.grads.iter().enumerate() {
-            let gm = map[&gr];
-            sums[j] = Some(match sums[j] {
-                None => gm,
-                Some(acc) => {
-                    let name = format!("{}.sum{m}", b.tensor(gr).name);
-                    let ids = g.add_node(name.clone(), Op::Add, &[acc, gm], &[name.as_str()])?;
-                    backward_of.push(None);
-                    forward.push(false);
-                    ids[0]
-                }
-            });
+            if sums[j].is_none() {
+                sums[j] = Some(map[&gr]);
+            }
         }
         prev = body
             .chained
