@@ -205,6 +205,13 @@ fn main() {
                 remat: Some(Scheme::Sqrt),
             },
         ),
+        (
+            "all + mb 4 + sqrt",
+            Tech {
+                opts: opts(Some(0.5), Some(0.9), Some(DType::BF16), Some(4)),
+                remat: Some(Scheme::Sqrt),
+            },
+        ),
     ];
     println!(
         "{:<15} {:<20} {:>12} {:>12} {:>8} {:>6} {:>10}",

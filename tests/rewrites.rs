@@ -791,12 +791,53 @@ fn micro_batching_trains_digits_to_the_full_batch_accuracy() {
             "ir/examples/digits_cnn.json",
             "--train",
             "--batch",
-            "8",
+            "64",
             "--microbatch",
-            "2",
+            "4",
             "--remat",
-            "sqrt",
+            "optimal",
+            "--budget",
+            "100KiB",
         ],
-        &["--microbatch does not combine with --remat"],
+        &[
+            "budget 100.00 KiB",
+            "4 micro-batches with checkpointing need at least",
+        ],
     );
+}
+
+#[test]
+fn checkpointing_micro_batches_changes_no_bit_and_keeps_the_budget() {
+    for (name, batch) in [("digits_dropout", 16), ("tiny_cnn", 8), ("digits_cnn", 16)] {
+        let mut o = CompileOptions::new(plain_sgd());
+        o.batch = Some(batch);
+        o.microbatch = Some(4);
+        o.dropit = Some(0.5);
+        let plain = compile(&load_example(name), &o).unwrap();
+        o.remat = Some(lowmem::compile::remat::Scheme::Sqrt);
+        let remat = compile(&load_example(name), &o).unwrap();
+        remat.verify().unwrap();
+        let run = |s: &CompiledStep| {
+            let mut ex = Executor::new(s).unwrap();
+            let mut rng = Rng::new(8);
+            for k in 1..=3u64 {
+                feed(&mut ex, s, &mut rng, 3);
+                ex.set_step(k).unwrap();
+                ex.run().unwrap();
+            }
+            ex.state_values()
+        };
+        assert_eq!(run(&plain), run(&remat), "{name}");
+        // A budget between the two is kept.
+        let (lo, hi) = (remat.planned_peak_bytes(), plain.planned_peak_bytes());
+        eprintln!("{name}: micro-batched {hi} bytes, with sqrt checkpointing {lo}");
+        if lo < hi {
+            o.remat = Some(lowmem::compile::remat::Scheme::Optimal);
+            o.budget = Some((lo + hi) / 2);
+            let b = compile(&load_example(name), &o).unwrap();
+            assert!(b.planned_peak_bytes() <= (lo + hi) / 2, "{name}");
+            b.verify().unwrap();
+            o.budget = None;
+        }
+    }
 }

@@ -195,6 +195,7 @@ pub struct Sites {
 }
 
 /// What a step is built from, common to [`gradients_with`] and [`training_step_with`].
+#[derive(Clone, Debug)]
 struct Built {
     g: Graph,
     loss: TensorId,
@@ -224,6 +225,7 @@ fn build(
     as_input: &HashMap<TensorId, StateKind>,
     opts: &StepOptions,
     name: &str,
+    unroll: bool,
 ) -> Result<(Built, Vec<TensorId>), AutodiffError> {
     let k = opts.microbatch.unwrap_or(1);
     let body_fwd;
@@ -320,40 +322,64 @@ fn build(
             to,
         )?;
     }
-    if k > 1 {
-        let body = microbatch::Body {
-            loss: built.loss,
-            labels: built.labels,
-            data: built.data.clone(),
-            grads: built.grads.clone(),
-            chained: built.running.iter().map(|r| (r.0, r.1)).collect(),
-            backward_start: built.backward_start,
-            backward_of: std::mem::take(&mut built.backward_of),
-            g: std::mem::replace(&mut built.g, Graph::new("")),
-        };
-        let u = microbatch::unroll(&body, k, mean)?;
-        let id = |t: TensorId| {
-            u.g.tensor_id(&body.g.tensor(t).name)
-                .expect("shared tensors keep their names")
-        };
-        built.step = built.step.map(id);
-        built.running = built
-            .running
-            .iter()
-            .zip(&u.chained)
-            .map(|(r, &(i, o))| (i, o, r.2, r.3))
-            .collect();
-        built.loss = u.loss;
-        built.labels = u.labels;
-        built.data = u.data;
-        built.grads = u.grads;
-        built.backward_of = u.backward_of;
-        built.forward = Some(u.forward);
-        built.saved = Vec::new();
-        built.backward_start = body.backward_start;
-        built.g = u.g;
+    if k > 1 && unroll {
+        unroll_built(&mut built, k, mean, None)?;
     }
     Ok((built, reached))
+}
+
+/// Unrolls a built body `k` times ([`microbatch`]); `graph`: the body's graph rewritten
+/// after it was built (rematerialised: original tensors keep their ids, the node order is
+/// the execution order), replacing `built.g`.
+fn unroll_built(
+    built: &mut Built,
+    k: usize,
+    mean: bool,
+    graph: Option<Graph>,
+) -> Result<(), AutodiffError> {
+    let (g, backward_of, backward_start) = match graph {
+        Some(g) => {
+            let n = g.nodes.len();
+            (g, vec![None; n], 0)
+        }
+        None => (
+            std::mem::replace(&mut built.g, Graph::new("")),
+            std::mem::take(&mut built.backward_of),
+            built.backward_start,
+        ),
+    };
+    let body = microbatch::Body {
+        loss: built.loss,
+        labels: built.labels,
+        data: built.data.clone(),
+        grads: built.grads.clone(),
+        chained: built.running.iter().map(|r| (r.0, r.1)).collect(),
+        backward_start,
+        backward_of,
+        g,
+    };
+    let u = microbatch::unroll(&body, k, mean)?;
+    let id = |t: TensorId| {
+        u.g.tensor_id(&body.g.tensor(t).name)
+            .expect("shared tensors keep their names")
+    };
+    built.step = built.step.map(id);
+    built.running = built
+        .running
+        .iter()
+        .zip(&u.chained)
+        .map(|(r, &(i, o))| (i, o, r.2, r.3))
+        .collect();
+    built.loss = u.loss;
+    built.labels = u.labels;
+    built.data = u.data;
+    built.grads = u.grads;
+    built.backward_of = u.backward_of;
+    built.forward = Some(u.forward);
+    built.saved = Vec::new();
+    built.backward_start = body.backward_start;
+    built.g = u.g;
+    Ok(())
 }
 
 /// Gradients of `loss(output)` with respect to the weights `wrt` of `forward`.
@@ -392,6 +418,7 @@ pub fn gradients_with(
         &HashMap::new(),
         opts,
         &name,
+        true,
     )?;
     let mut outputs = vec![b.loss];
     outputs.extend(b.grads.iter().map(|&(_, g)| g));
@@ -446,6 +473,46 @@ pub fn training_step_with(
             }
         }
     }
+    training_body(forward, output, loss, opts)?.finish(forward, optimizer, None)
+}
+
+/// A training step's forward + backward body before micro-batches are unrolled and the
+/// optimizer is attached (see [`training_body`]).
+#[derive(Clone, Debug)]
+pub struct TrainingBody {
+    /// The body as a gradient step (at batch `B / K` under micro-batching): outputs are the
+    /// loss, the parameters' gradients and the updated BatchNorm running statistics.
+    pub graph: GradGraph,
+    built: Built,
+    reached: Vec<TensorId>,
+    microbatch: usize,
+    mean: bool,
+}
+
+/// The body of [`training_step_with`]: forward, loss and backward with the rewrites of
+/// `opts` applied but micro-batches not yet unrolled, so a later stage (checkpointing) can
+/// rewrite it before [`TrainingBody::finish`] unrolls it and attaches the optimizer.
+pub fn training_body(
+    forward: &Graph,
+    output: TensorId,
+    loss: Loss,
+    opts: &StepOptions,
+) -> Result<TrainingBody, AutodiffError> {
+    let trainable = forward.trainable_weights();
+    // Trainable weights and BatchNorm statistics become inputs carried between steps.
+    let mut as_input: HashMap<TensorId, StateKind> = trainable
+        .iter()
+        .map(|&w| (w, StateKind::Parameter))
+        .collect();
+    for n in &forward.nodes {
+        if let Op::BatchNormalization(_) = n.op {
+            for (k, kind) in [(3, StateKind::RunningMean), (4, StateKind::RunningVar)] {
+                if forward.kind(n.inputs[k]) == TensorKind::Weight {
+                    as_input.entry(n.inputs[k]).or_insert(kind);
+                }
+            }
+        }
+    }
     let name = format!("{}.train", forward.name);
     let (built, reached) = build(
         forward,
@@ -456,7 +523,73 @@ pub fn training_step_with(
         &as_input,
         opts,
         &name,
+        false,
     )?;
+    let mut g = built.g.clone();
+    let mut outputs = vec![built.loss];
+    outputs.extend(built.grads.iter().map(|&(_, g)| g));
+    outputs.extend(built.running.iter().map(|r| r.1));
+    g.set_outputs(outputs);
+    Ok(TrainingBody {
+        graph: GradGraph {
+            graph: g,
+            loss: built.loss,
+            labels: built.labels,
+            step: built.step,
+            grads: built.grads.clone(),
+            saved: built.saved.clone(),
+            backward_start: built.backward_start,
+            backward_of: built.backward_of.clone(),
+            forward: None,
+            sites: built.sites.clone(),
+        },
+        built,
+        reached,
+        microbatch: opts.microbatch.unwrap_or(1),
+        mean: !matches!(loss, Loss::Sum),
+    })
+}
+
+impl TrainingBody {
+    /// Micro-batches of the body.
+    pub fn microbatches(&self) -> usize {
+        self.microbatch
+    }
+
+    /// Unrolls the micro-batches and attaches `optimizer`: the whole step. `rewritten`: the
+    /// body's graph as a later stage rewrote it (checkpointing; original tensors keep their
+    /// ids and the node order is the execution order), used instead of the body as built.
+    pub fn finish(
+        self,
+        forward: &Graph,
+        optimizer: &Optimizer,
+        rewritten: Option<Graph>,
+    ) -> Result<TrainingGraph, AutodiffError> {
+        let TrainingBody {
+            mut built,
+            reached,
+            microbatch: k,
+            mean,
+            ..
+        } = self;
+        if k > 1 {
+            unroll_built(&mut built, k, mean, rewritten)?;
+        } else if let Some(g) = rewritten {
+            built.backward_of = vec![None; g.nodes.len()];
+            built.g = g;
+        }
+        attach_optimizer(forward, built, &reached, optimizer)
+    }
+}
+
+/// Attaches `optimizer`'s update of every reached weight (and the BatchNorm statistics as
+/// state) to a built step.
+fn attach_optimizer(
+    forward: &Graph,
+    built: Built,
+    reached: &[TensorId],
+    optimizer: &Optimizer,
+) -> Result<TrainingGraph, AutodiffError> {
     let Built {
         g,
         loss: loss_t,

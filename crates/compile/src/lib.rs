@@ -424,11 +424,6 @@ pub fn compile(model: &Graph, opts: &CompileOptions) -> Result<CompiledStep, Com
                 "--microbatch {k} does not divide the batch {batch}"
             )));
         }
-        if remat_asked {
-            return Err(CompileError::Options(
-                "--microbatch does not combine with --remat or --budget yet: checkpointing cuts one forward pass into stages, and a micro-batched step has K of them".into(),
-            ));
-        }
     }
     let step_opts = lowmem_autodiff::StepOptions {
         sliceout: opts.sliceout,
@@ -568,11 +563,23 @@ pub fn compile(model: &Graph, opts: &CompileOptions) -> Result<CompiledStep, Com
         }
         Task::Training { loss, optimizer } => {
             let out = output_of(&forward, None)?;
-            let tg = training_step_with(&forward, out, *loss, optimizer, &step_opts)?;
+            let t = Instant::now();
+            let k = opts.microbatch.unwrap_or(1);
+            let mut checkpointed = None;
+            let tg = if k > 1 && remat_asked {
+                let body = lowmem_autodiff::training_body(&forward, out, *loss, &step_opts)?;
+                let (tg, o, record, costs) =
+                    checkpointed_microbatches(&forward, body, optimizer, opts)?;
+                checkpointed = Some((o, Some(record), costs));
+                tg
+            } else {
+                training_step_with(&forward, out, *loss, optimizer, &step_opts)?
+            };
             let mut rewrites = Vec::new();
             sites_of(opts, &tg.sites, &mut rewrites, &mut warnings);
-            let t = Instant::now();
-            let (o, remat, costs) = if tg.forward.is_some() {
+            let (o, remat, costs) = if let Some(c) = checkpointed {
+                c
+            } else if tg.forward.is_some() {
                 // Micro-batched: no stage chain (K forward passes); the planner's free
                 // choice of order over the step as built.
                 let roles = remat::training_roles(&tg);
@@ -663,6 +670,139 @@ pub fn compile(model: &Graph, opts: &CompileOptions) -> Result<CompiledStep, Com
             })
         }
     }
+}
+
+/// A micro-batched training step with checkpointing: the body (one micro-batch's forward
+/// and backward) is checkpointed as a gradient step, then unrolled `K` times in its
+/// checkpointed order, with the optimizer attached. Under `--budget`, the body's budget is
+/// searched: the largest one whose unrolled step (gradient sums, optimizer state and the
+/// full-batch inputs around the body) fits.
+fn checkpointed_microbatches(
+    forward: &Graph,
+    body: lowmem_autodiff::TrainingBody,
+    optimizer: &Optimizer,
+    opts: &CompileOptions,
+) -> Result<(lowmem_autodiff::TrainingGraph, Outcome, RematRecord, Costs), CompileError> {
+    let k = body.microbatches() as u64;
+    let gg = &body.graph;
+    let data: Vec<TensorId> = gg
+        .graph
+        .inputs
+        .iter()
+        .copied()
+        .filter(|&i| {
+            forward
+                .inputs
+                .iter()
+                .any(|&f| forward.tensor(f).name == gg.graph.tensor(i).name)
+        })
+        .collect();
+    let step = Step::for_gradients(gg, &data, opts.plan.clone())?;
+    let fixed = PlanOptions {
+        fixed_order: true,
+        ..opts.plan.clone()
+    };
+    let unrolled = |o: &Outcome| -> Result<
+        (lowmem_autodiff::TrainingGraph, Roles, MemoryPlan),
+        CompileError,
+    > {
+        let tg = body
+            .clone()
+            .finish(forward, optimizer, Some(o.graph.clone()))?;
+        let roles = remat::training_roles(&tg);
+        let p = plan(&tg.graph, &roles, &fixed);
+        Ok((tg, roles, p))
+    };
+    let scheme = opts.remat.unwrap_or(Scheme::None);
+    type Fit = (Outcome, lowmem_autodiff::TrainingGraph, Roles, MemoryPlan);
+    // The body checkpointed under `bb`, unrolled and planned (`None`: no schedule fits `bb`).
+    let probe = |bb: Option<u64>| -> Result<Option<Fit>, CompileError> {
+        match step.run(scheme, bb) {
+            Ok(o) => {
+                let (tg, roles, p) = unrolled(&o)?;
+                Ok(Some((o, tg, roles, p)))
+            }
+            Err(CompileError::Budget(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
+    };
+    let chosen = match opts.budget {
+        None => probe(None)?.expect("no budget, no budget error"),
+        Some(b) => {
+            // The unrolled step's peak grows with the body's budget: search the largest body
+            // budget whose unrolled step fits.
+            let fits = |f: &Option<Fit>| f.as_ref().is_some_and(|f| f.3.peak_bytes() <= b);
+            let (mut lo, mut hi) = (step.min_feasible()?, step.none().peak());
+            let top = probe(Some(hi))?;
+            if fits(&top) {
+                top.expect("fits")
+            } else {
+                let mut bottom = probe(Some(lo))?;
+                if !fits(&bottom) {
+                    // The body's least-memory schedule is not always the unrolled step's:
+                    // the classic schemes place the gradients differently. Take the fitting
+                    // one with the least recomputation.
+                    let mut least = bottom.as_ref().map_or(u64::MAX, |f| f.3.peak_bytes());
+                    let mut alt: Option<Fit> = None;
+                    for sch in [Scheme::Sqrt, Scheme::Log] {
+                        let Ok(o) = step.run(sch, None) else { continue };
+                        let (tg, roles, p) = unrolled(&o)?;
+                        least = least.min(p.peak_bytes());
+                        if p.peak_bytes() <= b
+                            && alt
+                                .as_ref()
+                                .is_none_or(|a| o.recompute_flops < a.0.recompute_flops)
+                        {
+                            alt = Some((o, tg, roles, p));
+                        }
+                    }
+                    match alt {
+                        Some(a) => bottom = Some(a),
+                        None => {
+                            return Err(CompileError::Budget(format!(
+                                "budget {}: {k} micro-batches with checkpointing need at least {} (each micro-batch checkpointed to its smallest feasible step, {})",
+                                human_bytes(b),
+                                human_bytes(least),
+                                human_bytes(lo)
+                            )));
+                        }
+                    }
+                }
+                let mut best = bottom.expect("fits");
+                for _ in 0..8 {
+                    if hi <= lo + 1 {
+                        break;
+                    }
+                    let mid = lo + (hi - lo) / 2;
+                    let f = probe(Some(mid))?;
+                    if fits(&f) {
+                        best = f.expect("fits");
+                        lo = mid;
+                    } else {
+                        hi = mid;
+                    }
+                }
+                best
+            }
+        }
+    };
+    let (o, tg, roles, p) = chosen;
+    let (mut record, body_costs) = record_of(&step, &o);
+    record.detail = format!("{} per micro-batch, {k} micro-batches", record.detail);
+    let costs = Costs {
+        forward_flops: body_costs.forward_flops.saturating_mul(k),
+        backward_flops: body_costs.backward_flops.saturating_mul(k),
+        recompute_flops: body_costs.recompute_flops.saturating_mul(k),
+    };
+    let outcome = Outcome {
+        graph: tg.graph.clone(),
+        roles,
+        plan: p,
+        recomputed_nodes: o.recomputed_nodes * k as usize,
+        recompute_flops: costs.recompute_flops,
+        ..o
+    };
+    Ok((tg, outcome, record, costs))
 }
 
 /// What checkpointing did to `step` (its outcome `o`), and the step's costs.
