@@ -166,6 +166,10 @@ pub struct TrainingGraph {
     pub forward: Option<Vec<bool>>,
     /// What the rewrites of [`StepOptions`] did.
     pub sites: Sites,
+    /// Micro-batched: per gradient, micro-batch 0's gradient and each running sum after it
+    /// (the last is the gradient in `grads`). Each sum may overwrite the previous one, so the
+    /// planner keeps one buffer per gradient, as without micro-batches.
+    pub accumulate: Vec<Vec<TensorId>>,
 }
 
 /// Rewrites applied while a step is built, in pipeline order: SliceOut while the forward
@@ -210,6 +214,8 @@ struct Built {
     /// (running statistic input, output, forward weight, kind).
     running: Vec<(TensorId, TensorId, TensorId, StateKind)>,
     sites: Sites,
+    /// Micro-batched: per gradient, its chain of running sums.
+    chains: Vec<Vec<TensorId>>,
 }
 
 /// Builds forward, loss and backward of `forward` (the body, at `B / K` under
@@ -300,6 +306,7 @@ fn build(
             .map(|&(w, i, o, kind)| (i, o, w, kind))
             .collect(),
         sites,
+        chains: Vec::new(),
         g: b.g,
     };
     if let Some(gamma) = opts.dropit {
@@ -378,6 +385,7 @@ fn unroll_built(
     built.forward = Some(u.forward);
     built.saved = Vec::new();
     built.backward_start = body.backward_start;
+    built.chains = u.chains;
     built.g = u.g;
     Ok(())
 }
@@ -603,6 +611,7 @@ fn attach_optimizer(
         forward: fwd_mask,
         running,
         sites,
+        chains,
     } = built;
     let step = step.expect("a training step has a step input");
     let mut b = Builder::over(g);
@@ -740,6 +749,7 @@ fn attach_optimizer(
         backward_of,
         forward: forward_mask,
         sites,
+        accumulate: chains,
     })
 }
 

@@ -51,6 +51,9 @@ pub(crate) struct Unrolled {
     pub backward_of: Vec<Option<NodeId>>,
     /// Per node: part of a forward pass or loss (for the FLOP split).
     pub forward: Vec<bool>,
+    /// Per gradient: micro-batch 0's gradient and each running sum after it, in order (each
+    /// sum can overwrite the one before: one buffer per gradient).
+    pub chains: Vec<Vec<TensorId>>,
 }
 
 /// Unrolls `body` `k` times; `mean`: the loss is a mean over examples (the reported loss is
@@ -83,6 +86,7 @@ pub(crate) fn unroll(body: &Body, k: usize, mean: bool) -> Result<Unrolled, Auto
     let mut backward_of = Vec::new();
     let mut forward = Vec::new();
     let mut sums: Vec<Option<TensorId>> = vec![None; body.grads.len()];
+    let mut chains: Vec<Vec<TensorId>> = vec![Vec::new(); body.grads.len()];
     let mut losses = Vec::with_capacity(k);
     let mut prev: HashMap<TensorId, TensorId> = HashMap::new();
     let suffix = |name: &str, m: usize| {
@@ -158,13 +162,17 @@ pub(crate) fn unroll(body: &Body, k: usize, mean: bool) -> Result<Unrolled, Auto
                 let Some(&j) = grad_of.get(&o) else { continue };
                 let gm = map[&o];
                 sums[j] = Some(match sums[j] {
-                    None => gm,
+                    None => {
+                        chains[j].push(gm);
+                        gm
+                    }
                     Some(acc) => {
                         let name = format!("{}.sum{m}", b.tensor(o).name);
                         let ids =
                             g.add_node(name.clone(), Op::Add, &[acc, gm], &[name.as_str()])?;
                         backward_of.push(None);
                         forward.push(false);
+                        chains[j].push(ids[0]);
                         ids[0]
                     }
                 });
@@ -225,6 +233,7 @@ pub(crate) fn unroll(body: &Body, k: usize, mean: bool) -> Result<Unrolled, Auto
         chained,
         backward_of,
         forward,
+        chains,
         g,
     })
 }

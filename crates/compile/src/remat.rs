@@ -129,7 +129,7 @@ impl Outcome {
 /// The roles of a training step's tensors: parameters, optimizer state and BatchNorm
 /// statistics (updated in place) and parameter gradients are persistent.
 pub fn training_roles(tg: &TrainingGraph) -> Roles {
-    Roles::training_step(
+    let mut roles = Roles::training_step(
         &tg.graph,
         tg.state.iter().map(|s| {
             (
@@ -139,7 +139,23 @@ pub fn training_roles(tg: &TrainingGraph) -> Roles {
             )
         }),
         tg.grads.iter().map(|&(_, g)| g),
-    )
+    );
+    // Micro-batched: each gradient's running sums overwrite one another in its persistent
+    // buffer (from micro-batch 0's gradient on), as in-place state updates do.
+    for chain in &tg.accumulate {
+        if chain
+            .iter()
+            .any(|&t| roles.kind[t] != Kind::Activation && roles.kind[t] != Kind::Gradient)
+        {
+            continue;
+        }
+        for w in chain.windows(2) {
+            roles.kind[w[0]] = Kind::Gradient;
+            roles.kind[w[1]] = Kind::Gradient;
+            roles.state_alias[w[1]] = Some(w[0]);
+        }
+    }
+    roles
 }
 
 /// FLOPs of the forward and loss nodes (those before `backward_start`, or those `forward`
