@@ -492,22 +492,47 @@ pub enum Float {
 /// `half` and the CUDA kernels do).
 pub fn cast(src: &[u8], from: Float, dst: &mut [u8], to: Float) {
     use half::{bf16, f16};
-    let read = |i: usize| -> f32 {
-        match from {
-            Float::F32 => f32::from_ne_bytes(src[4 * i..4 * i + 4].try_into().unwrap()),
-            Float::F16 => f16::from_ne_bytes([src[2 * i], src[2 * i + 1]]).to_f32(),
-            Float::BF16 => bf16::from_ne_bytes([src[2 * i], src[2 * i + 1]]).to_f32(),
+    let size = |f: Float| if f == Float::F32 { 4 } else { 2 };
+    let (sf, st) = (size(from), size(to));
+    let n = src.len() / sf;
+    assert_eq!(dst.len(), n * st, "cast lengths");
+    // Element by element (the `half` crate's scalar conversions, which the CUDA kernel
+    // matches bit for bit), the dtype pair dispatched once per chunk, chunks in parallel.
+    let go = |(d, s): (&mut [u8], &[u8])| {
+        let read = |i: usize| -> f32 {
+            match from {
+                Float::F32 => {
+                    f32::from_ne_bytes([s[4 * i], s[4 * i + 1], s[4 * i + 2], s[4 * i + 3]])
+                }
+                Float::F16 => f16::from_ne_bytes([s[2 * i], s[2 * i + 1]]).to_f32(),
+                Float::BF16 => bf16::from_ne_bytes([s[2 * i], s[2 * i + 1]]).to_f32(),
+            }
+        };
+        let m = s.len() / sf;
+        match to {
+            Float::F32 => {
+                for (i, o) in d.chunks_exact_mut(4).enumerate().take(m) {
+                    o.copy_from_slice(&read(i).to_ne_bytes());
+                }
+            }
+            Float::F16 => {
+                for (i, o) in d.chunks_exact_mut(2).enumerate().take(m) {
+                    o.copy_from_slice(&f16::from_f32(read(i)).to_ne_bytes());
+                }
+            }
+            Float::BF16 => {
+                for (i, o) in d.chunks_exact_mut(2).enumerate().take(m) {
+                    o.copy_from_slice(&bf16::from_f32(read(i)).to_ne_bytes());
+                }
+            }
         }
     };
-    let size = |f: Float| if f == Float::F32 { 4 } else { 2 };
-    let n = src.len() / size(from);
-    assert_eq!(dst.len(), n * size(to), "cast lengths");
-    for i in 0..n {
-        let x = read(i);
-        match to {
-            Float::F32 => dst[4 * i..4 * i + 4].copy_from_slice(&x.to_ne_bytes()),
-            Float::F16 => dst[2 * i..2 * i + 2].copy_from_slice(&f16::from_f32(x).to_ne_bytes()),
-            Float::BF16 => dst[2 * i..2 * i + 2].copy_from_slice(&bf16::from_f32(x).to_ne_bytes()),
-        }
+    const ELEMS: usize = PAR_ELEMS / 2;
+    if n >= PAR_ELEMS {
+        dst.par_chunks_mut(ELEMS * st)
+            .zip(src.par_chunks(ELEMS * sf))
+            .for_each(go);
+    } else {
+        go((dst, src));
     }
 }
