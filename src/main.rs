@@ -730,10 +730,7 @@ fn train_cmd(model_path: &std::path::Path, a: TrainArgs) -> Result<(), Error> {
         let batch = a.batch.unwrap_or(32);
         let gb = g.clone().with_batch(batch)?;
         data::check_input(&gb, lowmem::train::data_input(&gb)?, split.train.features)?;
-        export_batch = g
-            .inputs
-            .first()
-            .and_then(|&i| g.tensor(i).shape.first().copied());
+        export_batch = g.batch();
         let mut opts = CompileOptions::new(a.opt.task());
         opts.batch = Some(batch);
         a.remat.apply(&mut opts)?;

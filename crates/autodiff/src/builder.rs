@@ -517,17 +517,23 @@ impl Builder {
 
     /// Forward activations (produced before `backward_start`) that backward nodes read.
     pub fn saved(&self, backward_start: usize) -> Vec<TensorId> {
-        let producers = self.g.producers();
-        let mut seen = HashSet::new();
-        let mut out = Vec::new();
-        for node in &self.g.nodes[backward_start..] {
-            for &i in &node.inputs {
-                let fwd = producers[i.index()].is_some_and(|p| p.index() < backward_start);
-                if fwd && seen.insert(i) {
-                    out.push(i);
-                }
+        saved_of(&self.g, backward_start)
+    }
+}
+
+/// The tensors produced before `backward_start` (forward pass and loss) that nodes from
+/// `backward_start` on read, in first-read order.
+pub(crate) fn saved_of(g: &Graph, backward_start: usize) -> Vec<TensorId> {
+    let producers = g.producers();
+    let mut seen = HashSet::new();
+    let mut out = Vec::new();
+    for node in &g.nodes[backward_start..] {
+        for &i in &node.inputs {
+            let fwd = producers[i.index()].is_some_and(|p| p.index() < backward_start);
+            if fwd && seen.insert(i) {
+                out.push(i);
             }
         }
-        out
     }
+    out
 }

@@ -21,6 +21,7 @@ use std::collections::HashSet;
 use lowmem_ir::{DType, Graph, Node, NodeId, Op, TensorId};
 
 use crate::AutodiffError;
+use crate::store::fresh;
 
 /// One DropIT site (rewritten or not).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -45,16 +46,6 @@ pub struct ReluMaskSite {
     pub tensor: String,
     /// f32 bytes of the output less the mask's, when the mask frees the output (else 0).
     pub bytes_saved: u64,
-}
-
-fn fresh(base: String, taken: &mut HashSet<String>) -> String {
-    let mut name = base.clone();
-    let mut k = 1;
-    while !taken.insert(name.clone()) {
-        name = format!("{base}.{k}");
-        k += 1;
-    }
-    name
 }
 
 /// What to insert: after forward node `after`, or before backward node `before`.
@@ -303,17 +294,9 @@ pub(crate) fn dropit(
         .collect();
 
     // What the backward pass reads from the forward pass now.
-    let producers = g.producers();
     let bs = *backward_start;
-    let mut seen = HashSet::new();
-    saved.clear();
-    for node in &g.nodes[bs..] {
-        for &i in &node.inputs {
-            if producers[i.index()].is_some_and(|p| p.index() < bs) && seen.insert(i) {
-                saved.push(i);
-            }
-        }
-    }
+    *saved = crate::builder::saved_of(g, bs);
+    let producers = g.producers();
     let consumers = g.consumers();
     for (y, m) in &masked {
         let freed = !consumers[y.index()].iter().any(|c| c.index() >= bs);

@@ -236,11 +236,7 @@ fn build(
     let k = opts.microbatch.unwrap_or(1);
     let body_fwd;
     let (fwd, output) = if k > 1 {
-        let batch = forward
-            .inputs
-            .first()
-            .and_then(|&i| forward.tensor(i).shape.first().copied())
-            .unwrap_or(1);
+        let batch = forward.batch().unwrap_or(1);
         if !batch.is_multiple_of(k) {
             return Err(AutodiffError::Options(format!(
                 "--microbatch {k} does not divide the batch {batch}"

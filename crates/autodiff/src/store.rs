@@ -24,7 +24,7 @@ pub struct StoreSite {
 }
 
 /// A name starting with `base` that is not in `taken` (which then holds it).
-fn fresh(base: String, taken: &mut HashSet<String>) -> String {
+pub(crate) fn fresh(base: String, taken: &mut HashSet<String>) -> String {
     let mut name = base.clone();
     let mut k = 1;
     while !taken.insert(name.clone()) {

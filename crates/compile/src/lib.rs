@@ -384,10 +384,7 @@ pub fn output_of(g: &Graph, name: Option<&str>) -> Result<TensorId, CompileError
 }
 
 fn batch_of(g: &Graph) -> usize {
-    g.inputs
-        .first()
-        .and_then(|&i| g.tensor(i).shape.first().copied())
-        .unwrap_or(1)
+    g.batch().unwrap_or(1)
 }
 
 /// Compiles `model` (its batch rewritten to `opts.batch`) into one step.

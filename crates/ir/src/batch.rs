@@ -3,6 +3,14 @@
 use crate::{Graph, IrError, Op};
 
 impl Graph {
+    /// The batch size: dimension 0 of the first graph input (`None` without inputs or for a
+    /// scalar input), the dimension [`Graph::with_batch`] rewrites.
+    pub fn batch(&self) -> Option<usize> {
+        self.inputs
+            .first()
+            .and_then(|&i| self.tensor(i).shape.first().copied())
+    }
+
     /// A copy of the graph with batch size `n`: dimension 0 of every graph input, and of every
     /// Reshape target that carries it, is set to `n`. The batch is tracked from the inputs
     /// through the graph; a node that moves or mixes it (a reshape folding it into another
