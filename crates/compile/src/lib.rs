@@ -594,6 +594,8 @@ pub fn compile(model: &Graph, opts: &CompileOptions) -> Result<CompiledStep, Com
                     recomputed_nodes: 0,
                     recompute_flops: 0,
                     schedule: None,
+                    node_stage: Vec::new(),
+                    recomputed: Vec::new(),
                 };
                 let costs = Costs {
                     forward_flops: fwd,
@@ -797,6 +799,9 @@ fn checkpointed_microbatches(
         plan: p,
         recomputed_nodes: o.recomputed_nodes * k as usize,
         recompute_flops: costs.recompute_flops,
+        // The unrolled step has no stage chain of its own.
+        node_stage: Vec::new(),
+        recomputed: Vec::new(),
         ..o
     };
     Ok((tg, outcome, record, costs))

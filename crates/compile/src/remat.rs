@@ -118,6 +118,12 @@ pub struct Outcome {
     pub recompute_flops: u64,
     /// The schedule over the stages (`None` for the unrewritten step).
     pub schedule: Option<Schedule>,
+    /// Per node of `graph`: the stage it works for (forward, recomputation or backward),
+    /// `None` for nodes tied to no stage (loss, optimizer). Empty where the step has no
+    /// stage chain (micro-batched).
+    pub node_stage: Vec<Option<u32>>,
+    /// Per node of `graph`: whether it recomputes a forward node (empty as `node_stage`).
+    pub recomputed: Vec<bool>,
 }
 
 impl Outcome {
@@ -321,7 +327,22 @@ impl<'a> Step<'a> {
             recomputed_nodes: 0,
             recompute_flops: 0,
             schedule: None,
+            node_stage: self.node_stages(),
+            recomputed: vec![false; self.graph.nodes.len()],
         }
+    }
+
+    /// Per node of the step as built: the stage of a forward node, or of the forward node
+    /// whose gradient rule emitted a backward node.
+    fn node_stages(&self) -> Vec<Option<u32>> {
+        let of = lowmem_remat::stage_of(&self.stages, self.graph.nodes.len());
+        (0..self.graph.nodes.len())
+            .map(|v| {
+                of[v]
+                    .or_else(|| self.backward_of[v].and_then(|f| of[f.index()]))
+                    .map(|s| s.0)
+            })
+            .collect()
     }
 
     /// (planned peak, modelled peak) of the step without rematerialisation.
@@ -368,6 +389,8 @@ impl<'a> Step<'a> {
             recomputed_nodes: r.recomputed_nodes,
             recompute_flops: r.recompute_flops,
             schedule: Some(schedule),
+            node_stage: r.stage,
+            recomputed: r.recomputed,
         })
     }
 

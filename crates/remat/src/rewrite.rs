@@ -41,6 +41,11 @@ pub struct Remat {
     pub recomputed_nodes: usize,
     /// Σ [`lowmem_ir::Op::flops`] of the cloned nodes.
     pub recompute_flops: u64,
+    /// Per node of `graph`: the stage it works for (a forward, recomputing or backward node
+    /// of that stage; `None` for the loss, optimizer and other nodes tied to no stage).
+    pub stage: Vec<Option<u32>>,
+    /// Per node of `graph`: whether it is a recomputing copy.
+    pub recomputed: Vec<bool>,
 }
 
 /// The stage boundaries `j` (in `1..n`) whose tensor `X_j` is held when the loss runs: the
@@ -181,6 +186,7 @@ pub fn rematerialize(
     let mut cur: Vec<TensorId> = g.tensor_ids().collect();
     let mut copies = vec![0usize; n];
     let mut is_clone = Vec::with_capacity(nn);
+    let mut node_stage: Vec<Option<u32>> = Vec::with_capacity(nn);
     let remap = |cur: &[TensorId], ts: &[TensorId]| -> Vec<TensorId> {
         ts.iter().map(|t| cur[t.index()]).collect()
     };
@@ -196,6 +202,11 @@ pub fn rematerialize(
                         outputs: node.outputs.clone(),
                     });
                     is_clone.push(false);
+                    node_stage.push(
+                        stage_of[v]
+                            .or_else(|| backward_of[v].and_then(|f| stage_of[f.index()]))
+                            .map(|s| s.0),
+                    );
                 }
                 Item::Clone(i) => {
                     copies[i] += 1;
@@ -244,6 +255,7 @@ pub fn rematerialize(
                             outputs,
                         });
                         is_clone.push(true);
+                        node_stage.push(Some(i as u32));
                     }
                 }
             }
@@ -271,10 +283,14 @@ pub fn rematerialize(
     let mut recomputed_nodes = 0;
     let mut recompute_flops = 0u64;
     let mut nodes = Vec::with_capacity(emitted.len());
+    let mut stage = Vec::with_capacity(emitted.len());
+    let mut recomputed = Vec::with_capacity(emitted.len());
     for (v, mut node) in emitted.into_iter().enumerate() {
         if !keep[v] {
             continue;
         }
+        stage.push(node_stage[v]);
+        recomputed.push(is_clone[v]);
         for t in node.inputs.iter_mut() {
             *t = new_id[t.index()].expect("kept nodes read kept tensors");
         }
@@ -295,5 +311,7 @@ pub fn rematerialize(
         graph,
         recomputed_nodes,
         recompute_flops,
+        stage,
+        recomputed,
     })
 }
