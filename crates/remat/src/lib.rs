@@ -135,6 +135,23 @@ impl StageId {
     }
 }
 
+/// Another way to record a stage (Rockmate's options): the recording forward keeps only part
+/// of what the stage's backward reads, and the backward first recomputes the rest from the
+/// stage input and the kept tensors. The full record ([`Chain::saved_bytes`] and the stage's
+/// temporaries, no extra cost) is option 0; these are options `1..`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct RecordOption {
+    /// Bytes of the record (kept tensors and the output `X_{i+1}`).
+    pub saved_bytes: u64,
+    /// Transient bytes of the recording forward beyond the record.
+    pub fwd_tmp: u64,
+    /// Transient bytes of the backward beyond the record, `X_i` and `δ_{i+1}`: the
+    /// recomputed tensors and the internal gradients while they are live.
+    pub bwd_tmp: u64,
+    /// Cost of the recomputation inside the backward (added to `bwd[i]`).
+    pub recompute: u64,
+}
+
 /// A chain of `n` stages with its cost model. See the crate docs.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Chain {
@@ -151,6 +168,9 @@ pub struct Chain {
     pub fwd_tmp: Vec<u64>,
     /// Extra transient bytes while the backward of stage `i` runs (len `n`).
     pub bwd_tmp: Vec<u64>,
+    /// Per stage, the record options beyond the full record (len `n`; most are empty).
+    /// Option `o >= 1` of stage `i` is `options[i][o - 1]`.
+    pub options: Vec<Vec<RecordOption>>,
 }
 
 impl Chain {
@@ -169,9 +189,36 @@ impl Chain {
             saved_bytes,
             fwd_tmp: vec![0; n],
             bwd_tmp: vec![0; n],
+            options: vec![Vec::new(); n],
         };
         c.validate()?;
         Ok(c)
+    }
+
+    /// Sets the record options beyond the full record (validated).
+    pub fn with_options(mut self, options: Vec<Vec<RecordOption>>) -> Result<Chain, RematError> {
+        self.options = options;
+        self.validate()?;
+        Ok(self)
+    }
+
+    /// Record option `o` of stage `i` (0: the full record).
+    pub fn record(&self, i: usize, o: usize) -> RecordOption {
+        if o == 0 {
+            RecordOption {
+                saved_bytes: self.saved_bytes[i],
+                fwd_tmp: self.fwd_tmp[i],
+                bwd_tmp: self.bwd_tmp[i],
+                recompute: 0,
+            }
+        } else {
+            self.options[i][o - 1]
+        }
+    }
+
+    /// Number of record options of stage `i`, the full record included.
+    pub fn option_count(&self, i: usize) -> usize {
+        1 + self.options[i].len()
     }
 
     /// Sets the forward/backward temporaries (validated).
@@ -213,6 +260,7 @@ impl Chain {
             || self.fwd_tmp.len() != n
             || self.bwd_tmp.len() != n
             || self.input_bytes.len() != n + 1
+            || self.options.len() != n
         {
             return Err(RematError::ChainLengths {
                 fwd: n,
@@ -224,12 +272,15 @@ impl Chain {
             });
         }
         for i in 0..n {
-            if self.saved_bytes[i] < self.input_bytes[i + 1] {
-                return Err(RematError::RecordSmallerThanOutput {
-                    stage: i,
-                    saved: self.saved_bytes[i],
-                    output: self.input_bytes[i + 1],
-                });
+            for o in 0..self.option_count(i) {
+                let saved = self.record(i, o).saved_bytes;
+                if saved < self.input_bytes[i + 1] {
+                    return Err(RematError::RecordSmallerThanOutput {
+                        stage: i,
+                        saved,
+                        output: self.input_bytes[i + 1],
+                    });
+                }
             }
         }
         Ok(())
@@ -267,13 +318,29 @@ pub struct SimStats {
     pub max_live_activations: usize,
 }
 
-/// A sequence of operations.
+/// A sequence of operations, and the record option of each stage.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Schedule {
     pub ops: Vec<Action>,
+    /// Per stage, the [`RecordOption`] its recording forward uses (a stage is recorded once:
+    /// a record lives until the stage's backward). Empty: the full record everywhere.
+    pub options: Vec<usize>,
 }
 
 impl Schedule {
+    /// A schedule recording every stage in full.
+    pub fn new(ops: Vec<Action>) -> Schedule {
+        Schedule {
+            ops,
+            options: Vec::new(),
+        }
+    }
+
+    /// The record option of stage `i`.
+    pub fn option(&self, i: usize) -> usize {
+        self.options.get(i).copied().unwrap_or(0)
+    }
+
     /// Checks validity; returns `(peak_bytes, compute)`.
     pub fn simulate(&self, chain: &Chain) -> Result<(u64, u64), RematError> {
         self.simulate_detailed(chain)
@@ -323,11 +390,14 @@ impl Schedule {
                         if r_live[i] {
                             return err(format!("R_{i} already live"));
                         }
-                        st.peak_bytes = st
-                            .peak_bytes
-                            .max(live + chain.saved_bytes[i] + chain.fwd_tmp[i]);
+                        let o = self.option(i);
+                        if o >= chain.option_count(i) {
+                            return err(format!("stage {i} has no record option {o}"));
+                        }
+                        let r = chain.record(i, o);
+                        st.peak_bytes = st.peak_bytes.max(live + r.saved_bytes + r.fwd_tmp);
                         r_live[i] = true;
-                        live += chain.saved_bytes[i];
+                        live += r.saved_bytes;
                         st.forwards_recorded += 1;
                     } else {
                         if x_live[i + 1] {
@@ -364,11 +434,12 @@ impl Schedule {
                     if !avail(i, &x_live, &r_live) {
                         return err(format!("input X_{i} not available"));
                     }
-                    st.peak_bytes = st.peak_bytes.max(live + x[i] + chain.bwd_tmp[i]);
-                    live = live + x[i] - x[i + 1] - chain.saved_bytes[i];
+                    let r = chain.record(i, self.option(i));
+                    st.peak_bytes = st.peak_bytes.max(live + x[i] + r.bwd_tmp);
+                    live = live + x[i] - x[i + 1] - r.saved_bytes;
                     r_live[i] = false;
                     grad = Some(i);
-                    st.compute += chain.bwd[i];
+                    st.compute += chain.bwd[i] + r.recompute;
                 }
                 Action::Free { activation: j } => {
                     if j > n || !x_live[j] {

@@ -141,15 +141,25 @@ impl Cost for u64 {
     }
 }
 
+/// A record option of a stage in slots, and its extra cost in the DP's cost unit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct Rec {
+    a: u64,
+    ft: u64,
+    bt: u64,
+    cost: u64,
+}
+
 /// Sizes of the extended chain (pseudo-stage `n` = loss) in some unit.
 struct Sizes {
     n: usize,
     /// len n + 2 (x_{n+1} = 0)
     x: Vec<u64>,
-    /// len n + 1 (a_n = 0)
-    a: Vec<u64>,
+    /// Forward temporaries of the plain forward, len n + 1.
     ft: Vec<u64>,
-    bt: Vec<u64>,
+    /// Record options per stage (option 0: the full record), len n + 1 (the loss: one
+    /// empty record).
+    rec: Vec<Vec<Rec>>,
 }
 
 impl Sizes {
@@ -158,30 +168,58 @@ impl Sizes {
         let q = |v: u64| v.div_ceil(unit);
         let mut x: Vec<u64> = chain.input_bytes.iter().map(|&v| q(v)).collect();
         x.push(0);
-        let ext = |v: &[u64]| -> Vec<u64> { v.iter().map(|&v| q(v)).chain([0]).collect() };
+        let mut rec: Vec<Vec<Rec>> = (0..n)
+            .map(|i| {
+                (0..chain.option_count(i))
+                    .map(|o| {
+                        let r = chain.record(i, o);
+                        Rec {
+                            a: q(r.saved_bytes),
+                            ft: q(r.fwd_tmp),
+                            bt: q(r.bwd_tmp),
+                            cost: r.recompute,
+                        }
+                    })
+                    .collect()
+            })
+            .collect();
+        rec.push(vec![Rec {
+            a: 0,
+            ft: 0,
+            bt: 0,
+            cost: 0,
+        }]);
         Sizes {
             n,
             x,
-            a: ext(&chain.saved_bytes),
-            ft: ext(&chain.fwd_tmp),
-            bt: ext(&chain.bwd_tmp),
+            ft: chain.fwd_tmp.iter().map(|&v| q(v)).chain([0]).collect(),
+            rec,
         }
     }
 
-    /// Peak of the single-stage sub-problem `P(s, s + 1)`.
-    fn single(&self, s: usize) -> u64 {
+    /// Peak of the single-stage sub-problem `P(s, s + 1)` with record option `o`.
+    fn single_with(&self, s: usize, o: usize) -> u64 {
         if s == self.n {
             self.x[s]
         } else {
-            let (x, a) = (&self.x, &self.a);
-            (x[s + 1] + a[s] + self.ft[s]).max(x[s + 1] + a[s] + x[s] + self.bt[s])
+            let (x, r) = (&self.x, &self.rec[s][o]);
+            (x[s + 1] + r.a + r.ft).max(x[s + 1] + r.a + x[s] + r.bt)
         }
     }
 
-    /// Lower bound of `m` for the record choice on `(s, t)`, excluding the sub-problem.
-    fn record_need(&self, s: usize, t: usize) -> u64 {
-        let (x, a) = (&self.x, &self.a);
-        (x[t] + a[s] + self.ft[s]).max(a[s] + x[s + 1] + x[s] + self.bt[s])
+    /// The smallest peak of the single-stage sub-problem `P(s, s + 1)` and its option.
+    fn single(&self, s: usize) -> (u64, usize) {
+        (0..self.rec[s].len())
+            .map(|o| (self.single_with(s, o), o))
+            .min()
+            .expect("every stage has its full record")
+    }
+
+    /// Lower bound of `m` for the record choice with option `o` on `(s, t)`, excluding the
+    /// sub-problem.
+    fn record_need(&self, s: usize, t: usize, o: usize) -> u64 {
+        let (x, r) = (&self.x, &self.rec[s][o]);
+        (x[t] + r.a + r.ft).max(r.a + x[s + 1] + x[s] + r.bt)
     }
 
     /// Peak of the plain forward of stage `k` inside the checkpoint choice on `(s, t)`.
@@ -209,16 +247,16 @@ fn idx(s: usize, t: usize) -> usize {
 }
 
 /// Minimum-peak DP over the family: per pair `(s, t)`, the smallest peak and
-/// the choice (0 = record, `k > 0` = checkpoint at `s + k`). `O(n³)` time in
-/// the worst case, `O(n²)` memory. Pairs are visited with `s` descending and
-/// `t` ascending so that both operands of the split loop are contiguous.
-fn min_peak_table(z: &Sizes) -> (Vec<u64>, Vec<u32>) {
+/// the choice (`(0, o)` = record with option `o`, `(k > 0, _)` = checkpoint at `s + k`).
+/// `O(n³)` time in the worst case, `O(n²)` memory. Pairs are visited with `s` descending
+/// and `t` ascending so that both operands of the split loop are contiguous.
+fn min_peak_table(z: &Sizes) -> (Vec<u64>, Vec<(u32, u16)>) {
     let nn = z.n + 1;
     let np = idx(0, nn + 1);
     // `pk` is t-major (column t = pairs (·, t), contiguous); `pk_s` holds
     // row s (pairs (s, ·)).
     let mut pk = vec![INF; np];
-    let mut ch = vec![0u32; np];
+    let mut ch = vec![(0u32, 0u16); np];
     let mut pk_s = Vec::with_capacity(nn);
     let mut g = Vec::with_capacity(nn);
     for s in (0..nn).rev() {
@@ -230,10 +268,16 @@ fn min_peak_table(z: &Sizes) -> (Vec<u64>, Vec<u32>) {
         }
         for t in s + 1..=nn {
             let (best, choice) = if t == s + 1 {
-                (z.single(s), 0)
+                let (p, o) = z.single(s);
+                (p, (0, o as u16))
             } else {
-                let mut best = z.record_need(s, t).max(z.a[s] + pk[idx(s + 1, t)]);
-                let mut choice = 0u32;
+                let (mut best, mut choice) = (INF, (0u32, 0u16));
+                for (o, r) in z.rec[s].iter().enumerate() {
+                    let p = z.record_need(s, t, o).max(r.a + pk[idx(s + 1, t)]);
+                    if p < best {
+                        (best, choice) = (p, (0, o as u16));
+                    }
+                }
                 let col = &pk[idx(0, t)..idx(0, t) + t];
                 let mut fp = 0u64;
                 for sp in s + 1..t {
@@ -244,7 +288,7 @@ fn min_peak_table(z: &Sizes) -> (Vec<u64>, Vec<u32>) {
                     let p = fp.max(z.x[sp] + col[sp]).max(pk_s[sp - s - 1]);
                     if p < best {
                         best = p;
-                        choice = (sp - s) as u32;
+                        choice = ((sp - s) as u32, 0);
                     }
                 }
                 (best, choice)
@@ -257,42 +301,41 @@ fn min_peak_table(z: &Sizes) -> (Vec<u64>, Vec<u32>) {
     (pk, ch)
 }
 
+/// A choice of sub-problem `(s, t)` at some memory: `(0, o)` records stage `s` with
+/// option `o`, `(k, _)` with `k > 0` checkpoints at `s + k`.
+type Choice<'c> = &'c dyn Fn(usize, usize, u64) -> (usize, usize);
+
 /// Emits the schedule of sub-problem `(s, t)` given a choice function.
-fn emit(
-    ops: &mut Vec<Action>,
-    n: usize,
-    s: usize,
-    t: usize,
-    m: u64,
-    choice: &dyn Fn(usize, usize, u64) -> usize,
-    z: &Sizes,
-) {
+fn emit(sched: &mut Schedule, n: usize, s: usize, t: usize, m: u64, choice: Choice, z: &Sizes) {
     if s == n {
-        ops.push(Action::Loss);
+        sched.ops.push(Action::Loss);
         return;
     }
-    if t == s + 1 {
-        ops.push(Action::Forward {
-            stage: s,
-            record: true,
-        });
-        ops.push(Action::Backward { stage: s });
-        return;
-    }
-    let k = choice(s, t, m);
+    let (k, o) = choice(s, t, m);
     if k == 0 {
-        ops.push(Action::Forward {
+        sched.ops.push(Action::Forward {
             stage: s,
             record: true,
         });
-        emit(ops, n, s + 1, t, m - z.a[s], choice, z);
-        ops.push(Action::Backward { stage: s });
+        sched.options[s] = o;
+        if t > s + 1 {
+            emit(sched, n, s + 1, t, m - z.rec[s][o].a, choice, z);
+        }
+        sched.ops.push(Action::Backward { stage: s });
     } else {
         let sp = s + k;
-        crate::advance(ops, s, sp);
-        emit(ops, n, sp, t, m - z.x[sp], choice, z);
-        ops.push(Action::Free { activation: sp });
-        emit(ops, n, s, sp, m, choice, z);
+        crate::advance(&mut sched.ops, s, sp);
+        emit(sched, n, sp, t, m - z.x[sp], choice, z);
+        sched.ops.push(Action::Free { activation: sp });
+        emit(sched, n, s, sp, m, choice, z);
+    }
+}
+
+/// An empty schedule with room for each stage's record option.
+fn blank(n: usize) -> Schedule {
+    Schedule {
+        ops: Vec::new(),
+        options: vec![0; n],
     }
 }
 
@@ -307,11 +350,14 @@ pub fn min_peak_budget(chain: &Chain) -> u64 {
 fn min_peak_schedule(chain: &Chain) -> Schedule {
     let z = Sizes::new(chain, 1);
     let (_, ch) = min_peak_table(&z);
-    let mut ops = Vec::new();
-    let choice = |s: usize, t: usize, _m: u64| ch[idx(s, t)] as usize;
+    let mut sched = blank(z.n);
+    let choice = |s: usize, t: usize, _m: u64| {
+        let (k, o) = ch[idx(s, t)];
+        (k as usize, o as usize)
+    };
     // m is only used for bookkeeping here; any large value works.
-    emit(&mut ops, z.n, 0, z.n + 1, u64::MAX / 2, &choice, &z);
-    Schedule { ops }
+    emit(&mut sched, z.n, 0, z.n + 1, u64::MAX / 2, &choice, &z);
+    sched
 }
 
 /// One stored row `e(s, t, ·)`: `INF` below `lo`, `vals[m − lo]` on
@@ -586,11 +632,11 @@ impl<'a, T: Cost> Dp<'a, T> {
         let z = self.z;
         let (n, nn) = (z.n, self.nn);
         // The forward cost is `None` for the loss pseudo-stage.
-        let mut types: HashMap<(u64, u64, u64, u64, Option<u64>), u32> = HashMap::new();
+        let mut types: HashMap<(u64, u64, &[Rec], Option<u64>), u32> = HashMap::new();
         let ty: Vec<u32> = (0..nn)
             .map(|s| {
                 let f = (s < n).then(|| self.fsum[s + 1] - self.fsum[s]);
-                let key = (z.x[s], z.a[s], z.ft[s], z.bt[s], f);
+                let key = (z.x[s], z.ft[s], &z.rec[s][..], f);
                 let k = types.len() as u32;
                 *types.entry(key).or_insert(k)
             })
@@ -759,23 +805,40 @@ impl<'a, T: Cost> Dp<'a, T> {
             zero: lo,
             vals: Box::new([]),
         };
-        if t == s + 1 {
-            return empty((z.single(s) as usize).min(w));
+        if t == s + 1 && z.rec[s].len() == 1 {
+            return empty((z.single(s).0 as usize).min(w));
         }
         let row = &mut sc.row;
         row.clear();
         row.resize(w, T::INF);
-        // record s
-        let need = z.record_need(s, t) as usize;
-        let a = z.a[s] as usize;
-        let sub = self.row(s + 1, t);
         let mut first = w;
-        let from = need.max(sub.lo + a);
-        if from < w {
-            first = from;
-            for (m, r) in row.iter_mut().enumerate().skip(from) {
-                *r = sub.get(m - a);
+        if t == s + 1 {
+            // Each option from its own peak on.
+            for (o, r) in z.rec[s].iter().enumerate() {
+                let from = (z.single_with(s, o) as usize).min(w);
+                let c = T::from_u64(r.cost);
+                for v in &mut row[from..] {
+                    *v = (*v).min(c);
+                }
             }
+        } else {
+            // record s, with each of its options
+            let sub = self.row(s + 1, t);
+            for (o, r) in z.rec[s].iter().enumerate() {
+                let need = z.record_need(s, t, o) as usize;
+                let a = r.a as usize;
+                let from = need.max(sub.lo + a);
+                if from < w {
+                    first = first.min(from);
+                    let c = T::from_u64(r.cost);
+                    for (m, v) in row.iter_mut().enumerate().skip(from) {
+                        *v = (*v).min(c.add(sub.get(m - a)));
+                    }
+                }
+            }
+        }
+        if t == s + 1 {
+            first = w;
         }
         // checkpoints s' = s + j: rows, forward cost, first slot where defined
         let fp = &mut sc.fp;
@@ -944,15 +1007,27 @@ impl<'a, T: Cost> Dp<'a, T> {
         self.row(s, t).get(m)
     }
 
-    /// A choice achieving `e(s, t, m)` (which must be finite): 0 = record,
-    /// `k` = checkpoint at `s + k`.
-    fn choice(&self, s: usize, t: usize, m: usize) -> usize {
+    /// A choice achieving `e(s, t, m)` (which must be finite): `(0, o)` = record with
+    /// option `o`, `(k, 0)` = checkpoint at `s + k`.
+    fn choice(&self, s: usize, t: usize, m: usize) -> (usize, usize) {
         let z = self.z;
         let v = self.get(s, t, m);
         debug_assert!(v < T::INF);
-        let a = z.a[s] as usize;
-        if m >= z.record_need(s, t) as usize && m >= a && self.get(s + 1, t, m - a) == v {
-            return 0;
+        for (o, r) in z.rec[s].iter().enumerate() {
+            let c = T::from_u64(r.cost);
+            if t == s + 1 {
+                if m >= z.single_with(s, o) as usize && c == v {
+                    return (0, o);
+                }
+                continue;
+            }
+            let a = r.a as usize;
+            if m >= z.record_need(s, t, o) as usize
+                && m >= a
+                && c.add(self.get(s + 1, t, m - a)) == v
+            {
+                return (0, o);
+            }
         }
         let mut fp = Vec::new();
         z.fwd_peaks(s, t, &mut fp);
@@ -964,7 +1039,7 @@ impl<'a, T: Cost> Dp<'a, T> {
             let fs = T::from_u64(self.fsum[sp] - self.fsum[s]);
             let c = fs.add(self.get(s, sp, m)).add(self.get(sp, t, m - x));
             if c == v {
-                return sp - s;
+                return (sp - s, 0);
             }
         }
         unreachable!("no choice achieves the DP value at ({s}, {t}, {m})")
@@ -989,9 +1064,9 @@ fn solve<T: Cost>(z: &Sizes, m0: u64, fsum: Vec<u64>, bound: u64) -> Option<Sche
         return None;
     }
     let choice = |s: usize, t: usize, m: u64| dp.choice(s, t, m as usize);
-    let mut ops = Vec::new();
-    emit(&mut ops, n, 0, nn, m0, &choice, z);
-    Some(Schedule { ops })
+    let mut sched = blank(n);
+    emit(&mut sched, n, 0, nn, m0, &choice, z);
+    Some(sched)
 }
 
 /// Minimum total compute schedule (Rotor DP) under `budget_bytes`, memory
@@ -1017,7 +1092,7 @@ pub fn optimal(
     }
     let g = granularity.max(1) as u64;
     let unit = budget_bytes.div_ceil(g).max(1);
-    let z = Sizes::new(chain, unit);
+    let mut z = Sizes::new(chain, unit);
     let slots = budget_bytes / unit;
     let fallback = || {
         let min_budget = min_peak_budget(chain);
@@ -1030,8 +1105,23 @@ pub fn optimal(
     let Some(m0) = slots.checked_sub(z.x[0]) else {
         return fallback();
     };
-    // Extra costs are sums of forward costs: work in units of their gcd.
-    let div = chain.fwd.iter().fold(0, |g, &f| gcd(g, f)).max(1);
+    // Extra costs are sums of forward and in-backward recompute costs: work in units of
+    // their gcd.
+    let div = chain
+        .fwd
+        .iter()
+        .chain(chain.options.iter().flatten().map(|o| &o.recompute))
+        .fold(0, |g, &f| gcd(g, f))
+        .max(1);
+    let mut worst_recompute = 0u64;
+    for r in &mut z.rec {
+        for o in r.iter_mut() {
+            o.cost /= div;
+        }
+        worst_recompute = worst_recompute
+            .checked_add(r.iter().map(|o| o.cost).max().unwrap_or(0))
+            .expect("recompute costs overflow");
+    }
     let mut fsum = vec![0u64; n + 2];
     for i in 0..n {
         fsum[i + 1] = fsum[i]
@@ -1041,7 +1131,7 @@ pub fn optimal(
     fsum[n + 1] = fsum[n];
     // Each stage runs forward at most n + 1 times in the family: extra costs
     // plus one forward sum stay below this bound.
-    let bound = (fsum[n] as u128) * (n as u128 + 2);
+    let bound = (fsum[n] as u128) * (n as u128 + 2) + worst_recompute as u128;
     assert!(
         bound < INF as u128,
         "costs too large for the DP (must stay below 2^62)"

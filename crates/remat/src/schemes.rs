@@ -17,7 +17,7 @@ pub fn store_all(chain: &Chain) -> Schedule {
     for i in (0..n).rev() {
         ops.push(Action::Backward { stage: i });
     }
-    Schedule { ops }
+    Schedule::new(ops)
 }
 
 /// Schedule that keeps the boundaries `ckpts` (sorted, each in `1..n`) as
@@ -50,7 +50,7 @@ pub(crate) fn segments_schedule(n: usize, ckpts: &[usize]) -> Schedule {
             ops.push(Action::Free { activation: s });
         }
     }
-    Schedule { ops }
+    Schedule::new(ops)
 }
 
 /// Chen et al. 2016, Algorithm 3 with threshold `b` bytes: walk the stages
@@ -124,7 +124,7 @@ pub fn log_scheme(chain: &Chain) -> Schedule {
     let n = chain.len();
     let mut ops = Vec::new();
     rec(&mut ops, 0, n, n);
-    Schedule { ops }
+    Schedule::new(ops)
 }
 
 /// Binomial checkpointing closed form (Griewank 1992): the minimal number of
@@ -206,5 +206,5 @@ pub fn revolve(chain_len: usize, slots: usize) -> Schedule {
     }
     let mut ops = Vec::new();
     rec(&mut ops, 0, chain_len, slots, chain_len);
-    Schedule { ops }
+    Schedule::new(ops)
 }

@@ -521,6 +521,7 @@ pub fn chain_of_step(
         saved_bytes: vec![0; n],
         fwd_tmp: vec![0; n],
         bwd_tmp: vec![0; n],
+        options: vec![Vec::new(); n],
     };
     c.input_bytes.push(bytes(stages[n - 1].output));
     let mut in_record = vec![false; nt];

@@ -45,36 +45,34 @@ fn simulate_checkpointed_by_hand() {
     let c = hand_chain();
     use Action::*;
     // Keep X_2 only: F0∅ F1∅ free X1 | F2all loss B2 | free X2 | F0all F1all B1 B0
-    let s = Schedule {
-        ops: vec![
-            Forward {
-                stage: 0,
-                record: false,
-            }, // 2+3 = 5
-            Forward {
-                stage: 1,
-                record: false,
-            }, // peak 9, live 9
-            Free { activation: 1 }, // 6
-            Forward {
-                stage: 2,
-                record: true,
-            }, // 13
-            Loss,                   // 18
-            Backward { stage: 2 },  // peak 22, live 18+4-5-7 = 10
-            Free { activation: 2 }, // 6
-            Forward {
-                stage: 0,
-                record: true,
-            }, // 11
-            Forward {
-                stage: 1,
-                record: true,
-            }, // 17
-            Backward { stage: 1 },  // peak 20, live 17+3-4-6 = 10
-            Backward { stage: 0 },  // peak 12
-        ],
-    };
+    let s = Schedule::new(vec![
+        Forward {
+            stage: 0,
+            record: false,
+        }, // 2+3 = 5
+        Forward {
+            stage: 1,
+            record: false,
+        }, // peak 9, live 9
+        Free { activation: 1 }, // 6
+        Forward {
+            stage: 2,
+            record: true,
+        }, // 13
+        Loss,                   // 18
+        Backward { stage: 2 },  // peak 22, live 18+4-5-7 = 10
+        Free { activation: 2 }, // 6
+        Forward {
+            stage: 0,
+            record: true,
+        }, // 11
+        Forward {
+            stage: 1,
+            record: true,
+        }, // 17
+        Backward { stage: 1 },  // peak 20, live 17+3-4-6 = 10
+        Backward { stage: 0 },  // peak 12
+    ]);
     assert_eq!(s.simulate(&c), Ok((22, 1 + 2 + 3 + 1 + 2 + 60)));
 }
 
@@ -139,10 +137,7 @@ fn simulate_rejects_invalid() {
         ],
     ];
     for ops in bad {
-        assert!(
-            Schedule { ops: ops.clone() }.simulate(&c).is_err(),
-            "{ops:?}"
-        );
+        assert!(Schedule::new(ops.clone()).simulate(&c).is_err(), "{ops:?}");
     }
 }
 
@@ -340,7 +335,7 @@ fn brute_force(c: &Chain, check: bool) -> (Vec<Option<u64>>, u64) {
         }
         best[p] = Some(best[p].map_or(sim.compute, |b: u64| b.min(sim.compute)));
         if check {
-            let sched = Schedule { ops: sim.ops() };
+            let sched = Schedule::new(sim.ops());
             assert_eq!(sched.simulate(c), Ok((sim.peak, sim.compute)), "{sched:?}");
         }
     });

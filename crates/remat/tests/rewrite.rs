@@ -160,17 +160,13 @@ fn malformed_schedules_are_rejected() {
     };
     let tg = training_step(&f, f.outputs[0], Loss::CrossEntropy, &sgd).unwrap();
     let st = stages_from(&tg.graph, tg.data[0], tg.loss);
-    let missing = Schedule {
-        ops: vec![Action::Forward {
-            stage: 0,
-            record: true,
-        }],
-    };
+    let missing = Schedule::new(vec![Action::Forward {
+        stage: 0,
+        record: true,
+    }]);
     let e = rematerialize(&tg.graph, &tg.backward_of, &st, &missing).unwrap_err();
     assert!(e.to_string().contains("never runs backward"), "{e}");
-    let early = Schedule {
-        ops: vec![Action::Backward { stage: 0 }],
-    };
+    let early = Schedule::new(vec![Action::Backward { stage: 0 }]);
     let e = rematerialize(&tg.graph, &tg.backward_of, &st, &early).unwrap_err();
     assert!(e.to_string().contains("before forward"), "{e}");
     let e = rematerialize(
