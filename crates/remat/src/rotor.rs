@@ -632,7 +632,9 @@ impl<'a, T: Cost> Dp<'a, T> {
         let z = self.z;
         let (n, nn) = (z.n, self.nn);
         // The forward cost is `None` for the loss pseudo-stage.
-        let mut types: HashMap<(u64, u64, &[Rec], Option<u64>), u32> = HashMap::new();
+        // (x_s, plain forward temporary, record options, forward cost) of a stage.
+        type StageKey<'k> = (u64, u64, &'k [Rec], Option<u64>);
+        let mut types: HashMap<StageKey, u32> = HashMap::new();
         let ty: Vec<u32> = (0..nn)
             .map(|s| {
                 let f = (s < n).then(|| self.fsum[s + 1] - self.fsum[s]);
