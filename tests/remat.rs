@@ -401,3 +401,50 @@ fn plan_cli_budget_errors_are_clear() {
         &["--budget", "smallest feasible budget"],
     );
 }
+
+/// The two-level scheme (record options inside the stages): a 2-layer BERT-style encoder
+/// (hidden 64, seq 16, batch 2) fits persistent state plus half of its activation arena, its
+/// least peak is below what whole-stage checkpointing reaches, and it trains bitwise
+/// identically.
+#[test]
+fn encoder_fits_half_its_arena_with_options_inside_stages() {
+    let classes = 2;
+    let g = lowmem::models::transformer_encoder(2, 64, 4, 16, 256, classes, 2);
+    let tg = training_step(&g, g.outputs[0], Loss::CrossEntropy, &sgd()).unwrap();
+    let step = Step::new(&tg, opts()).unwrap();
+    let none = step.run(Scheme::None, None).unwrap();
+    let (w, gr, o, i) = step.persistent();
+    let fixed = w + gr + o + i;
+    let budget = fixed + (none.peak() - fixed) / 2;
+    let out = step.run(Scheme::Optimal, Some(budget)).unwrap();
+    assert!(out.peak() <= budget, "{} > {budget}", out.peak());
+    let sched = out.schedule.as_ref().expect("a rewritten step");
+    assert!(
+        sched.options.iter().any(|&o| o > 0),
+        "some stage is recorded with an option: {:?}",
+        sched.options
+    );
+    // The least peak over whole-stage schedules (the DP's least-memory one, Revolve with
+    // one slot, the log scheme), planned, against the two-level one.
+    let stage_level = [
+        lowmem_remat::optimal(&step.chain, lowmem_remat::min_peak_budget(&step.chain), 500)
+            .unwrap(),
+        lowmem_remat::revolve(step.stages.len(), 1),
+        lowmem_remat::log_scheme(&step.chain),
+    ]
+    .into_iter()
+    .map(|s| {
+        step.realise(Scheme::Optimal, s, String::new())
+            .unwrap()
+            .peak()
+    })
+    .min()
+    .unwrap();
+    let two_level = step.min_feasible().unwrap();
+    assert!(
+        two_level < stage_level,
+        "two-level {two_level} vs stage-level {stage_level}"
+    );
+    check_scheme(&tg, &step, Scheme::Optimal, Some(budget), classes);
+    check_scheme(&tg, &step, Scheme::Optimal, Some(two_level), classes);
+}

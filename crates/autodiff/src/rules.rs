@@ -194,7 +194,22 @@ pub(crate) fn gradient(
                 let da = sum_to(b, h, da, &a2)?;
                 out[0] = Some(reshape(b, h, da, &sa)?);
             }
-            if needs[1] {
+            if needs[1] && b2.len() == 2 && a2.len() > 2 {
+                // A weight shared by every batch row (`[.., K] x [K, N]`): one GEMM over
+                // the flattened rows, `dB = A^T dY`, instead of a per-batch product as large
+                // as the batch summed afterwards.
+                let rows: usize = a2[..a2.len() - 1].iter().product();
+                let af = reshape(b, h, x(0), &[rows, a2[a2.len() - 1]])?;
+                let dyf = reshape(b, h, dy2, &[rows, b2[1]])?;
+                let gemm = Op::Gemm(lowmem_ir::GemmAttrs {
+                    alpha: 1.0,
+                    beta: 0.0,
+                    trans_a: true,
+                    trans_b: false,
+                });
+                let db = b.emit1(h, gemm, &[af, dyf])?;
+                out[1] = Some(reshape(b, h, db, &sb)?);
+            } else if needs[1] {
                 let aa = reshape(b, h, x(0), &a2)?;
                 let at = transpose_last2(b, h, aa)?;
                 let db = b.emit1(h, Op::MatMul, &[at, dy2])?;

@@ -211,6 +211,10 @@ pub struct Step<'a> {
     /// FLOPs of the backward pass and the optimizer update.
     pub backward_flops: u64,
     pub opts: PlanOptions,
+    /// The tensors that require a gradient.
+    params: Vec<TensorId>,
+    /// The chain with record options inside the stages (solved on first use).
+    inner: OnceCell<Result<lowmem_remat::InnerOptions, String>>,
     none: OnceCell<(u64, u64)>,
     min_feasible: OnceCell<(u64, Option<Schedule>)>,
 }
@@ -282,9 +286,29 @@ impl<'a> Step<'a> {
             forward_flops: fwd,
             backward_flops: bwd,
             opts,
+            params,
+            inner: OnceCell::new(),
             none: OnceCell::new(),
             min_feasible: OnceCell::new(),
         })
+    }
+
+    /// The chain with record options inside each stage, and how they were solved: what
+    /// `optimal` works on.
+    pub fn inner(&self) -> Result<&lowmem_remat::InnerOptions, Error> {
+        self.inner
+            .get_or_init(|| {
+                lowmem_remat::chain_with_options(
+                    self.graph,
+                    self.backward_of,
+                    &self.stages,
+                    &self.params,
+                    lowmem_remat::SolveLimits::default(),
+                )
+                .map_err(|e| e.to_string())
+            })
+            .as_ref()
+            .map_err(|e| Error::Internal(format!("the stages' record options: {e}")))
     }
 
     pub fn overhead(&self, recompute_flops: u64) -> f64 {
@@ -367,8 +391,20 @@ impl<'a> Step<'a> {
         schedule: Schedule,
         detail: String,
     ) -> Result<Outcome, Error> {
-        let r = lowmem_remat::rematerialize(self.graph, self.backward_of, &self.stages, &schedule)
-            .map_err(|e| Error::Internal(format!("rematerialisation: {e}")))?;
+        let options: &[Vec<lowmem_remat::StageOption>] = if schedule.options.iter().any(|&o| o > 0)
+        {
+            &self.inner()?.options
+        } else {
+            &[]
+        };
+        let r = lowmem_remat::rematerialize_with(
+            self.graph,
+            self.backward_of,
+            &self.stages,
+            options,
+            &schedule,
+        )
+        .map_err(|e| Error::Internal(format!("rematerialisation: {e}")))?;
         let mut roles = self.roles.clone();
         roles.kind.resize(r.graph.tensors.len()); // new tensors: Kind::Activation
         roles.state_alias.resize(r.graph.tensors.len());
@@ -436,11 +472,12 @@ impl<'a> Step<'a> {
     fn optimal_within(&self, budget: u64) -> Result<Option<Outcome>, Error> {
         let (planned, modelled) = self.none_peaks();
         let offset = planned.saturating_sub(modelled);
-        let chain_min = lowmem_remat::min_peak_budget(&self.chain);
+        let chain = &self.inner()?.chain;
+        let chain_min = lowmem_remat::min_peak_budget(chain);
         let mut tries = 0;
         let mut attempt = |cb: u64| -> Result<Outcome, Error> {
             tries += 1;
-            let s = lowmem_remat::optimal(&self.chain, cb, GRANULARITY)
+            let s = lowmem_remat::optimal(chain, cb, GRANULARITY)
                 .expect("at least the chain's minimum");
             self.realise(
                 Scheme::Optimal,
@@ -510,11 +547,11 @@ impl<'a> Step<'a> {
         if let Some(v) = self.min_feasible.get() {
             return Ok(v.clone());
         }
-        let m = lowmem_remat::min_peak_budget(&self.chain);
+        let chain = &self.inner()?.chain;
+        let m = lowmem_remat::min_peak_budget(chain);
         let mut best = (self.none_peaks().0, None);
         let cands = [
-            lowmem_remat::optimal(&self.chain, m, GRANULARITY)
-                .expect("the minimum budget is feasible"),
+            lowmem_remat::optimal(chain, m, GRANULARITY).expect("the minimum budget is feasible"),
             lowmem_remat::revolve(self.stages.len(), 1),
         ];
         for s in cands {

@@ -119,13 +119,17 @@ fn problem(g: &Graph, roles: &Roles, order: Vec<NodeId>, in_place: bool) -> Prob
     let mut bufs: Vec<Buffer> = Vec::new();
     let mut of_tensor: SecondaryMap<TensorId, Option<BufferId>> =
         SecondaryMap::with_len(g.tensors.len());
-    for t in g.tensor_ids() {
+    // Roots first: a member may have a smaller id than its root (a backward node writing
+    // in place over a tensor recomputed after it was created).
+    let roots = g.tensor_ids().filter(|&t| live.shares[t].is_none());
+    let members = g.tensor_ids().filter(|&t| live.shares[t].is_some());
+    for t in roots.chain(members) {
         let Some(r) = live.range[t] else {
             continue;
         };
         match live.shares[t] {
             Some(root) => {
-                let b = of_tensor[root].expect("a group root comes before its members");
+                let b = of_tensor[root].expect("a group root is placed before its members");
                 let buf: &mut Buffer = &mut bufs[b.index()];
                 buf.lower = buf.lower.min(r.start.0 as u64);
                 buf.upper = buf.upper.max(r.end.0 as u64);

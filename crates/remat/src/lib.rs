@@ -38,12 +38,14 @@
 //! current op's transient bytes. Compute = Σ fwd over every forward op
 //! (recomputations included) + Σ bwd over backward ops.
 
+mod inner;
 mod rewrite;
 mod rotor;
 mod schemes;
 mod stages;
 
-pub use rewrite::{Remat, checkpoints, rematerialize};
+pub use inner::{InnerOptions, SolveLimits, StageOption, StageSolve, chain_with_options};
+pub use rewrite::{Remat, checkpoints, rematerialize, rematerialize_with};
 
 /// Why a chain, a schedule or a rewrite request is invalid.
 #[derive(Clone, Debug, PartialEq, thiserror::Error)]
@@ -105,6 +107,9 @@ pub enum RematError {
     /// [`rematerialize`]: a stage whose backward never runs.
     #[error("stage {stage} never runs backward")]
     NeverBackward { stage: usize },
+    /// [`rematerialize_with`]: the schedule records a stage with an option it lacks.
+    #[error("stage {stage} has no record option {option}")]
+    NoOption { stage: usize, option: usize },
     /// The rewritten graph would have more than 2^32 tensors.
     #[error("rewritten graph: more than 2^32 tensors")]
     TooManyTensors,

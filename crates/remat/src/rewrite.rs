@@ -75,7 +75,11 @@ pub fn checkpoints(schedule: &Schedule, n: usize) -> Vec<usize> {
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Item {
     Node(usize),
+    /// A recomputing forward of a stage: its main-path nodes.
     Clone(usize),
+    /// Inside the backward of a stage recorded with option `o`, the nodes re-run before
+    /// backward node `u`: `(stage, option, entry of its recompute plan)`.
+    Rerun(usize, usize, usize),
 }
 
 /// Rewrites the step `g` for `schedule` over `stages` (see the module docs). Errors when
@@ -85,6 +89,21 @@ pub fn rematerialize(
     g: &Graph,
     backward_of: &[Option<NodeId>],
     stages: &[Stage],
+    schedule: &Schedule,
+) -> Result<Remat, RematError> {
+    rematerialize_with(g, backward_of, stages, &[], schedule)
+}
+
+/// [`rematerialize`] where stages may be recorded with one of their `options` (as
+/// [`crate::chain_with_options`] found them; `schedule.options` picks): the backward of such
+/// a stage re-runs the option's nodes right before the backward nodes that need them, and
+/// reads those copies. Errors as [`rematerialize`], and when the schedule picks an option a
+/// stage does not have.
+pub fn rematerialize_with(
+    g: &Graph,
+    backward_of: &[Option<NodeId>],
+    stages: &[Stage],
+    options: &[Vec<crate::StageOption>],
     schedule: &Schedule,
 ) -> Result<Remat, RematError> {
     let n = stages.len();
@@ -171,11 +190,31 @@ pub fn rematerialize(
         slot_of[v] = want.max(ready);
         items[slot_of[v]].push(Item::Node(v));
     }
-    // A clone marker sorts before nodes that landed in its slot (none in practice).
+    // Re-runs inside the backward of stages recorded with an option: in the slot of the
+    // backward node they precede.
+    for i in 0..n {
+        let o = schedule.option(i);
+        if o == 0 {
+            continue;
+        }
+        let opt = options
+            .get(i)
+            .and_then(|os| os.get(o - 1))
+            .ok_or(RematError::NoOption {
+                stage: i,
+                option: o,
+            })?;
+        for (k, (u, _)) in opt.recompute.iter().enumerate() {
+            items[slot_of[u.index()]].push(Item::Rerun(i, o, k));
+        }
+    }
+    // A clone marker sorts before nodes that landed in its slot (none in practice); re-runs
+    // right before their backward node.
     for list in &mut items {
-        list.sort_by_key(|it| match it {
-            Item::Clone(_) => (0, 0),
-            Item::Node(v) => (1, *v),
+        list.sort_by_key(|it| match *it {
+            Item::Clone(_) => (0, 0, 0),
+            Item::Rerun(i, o, k) => (1, options[i][o - 1].recompute[k].0.index(), 0),
+            Item::Node(v) => (1, v, 1),
         });
     }
 
@@ -208,10 +247,17 @@ pub fn rematerialize(
                             .map(|s| s.0),
                     );
                 }
-                Item::Clone(i) => {
-                    copies[i] += 1;
+                Item::Clone(_) | Item::Rerun(..) => {
+                    let (i, list): (usize, &[NodeId]) = match *it {
+                        Item::Clone(i) => (i, &stages[i].nodes),
+                        Item::Rerun(i, o, k) => (i, &options[i][o - 1].recompute[k].1),
+                        Item::Node(_) => unreachable!(),
+                    };
+                    if !matches!(*it, Item::Rerun(_, _, k) if k > 0) {
+                        copies[i] += 1;
+                    }
                     let k = copies[i];
-                    for &v in &stages[i].nodes {
+                    for &v in list {
                         if !main_n[v.index()] {
                             continue;
                         }

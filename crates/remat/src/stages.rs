@@ -483,6 +483,45 @@ pub fn chain_of_step(
     stages: &[Stage],
     params: &[TensorId],
 ) -> Result<Chain, RematError> {
+    stage_models(g, backward_of, stages, params).map(|(c, _)| c)
+}
+
+/// What the cost model knows of a stage's forward, for costing other records of it
+/// ([`crate::inner`]).
+pub(crate) struct StageModel {
+    /// The full record: the saved tensors the stage produces, and its output; sorted.
+    pub record: Vec<TensorId>,
+    /// The main-path tensors the stage produces: (producer position, last position live,
+    /// bytes, tensor), positions in `Stage::nodes`.
+    pub fwd_live: Vec<(usize, usize, u64, TensorId)>,
+    /// Workspace bytes of each node of the stage.
+    pub ws_f: Vec<u64>,
+    /// The step's backward nodes emitted for the stage's nodes, in node order.
+    pub backward: Vec<NodeId>,
+}
+
+impl StageModel {
+    /// The forward temporary (see the module docs) when the record is what `kept` holds.
+    pub fn fwd_tmp(&self, output_bytes: u64, kept: &dyn Fn(TensorId) -> bool) -> u64 {
+        let (mut plain, mut rec) = (0u64, 0u64);
+        for p in 0..self.ws_f.len() {
+            let live = self.fwd_live.iter().filter(|l| l.0 <= p && p <= l.1);
+            let all: u64 = live.clone().map(|l| l.2).sum();
+            let non_rec: u64 = live.filter(|l| !kept(l.3)).map(|l| l.2).sum();
+            plain = plain.max(self.ws_f[p] + all);
+            rec = rec.max(self.ws_f[p] + non_rec);
+        }
+        rec.max(plain.saturating_sub(output_bytes))
+    }
+}
+
+/// [`chain_of_step`] and each stage's [`StageModel`].
+pub(crate) fn stage_models(
+    g: &Graph,
+    backward_of: &[Option<NodeId>],
+    stages: &[Stage],
+    params: &[TensorId],
+) -> Result<(Chain, Vec<StageModel>), RematError> {
     if stages.is_empty() {
         return Err(RematError::NoStages);
     }
@@ -524,7 +563,7 @@ pub fn chain_of_step(
         options: vec![Vec::new(); n],
     };
     c.input_bytes.push(bytes(stages[n - 1].output));
-    let mut in_record = vec![false; nt];
+    let mut models = Vec::with_capacity(n);
     for (i, st) in stages.iter().enumerate() {
         let sid = StageId(i as u32);
         let pos = |node: NodeId| st.nodes.binary_search(&node).ok();
@@ -562,12 +601,9 @@ pub fn chain_of_step(
         record.sort_unstable();
         record.dedup();
         c.saved_bytes[i] = record.iter().map(|&t| bytes(t)).sum();
-        for &t in &record {
-            in_record[t.index()] = true;
-        }
         // Live intervals (positions in the stage) of the main tensors the stage produces.
         let last = st.nodes.len().saturating_sub(1);
-        let mut fwd_live = Vec::new(); // (from, to, bytes, in record)
+        let mut fwd_live = Vec::new(); // (from, to, bytes, tensor)
         let mut grads = Vec::new(); // (from, to, bytes)
         for (p, &id) in st.nodes.iter().enumerate() {
             for &o in &g.node(id).outputs {
@@ -580,19 +616,14 @@ pub fn chain_of_step(
                     .max()
                     .unwrap_or(p);
                 let to = if o == st.output { last } else { use_end };
-                fwd_live.push((p, to, bytes(o), in_record[o.index()]));
+                fwd_live.push((p, to, bytes(o), o));
                 if o != st.output && use_end > p && requires[o.index()] {
                     grads.push((p, use_end, bytes(o)));
                 }
             }
         }
-        let (mut plain, mut rec, mut bt) = (0u64, 0u64, 0u64);
+        let mut bt = 0u64;
         for p in 0..st.nodes.len() {
-            let live = fwd_live.iter().filter(|l| l.0 <= p && p <= l.1);
-            let all: u64 = live.clone().map(|l| l.2).sum();
-            let non_rec: u64 = live.filter(|l| !l.3).map(|l| l.2).sum();
-            plain = plain.max(ws_f[p] + all);
-            rec = rec.max(ws_f[p] + non_rec);
             let g_live: u64 = grads
                 .iter()
                 .filter(|l| l.0 <= p && p <= l.1)
@@ -600,9 +631,23 @@ pub fn chain_of_step(
                 .sum();
             bt = bt.max(ws_b[p] + g_live);
         }
-        c.fwd_tmp[i] = rec.max(plain.saturating_sub(c.input_bytes[i + 1]));
         c.bwd_tmp[i] = bt;
+        let model = StageModel {
+            record,
+            fwd_live,
+            ws_f,
+            backward: st
+                .nodes
+                .iter()
+                .flat_map(|v| &by[v.index()])
+                .copied()
+                .collect(),
+        };
+        c.fwd_tmp[i] = model.fwd_tmp(c.input_bytes[i + 1], &|t| {
+            model.record.binary_search(&t).is_ok()
+        });
+        models.push(model);
     }
     c.validate()?;
-    Ok(c)
+    Ok((c, models))
 }
