@@ -211,6 +211,9 @@ pub struct Step<'a> {
     /// FLOPs of the backward pass and the optimizer update.
     pub backward_flops: u64,
     pub opts: PlanOptions,
+    /// Whether `optimal` may record stages partially (record options inside the stages);
+    /// `false` keeps to whole-stage checkpointing, for comparison.
+    pub node_level: bool,
     /// The tensors that require a gradient.
     params: Vec<TensorId>,
     /// The chain with record options inside the stages (solved on first use).
@@ -286,6 +289,7 @@ impl<'a> Step<'a> {
             forward_flops: fwd,
             backward_flops: bwd,
             opts,
+            node_level: true,
             params,
             inner: OnceCell::new(),
             none: OnceCell::new(),
@@ -298,6 +302,13 @@ impl<'a> Step<'a> {
     pub fn inner(&self) -> Result<&lowmem_remat::InnerOptions, Error> {
         self.inner
             .get_or_init(|| {
+                if !self.node_level {
+                    return Ok(lowmem_remat::InnerOptions {
+                        chain: self.chain.clone(),
+                        options: vec![Vec::new(); self.stages.len()],
+                        solves: Vec::new(),
+                    });
+                }
                 lowmem_remat::chain_with_options(
                     self.graph,
                     self.backward_of,
@@ -414,6 +425,23 @@ impl<'a> Step<'a> {
         };
         let p = plan(&r.graph, &roles, &opts);
         let ck = lowmem_remat::checkpoints(&schedule, self.stages.len());
+        let partial: Vec<&lowmem_remat::StageOption> = (0..self.stages.len())
+            .filter_map(|i| match schedule.option(i) {
+                0 => None,
+                o => options.get(i).and_then(|os| os.get(o - 1)),
+            })
+            .collect();
+        let detail = if partial.is_empty() {
+            detail
+        } else {
+            format!(
+                "{detail}; {} of {} stages recorded partially ({} saved tensors recomputed in \
+                 the backward)",
+                partial.len(),
+                self.stages.len(),
+                partial.iter().map(|o| o.dropped.len()).sum::<usize>()
+            )
+        };
         Ok(Outcome {
             scheme,
             detail,
