@@ -448,3 +448,54 @@ fn encoder_fits_half_its_arena_with_options_inside_stages() {
     check_scheme(&tg, &step, Scheme::Optimal, Some(budget), classes);
     check_scheme(&tg, &step, Scheme::Optimal, Some(two_level), classes);
 }
+
+/// Cheap-op recomputation: among the attention stage's record options is one that drops the
+/// dropout's output (regenerated from its seed) and re-runs only cheap pointwise nodes, at a
+/// small fraction of the stage's forward cost.
+#[test]
+fn attention_options_recompute_dropout_instead_of_saving_it() {
+    let g = lowmem::models::transformer_encoder(2, 64, 4, 16, 256, 2, 2);
+    let tg = training_step(&g, g.outputs[0], Loss::CrossEntropy, &sgd()).unwrap();
+    let step = Step::new(&tg, opts()).unwrap();
+    let inner = step.inner().unwrap();
+    let gr = &tg.graph;
+    let node = |name: &str| gr.nodes.iter().position(|n| n.name == name).unwrap();
+    let dropout_out = gr.nodes[node("layer0.attn_dropout")].outputs[0];
+    let stage = step
+        .stages
+        .iter()
+        .position(|s| {
+            s.nodes
+                .iter()
+                .any(|v| v.index() == node("layer0.attn_dropout"))
+        })
+        .unwrap();
+    let cheap = inner.options[stage]
+        .iter()
+        .filter(|o| o.dropped.contains(&dropout_out))
+        .min_by_key(|o| o.record.recompute)
+        .expect("an option drops the dropout output");
+    assert!(
+        cheap.record.recompute * 100 < step.chain.fwd[stage],
+        "recompute {} vs stage forward {}",
+        cheap.record.recompute,
+        step.chain.fwd[stage]
+    );
+    for (_, rerun) in &cheap.recompute {
+        for v in rerun {
+            assert!(
+                !matches!(
+                    gr.node(*v).op,
+                    lowmem_ir::Op::MatMul | lowmem_ir::Op::Gemm(_)
+                ),
+                "re-runs {}",
+                gr.node(*v).name
+            );
+        }
+    }
+    assert!(cheap.record.saved_bytes < step.chain.saved_bytes[stage]);
+    // Every option states a proven bound no larger than its cost.
+    for o in inner.options.iter().flatten() {
+        assert!(o.lower_bound <= o.record.recompute);
+    }
+}

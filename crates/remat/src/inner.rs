@@ -343,9 +343,22 @@ impl<'a> Ctx<'a> {
             })
             .collect();
         let levels = limits.levels.max(1);
-        for lv in 0..levels {
-            // Kept-candidate bytes allowed: from 0 (drop all) up to below the full record.
-            let cap = total * lv as u64 / levels as u64;
+        // Kept-candidate bytes allowed: from 0 (drop all) up to below the full record, and
+        // the level of dropping every candidate that is cheap to recompute alone (pointwise
+        // ops, dropout from its seed: at most 1% of the stage's forward), as PyTorch's
+        // min-cut partitioner does.
+        let mut caps: Vec<u64> = (0..levels)
+            .map(|lv| total * lv as u64 / levels as u64)
+            .collect();
+        let stage_flops: u64 = self.flops.iter().sum();
+        let cheap: u64 = (0..k)
+            .filter(|&j| single[j].saturating_mul(100) <= stage_flops)
+            .map(|j| self.cands[j].1)
+            .sum();
+        if cheap > 0 {
+            caps.push(total - cheap);
+        }
+        for cap in caps {
             let mut bb = Bb {
                 ctx: self,
                 cap,
