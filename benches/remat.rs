@@ -9,6 +9,13 @@
 //!   a BERT-base-like encoder at batch 32: the frontier of every scheme, and where each
 //!   first fits 50% and 25% of the no-remat peak, with its overhead.
 //!
+//! * `twolevel`: whole-stage checkpointing (today's `optimal` without record options) against
+//!   the two-level scheme (record options inside the stages, [`lowmem::remat::Step::inner`])
+//!   on the zoo and the encoders: per budget (50% and 25% of the no-remat peak, or
+//!   persistent + that share of the arena where persistent state alone exceeds it, and each
+//!   scheme's smallest feasible), the overhead of each, and the per-stage solver's time and
+//!   gap.
+//!
 //! Every figure is a real plan of the rewritten training step (SGD with momentum,
 //! softmax cross-entropy). Nothing is asserted: read the ratios.
 
@@ -181,6 +188,87 @@ fn frontier(name: &str, g: &Graph) {
     }
 }
 
+/// `optimal` at `budget`: (planned peak, overhead) or `None` when it does not fit.
+fn at(step: &Step, budget: u64) -> Option<(u64, f64)> {
+    step.run(Scheme::Optimal, Some(budget))
+        .ok()
+        .map(|o| (o.peak(), step.overhead(o.recompute_flops)))
+}
+
+fn two_level(name: &str, g: &Graph) {
+    let tg = step_of(g);
+    let mut stage = Step::new(&tg, opts()).expect("stages");
+    stage.node_level = false;
+    let two = Step::new(&tg, opts()).expect("stages");
+    let t = Instant::now();
+    let inner = two.inner().expect("record options");
+    let solve_secs = t.elapsed().as_secs_f64();
+    let none = two.none().peak();
+    let (w, gr, o, i) = two.persistent();
+    let fixed = w + gr + o + i;
+    let solved: Vec<_> = inner
+        .solves
+        .iter()
+        .filter(|s| s.same_as.is_none())
+        .collect();
+    let max_stage = solved.iter().map(|s| s.seconds).fold(0.0, f64::max);
+    let gap = solved.iter().map(|s| s.gap).fold(0.0, f64::max);
+    let options: usize = inner.options.iter().map(Vec::len).sum();
+    println!(
+        "{name} (batch {}): {} stages ({} distinct solved, {options} options, largest \
+         {} candidates), solver {:.3} s in all, {:.4} s for the slowest stage, largest gap \
+         {:.2}%{}",
+        g.batch().unwrap_or(0),
+        two.stages.len(),
+        solved.len(),
+        solved.iter().map(|s| s.candidates).max().unwrap_or(0),
+        solve_secs,
+        max_stage,
+        100.0 * gap,
+        if solved.iter().any(|s| s.timed_out) {
+            " (time limit reached)"
+        } else {
+            ""
+        }
+    );
+    println!(
+        "  no remat {}, persistent {} ({:.1}%)",
+        human_bytes(none),
+        human_bytes(fixed),
+        100.0 * fixed as f64 / none as f64
+    );
+    let min_stage = stage.min_feasible().expect("min");
+    let min_two = two.min_feasible().expect("min");
+    let mut budgets: Vec<(String, u64)> = Vec::new();
+    for frac in [0.5, 0.25] {
+        let b = (none as f64 * frac) as u64;
+        if fixed > b {
+            let b = fixed + ((none - fixed) as f64 * frac) as u64;
+            budgets.push((format!("persistent + {:.0}% arena", 100.0 * frac), b));
+        } else {
+            budgets.push((format!("{:.0}% of no remat", 100.0 * frac), b));
+        }
+    }
+    budgets.push(("smallest, whole stages".into(), min_stage));
+    budgets.push(("smallest, two-level".into(), min_two));
+    println!(
+        "  {:<26} {:>11} {:>20} {:>20}",
+        "budget", "", "whole stages", "two-level"
+    );
+    let cell = |r: Option<(u64, f64)>| match r {
+        Some((p, ov)) => format!("{} +{:.1}%", human_bytes(p), 100.0 * ov),
+        None => "does not fit".into(),
+    };
+    for (label, b) in budgets {
+        println!(
+            "  {label:<26} {:>11} {:>20} {:>20}",
+            human_bytes(b),
+            cell(at(&stage, b)),
+            cell(at(&two, b))
+        );
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args()
         .skip(1)
@@ -201,6 +289,28 @@ fn main() {
                 Err(e) => println!("{m}: skipped ({e})"),
             }
         }
+    }
+    if args.iter().any(|a| a == "twolevel") {
+        for m in [
+            "resnet50",
+            "inception_v1",
+            "vgg19",
+            "squeezenet",
+            "densenet121",
+        ] {
+            let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("data/models")
+                .join(format!("{m}.onnx"));
+            match lowmem::model::load(&path, Some(BATCH)) {
+                Ok(g) => two_level(m, &g),
+                Err(e) => println!("{m}: skipped ({e})"),
+            }
+        }
+        let g = lowmem::models::transformer_encoder(2, 64, 4, 16, 256, 2, 2);
+        two_level("encoder 2 layers, hidden 64, seq 16", &g);
+        let g = lowmem::models::transformer_encoder(12, 768, 12, 128, 3072, 2, BATCH);
+        two_level("bert_base (encoder, seq 128)", &g);
+        return;
     }
     if want("zoo") || want("bert_base") {
         let g = lowmem::models::transformer_encoder(12, 768, 12, 128, 3072, 2, BATCH);

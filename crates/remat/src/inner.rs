@@ -14,10 +14,10 @@
 //!
 //! Recomputation happens late: each re-run node runs right before the first backward node
 //! that needs it (directly or through another re-run node), so recomputed tensors live only
-//! while the backward still reads them. The backward's extra transient memory is the peak
-//! of those live copies (with the re-run nodes' workspace), added to the stage's
-//! full-record backward temporary (an upper bound: the internal gradients and the copies
-//! are not always live together).
+//! while the backward still reads them. The backward's transient memory is followed along
+//! that sequence: the live copies, the re-run nodes' workspace, and the internal gradients
+//! and backward workspace of the full record's model at the position being
+//! back-propagated (never below the full record's temporary).
 //!
 //! # The solver
 //!
@@ -248,7 +248,18 @@ impl<'a> Ctx<'a> {
         let mut k = String::new();
         for (p, &v) in st.nodes.iter().enumerate() {
             let node = g.node(v);
-            let _ = write!(k, "{:?}(", node.op);
+            // Dropout seeds differ between layers and change no cost.
+            let op = format!("{:?}", node.op);
+            let op = match op.find("seed: ") {
+                Some(at) => {
+                    let end = op[at + 6..]
+                        .find(|c: char| !c.is_ascii_digit())
+                        .map_or(op.len(), |e| at + 6 + e);
+                    format!("{}{}", &op[..at], &op[end..])
+                }
+                None => op,
+            };
+            let _ = write!(k, "{op}(");
             for t in &node.inputs {
                 match self.pos_of.get(t) {
                     Some(q) => {
@@ -413,13 +424,11 @@ impl<'a> Ctx<'a> {
         let fwd_tmp = self.model.fwd_tmp(self.output_bytes, &is_kept);
         // The recomputation: each re-run position right before the first backward node
         // that needs it.
-        let mut backward = self.model.backward.clone();
-        backward.sort_unstable();
         let mut done = vec![false; self.flops.len()];
         let mut plan: Vec<(NodeId, Vec<NodeId>)> = Vec::new();
         // Events for the memory of the copies: (sequence position, kind).
         let mut seq: Vec<Seq> = Vec::new();
-        for &u in &backward {
+        for &(u, q) in &self.model.backward {
             let mut group = Vec::new();
             let mut stack: Vec<usize> = g
                 .node(u)
@@ -445,9 +454,9 @@ impl<'a> Ctx<'a> {
             }
             group.sort_unstable();
             for &p in &group {
-                seq.push(Seq::Rerun(p));
+                seq.push(Seq::Rerun(p, q));
             }
-            seq.push(Seq::Backward(u));
+            seq.push(Seq::Backward(u, q));
             if !group.is_empty() {
                 plan.push((u, group.iter().map(|&p| self.stage.nodes[p]).collect()));
             }
@@ -457,12 +466,12 @@ impl<'a> Ctx<'a> {
         let mut at = vec![usize::MAX; self.flops.len()];
         for (s, e) in seq.iter().enumerate() {
             let v = match *e {
-                Seq::Rerun(p) => {
+                Seq::Rerun(p, _) => {
                     at[p] = s;
                     last[p] = last[p].max(s);
                     self.stage.nodes[p]
                 }
-                Seq::Backward(u) => u,
+                Seq::Backward(u, _) => u,
             };
             for t in &g.node(v).inputs {
                 if let Some(&q) = self.pos_of.get(t)
@@ -479,23 +488,26 @@ impl<'a> Ctx<'a> {
                 .map(|&t| g.tensor(t).bytes() as u64)
                 .sum()
         };
-        let mut peak = 0u64;
+        // The backward's temporary as the full record's (internal gradients and the
+        // backward's workspace at each position of the sweep), with the live copies and the
+        // re-run nodes' workspace where they are.
+        let mut bt = chain.bwd_tmp[i];
         for (s, e) in seq.iter().enumerate() {
             let live: u64 = (0..self.flops.len())
                 .filter(|&p| at[p] != usize::MAX && at[p] <= s && s <= last[p])
                 .map(out_bytes)
                 .sum();
-            let ws = match *e {
-                Seq::Rerun(p) => self.model.ws_f[p],
-                Seq::Backward(_) => 0,
+            let (q, ws) = match *e {
+                Seq::Rerun(p, q) => (q, self.model.ws_f[p]),
+                Seq::Backward(_, q) => (q, self.model.ws_b[q]),
             };
-            peak = peak.max(live + ws);
+            bt = bt.max(live + ws + self.model.grads_live(q));
         }
         StageOption {
             record: RecordOption {
                 saved_bytes: saved,
                 fwd_tmp,
-                bwd_tmp: chain.bwd_tmp[i] + peak,
+                bwd_tmp: bt,
                 recompute: cost,
             },
             dropped: dropped_t,
@@ -505,10 +517,12 @@ impl<'a> Ctx<'a> {
     }
 }
 
+/// The backward of a stage recorded partially: re-runs and backward nodes, each with the
+/// position (in the stage) whose backward is under way.
 #[derive(Clone, Copy)]
 enum Seq {
-    Rerun(usize),
-    Backward(NodeId),
+    Rerun(usize, usize),
+    Backward(NodeId, usize),
 }
 
 /// The branch and bound of one level.

@@ -1,5 +1,6 @@
 //! Rematerialisation (checkpointing): a forward graph cut into a chain of stages
-//! ([`stages()`], [`chain()`]: the cost model), and schedules over that chain — store-all,
+//! ([`stages()`], [`chain()`]: the cost model; [`chain_with_options`]: with record options
+//! inside each stage), and schedules over that chain — store-all,
 //! Chen's sqrt and log schemes, Revolve, and Rotor's optimal dynamic programme — as pure
 //! algorithms over the cost model, with [`Schedule::simulate`] the one source of truth for
 //! their memory and compute.
@@ -31,6 +32,14 @@
 //!   creates `δ_i`, then frees `R_i` and `δ_{i+1}`.
 //!   Transient peak: live + `x_i` + `bwd_tmp[i]`.
 //! * `Free { activation: j }`: frees the buffer `X_j` (must be live).
+//!
+//! **Record options** (Rockmate's two levels): a stage may offer other records than the full
+//! one ([`RecordOption`], [`Chain::options`]; built by [`chain_with_options`], which solves the
+//! node-level problem inside each stage). A schedule picks one per stage
+//! ([`Schedule::options`]; a stage is recorded once, as its record lives until its backward):
+//! `F_i^all` then keeps `a_i^o` bytes with forward temporary `ft_i^o`, and `B_i` has backward
+//! temporary `bt_i^o` and costs `bwd[i] + recompute_i^o` (it re-runs what the record
+//! dropped). Option 0 is the full record at no extra cost.
 //!
 //! A schedule is valid when every op's requirements hold and it ends with
 //! `δ_0` live (so every `B_i` ran exactly once, in order `n-1, …, 0`).

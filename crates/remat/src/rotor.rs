@@ -18,6 +18,11 @@
 //!   `P(s', t, m − x_{s'})`, free `X_{s'}`, `P(s, s', m)`. Forward peaks:
 //!   `x_t + x_{s+1} + ft_s` and `x_t + x_k + x_{k+1} + ft_k` for `s < k < s'`.
 //!
+//! With record options (see the crate docs) the record choice and the single-stage case
+//! take the best option `o` of stage `s`: `a_s`, `ft_s`, `bt_s` become the option's, and the
+//! option's recompute cost is added (the extra cost below). Only the record branch grows,
+//! by the number of options; the checkpoint splits, where the time goes, do not.
+//!
 //! The whole schedule is `P(0, n + 1, budget − x_0)`. Store-all, Chen's
 //! schemes and Revolve all lie in this family. Memory sizes are rounded **up**
 //! to slots of `unit = ceil(budget / granularity)` bytes and the budget down
@@ -30,7 +35,9 @@
 //! `e(s, t, m)` (recomputed forwards; compute = `e` + Σ fwd + Σ bwd). With
 //! `fs(s, s')` the forward cost of stages `s..s'`:
 //!
-//! `e(s, t, m) = min( e(s+1, t, m − a_s),  min_{s'} fs(s, s') + e(s', t, m − x_{s'}) + e(s, s', m) )`
+//! `e(s, t, m) = min( min_o r_s^o + e(s+1, t, m − a_s^o),  min_{s'} fs(s, s') + e(s', t, m − x_{s'}) + e(s, s', m) )`
+//!
+//! (`r_s^o`: option `o`'s recompute cost, 0 for the full record)
 //!
 //! over `G` slots (`m < G`) and the `~n²/2` pairs `(s, t)`: `O(n³·G)` work in
 //! the worst case. What makes long chains tractable, all exact:

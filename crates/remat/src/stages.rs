@@ -496,11 +496,26 @@ pub(crate) struct StageModel {
     pub fwd_live: Vec<(usize, usize, u64, TensorId)>,
     /// Workspace bytes of each node of the stage.
     pub ws_f: Vec<u64>,
-    /// The step's backward nodes emitted for the stage's nodes, in node order.
-    pub backward: Vec<NodeId>,
+    /// Per node of the stage, the largest workspace of its backward nodes.
+    pub ws_b: Vec<u64>,
+    /// Internal gradients: (producer position, last consumer position, bytes); live in the
+    /// reverse sweep while it is between the two.
+    pub grads: Vec<(usize, usize, u64)>,
+    /// The step's backward nodes emitted for the stage's nodes, in node order, with the
+    /// position of the node they were emitted for.
+    pub backward: Vec<(NodeId, usize)>,
 }
 
 impl StageModel {
+    /// Bytes of internal gradients live while the backward of position `q` runs.
+    pub fn grads_live(&self, q: usize) -> u64 {
+        self.grads
+            .iter()
+            .filter(|l| l.0 <= q && q <= l.1)
+            .map(|l| l.2)
+            .sum()
+    }
+
     /// The forward temporary (see the module docs) when the record is what `kept` holds.
     pub fn fwd_tmp(&self, output_bytes: u64, kept: &dyn Fn(TensorId) -> bool) -> u64 {
         let (mut plain, mut rec) = (0u64, 0u64);
@@ -622,27 +637,25 @@ pub(crate) fn stage_models(
                 }
             }
         }
-        let mut bt = 0u64;
-        for p in 0..st.nodes.len() {
-            let g_live: u64 = grads
-                .iter()
-                .filter(|l| l.0 <= p && p <= l.1)
-                .map(|l| l.2)
-                .sum();
-            bt = bt.max(ws_b[p] + g_live);
-        }
-        c.bwd_tmp[i] = bt;
+        let mut backward: Vec<(NodeId, usize)> = st
+            .nodes
+            .iter()
+            .enumerate()
+            .flat_map(|(p, v)| by[v.index()].iter().map(move |&u| (u, p)))
+            .collect();
+        backward.sort_unstable();
         let model = StageModel {
             record,
             fwd_live,
             ws_f,
-            backward: st
-                .nodes
-                .iter()
-                .flat_map(|v| &by[v.index()])
-                .copied()
-                .collect(),
+            ws_b,
+            grads,
+            backward,
         };
+        c.bwd_tmp[i] = (0..st.nodes.len())
+            .map(|p| model.ws_b[p] + model.grads_live(p))
+            .max()
+            .unwrap_or(0);
         c.fwd_tmp[i] = model.fwd_tmp(c.input_bytes[i + 1], &|t| {
             model.record.binary_search(&t).is_ok()
         });
