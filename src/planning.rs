@@ -153,6 +153,9 @@ pub fn report_step(
         train,
         remat: remat.as_ref(),
         rewrites: &step.rewrites,
+        timeline: Some(&step.timeline),
+        source: Some(&step.forward),
+        state: &step.state,
     };
     println!(
         "{} ({}, batch {batch}): {} steps, {} tensors",

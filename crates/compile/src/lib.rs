@@ -7,6 +7,7 @@
 pub mod lmc;
 pub mod remat;
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -245,6 +246,69 @@ pub struct RematRecord {
     pub recomputed_nodes: usize,
 }
 
+/// Per node of a compiled step's graph, where it stands in the step, so that the plan page
+/// can mark the forward/backward split, checkpointing stages and recomputation on its time
+/// axis. Each vector is empty where unknown (a step read back from an `.lmc` file; `stage`
+/// and `recomputed` also for micro-batched steps, which have no stage chain).
+#[derive(Clone, Debug, Default)]
+pub struct Timeline {
+    /// The checkpointing stage a node works for ([`Outcome::node_stage`]).
+    pub stage: Vec<Option<u32>>,
+    /// Whether a node is a recomputing copy ([`Outcome::recomputed`]).
+    pub recomputed: Vec<bool>,
+    /// Whether a node runs the forward pass or the loss (a recomputing copy does not); the
+    /// other nodes are the backward pass and the update.
+    pub forward: Vec<bool>,
+}
+
+impl Timeline {
+    /// The names of the forward (and loss) nodes of a step built with its nodes
+    /// `..backward_start` running the forward pass.
+    fn forward_names(g: &Graph, backward_start: usize) -> HashSet<String> {
+        g.nodes[..backward_start.min(g.nodes.len())]
+            .iter()
+            .map(|n| n.name.clone())
+            .collect()
+    }
+
+    /// The timeline of `planned`: a node runs the forward pass when `flags` (per node of
+    /// `planned`, for micro-batched steps) says so, or when its name, less micro-batch
+    /// suffixes (`.mb<m>`), is in `names` (the forward nodes of the step before
+    /// checkpointing, whose rewrite keeps their names); a recomputing node does not.
+    fn of(
+        names: &HashSet<String>,
+        flags: Option<&[bool]>,
+        planned: &Graph,
+        stage: Vec<Option<u32>>,
+        recomputed: Vec<bool>,
+    ) -> Timeline {
+        fn unbatched(mut n: &str) -> &str {
+            while let Some((base, m)) = n.rsplit_once(".mb") {
+                if m.is_empty() || !m.bytes().all(|b| b.is_ascii_digit()) {
+                    break;
+                }
+                n = base;
+            }
+            n
+        }
+        let forward = planned
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(v, n)| {
+                !recomputed.get(v).copied().unwrap_or(false)
+                    && (flags.is_some_and(|f| f.get(v).copied().unwrap_or(false))
+                        || names.contains(unbatched(&n.name)))
+            })
+            .collect();
+        Timeline {
+            stage,
+            recomputed,
+            forward,
+        }
+    }
+}
+
 /// FLOPs of the step.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Costs {
@@ -290,6 +354,8 @@ pub struct CompiledStep {
     /// Rewrites asked for that found no site, one line each, naming the flag.
     pub warnings: Vec<String>,
     pub costs: Costs,
+    /// Per node of `graph`: forward or backward, stage, recomputation (for reports).
+    pub timeline: Timeline,
     /// Time spent planning (model loading and graph building excluded).
     pub planning_time: Duration,
 }
@@ -442,6 +508,7 @@ pub fn compile(model: &Graph, opts: &CompileOptions) -> Result<CompiledStep, Com
             let p = plan(&forward, &roles, &opts.plan);
             let planning_time = t.elapsed();
             let inputs = (0..forward.inputs.len()).map(InputRole::Data).collect();
+            let graph_nodes = forward.nodes.len();
             Ok(CompiledStep {
                 model: model.name.clone(),
                 task: opts.task.clone(),
@@ -461,6 +528,10 @@ pub fn compile(model: &Graph, opts: &CompileOptions) -> Result<CompiledStep, Com
                 remat: None,
                 rewrites: Vec::new(),
                 warnings: Vec::new(),
+                timeline: Timeline {
+                    forward: vec![true; graph_nodes],
+                    ..Timeline::default()
+                },
                 planning_time,
             })
         }
@@ -509,7 +580,7 @@ pub fn compile(model: &Graph, opts: &CompileOptions) -> Result<CompiledStep, Com
                 })
                 .collect::<Result<_, _>>()?;
             let t = Instant::now();
-            let (graph, roles, p, remat, costs) = if remat_asked {
+            let (graph, roles, p, remat, costs, timeline) = if remat_asked {
                 let data: Vec<TensorId> = gg
                     .graph
                     .inputs
@@ -520,7 +591,14 @@ pub fn compile(model: &Graph, opts: &CompileOptions) -> Result<CompiledStep, Com
                 let step = Step::for_gradients(&gg, &data, opts.plan.clone())?;
                 let o = step.run(opts.remat.unwrap_or(Scheme::None), opts.budget)?;
                 let (record, costs) = record_of(&step, &o);
-                (o.graph, o.roles, o.plan, Some(record), costs)
+                let timeline = Timeline::of(
+                    &Timeline::forward_names(&gg.graph, gg.backward_start),
+                    gg.forward.as_deref(),
+                    &o.graph,
+                    o.node_stage,
+                    o.recomputed,
+                );
+                (o.graph, o.roles, o.plan, Some(record), costs, timeline)
             } else {
                 let roles = Roles::inference(&gg.graph);
                 let p = plan(&gg.graph, &roles, &opts.plan);
@@ -531,7 +609,18 @@ pub fn compile(model: &Graph, opts: &CompileOptions) -> Result<CompiledStep, Com
                     backward_flops: bwd,
                     recompute_flops: 0,
                 };
-                (gg.graph.clone(), roles, p, None, costs)
+                let names = match gg.forward {
+                    Some(_) => HashSet::new(),
+                    None => Timeline::forward_names(&gg.graph, gg.backward_start),
+                };
+                let timeline = Timeline::of(
+                    &names,
+                    gg.forward.as_deref(),
+                    &gg.graph,
+                    Vec::new(),
+                    Vec::new(),
+                );
+                (gg.graph.clone(), roles, p, None, costs, timeline)
             };
             let planning_time = t.elapsed();
             let grads = gg
@@ -555,6 +644,7 @@ pub fn compile(model: &Graph, opts: &CompileOptions) -> Result<CompiledStep, Com
                 rewrites,
                 warnings: warnings.clone(),
                 costs,
+                timeline,
                 planning_time,
             })
         }
@@ -563,8 +653,15 @@ pub fn compile(model: &Graph, opts: &CompileOptions) -> Result<CompiledStep, Com
             let t = Instant::now();
             let k = opts.microbatch.unwrap_or(1);
             let mut checkpointed = None;
+            // The forward nodes by name: those of the micro-batch body when it is
+            // checkpointed (its copies' names add `.mb<m>`), else of the step.
+            let mut forward_names = None;
             let tg = if k > 1 && remat_asked {
                 let body = lowmem_autodiff::training_body(&forward, out, *loss, &step_opts)?;
+                forward_names = Some(Timeline::forward_names(
+                    &body.graph.graph,
+                    body.graph.backward_start,
+                ));
                 let (tg, o, record, costs) =
                     checkpointed_microbatches(&forward, body, optimizer, opts)?;
                 checkpointed = Some((o, Some(record), costs));
@@ -615,6 +712,18 @@ pub fn compile(model: &Graph, opts: &CompileOptions) -> Result<CompiledStep, Com
                 (o, remat_asked.then_some(record), costs)
             };
             let planning_time = t.elapsed();
+            let names = match (forward_names, &tg.forward) {
+                (Some(n), _) => n,
+                (None, Some(_)) => HashSet::new(),
+                (None, None) => Timeline::forward_names(&tg.graph, tg.backward_start),
+            };
+            let timeline = Timeline::of(
+                &names,
+                tg.forward.as_deref(),
+                &o.graph,
+                o.node_stage,
+                o.recomputed,
+            );
             let state_of = |i: TensorId| tg.state.iter().position(|s| s.input == i);
             let inputs = o
                 .graph
@@ -665,6 +774,7 @@ pub fn compile(model: &Graph, opts: &CompileOptions) -> Result<CompiledStep, Com
                 rewrites,
                 warnings: warnings.clone(),
                 costs,
+                timeline,
                 planning_time,
             })
         }

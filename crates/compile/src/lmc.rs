@@ -747,6 +747,7 @@ pub fn from_bytes(bytes: &[u8]) -> Result<CompiledStep, CompileError> {
             .transpose()?
             .unwrap_or_default(),
         warnings: Vec::new(),
+        timeline: crate::Timeline::default(),
         costs: Costs {
             forward_flops: c.get("forward_flops")?.u64()?,
             backward_flops: c.get("backward_flops")?.u64()?,
