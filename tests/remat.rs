@@ -180,7 +180,7 @@ fn squeezenet_trains_bitwise_identically_with_rematerialisation() {
 /// per step, by the original nodes, however often a block is recomputed.
 #[test]
 fn resnet50_trains_bitwise_identically_with_rematerialisation() {
-    let g = load_model("resnet50", Some(1));
+    let g = load_model("resnet50", Some(2));
     let tg = training_step(&g, g.outputs[0], Loss::CrossEntropy, &sgd()).unwrap();
     let step = Step::new(&tg, opts()).unwrap();
     assert_eq!(step.stages.len(), 18);
@@ -194,6 +194,14 @@ fn resnet50_trains_bitwise_identically_with_rematerialisation() {
         1000,
     );
     assert!(r > 0, "nothing recomputed");
+    // The smallest feasible budget: stages recorded partially, re-run in the backward.
+    let o = step.run(Scheme::Optimal, Some(min)).unwrap();
+    assert!(
+        o.schedule.as_ref().is_some_and(|s| s.options.iter().any(|&k| k > 0)),
+        "{}",
+        o.detail
+    );
+    check_scheme(&tg, &step, Scheme::Optimal, Some(min), 1000);
 }
 
 #[test]
