@@ -1,4 +1,4 @@
-//! Checkpointing benchmark: `cargo bench --bench remat [deep] [zoo] [NAME...]`.
+//! Checkpointing benchmark: `cargo bench --bench remat [deep] [zoo] [dp] [dp2000] [twolevel] [NAME...]`.
 //!
 //! * `deep`: Chen et al.'s experiment in the planner: a 1001-layer bottleneck ResNet
 //!   (`[3, 8, 319, 3]` blocks) at ImageNet scale, batch 32 — the planned peak without
@@ -8,6 +8,10 @@
 //! * `zoo`: resnet50, inception_v1, vgg19 (`data/models/`, fetched by `scripts/test.sh`) and
 //!   a BERT-base-like encoder at batch 32: the frontier of every scheme, and where each
 //!   first fits 50% and 25% of the no-remat peak, with its overhead.
+//! * `dp`: the optimal dynamic programme alone on a heterogeneous chain (random ResNet-like
+//!   stages, nothing shared, u64 costs) at compile's granularity: seconds per number of
+//!   stages (100, 200, 500, 1000; `dp2000` adds 2000) and budget (min + 0.1/0.3/0.6 ×
+//!   (store-all − min)), in one table.
 //!
 //! * `twolevel`: whole-stage checkpointing (today's `optimal` without record options) against
 //!   the two-level scheme (record options inside the stages, [`lowmem::remat::Step::inner`])
@@ -16,7 +20,8 @@
 //!   scheme's smallest feasible), the overhead of each, and the per-stage solver's time and
 //!   gap.
 //!
-//! Every figure is a real plan of the rewritten training step (SGD with momentum,
+//! Every figure in `deep`, `zoo` and `twolevel` is a real plan of the rewritten training
+//! step (SGD with momentum,
 //! softmax cross-entropy). Nothing is asserted: read the ratios.
 
 use std::path::Path;
@@ -269,12 +274,73 @@ fn two_level(name: &str, g: &Graph) {
     }
 }
 
+/// Random stages of the order of a deep ResNet's (the generator of
+/// `crates/remat/examples/timing.rs`, same seed).
+fn resnet_like(n: usize, seed: u64) -> lowmem::rematerialize::Chain {
+    let mut rng = lowmem_testkit::Rng::new(seed);
+    let fwd: Vec<u64> = (0..n)
+        .map(|_| rng.range_u64(1_000_000_000, 4_000_000_001))
+        .collect();
+    let bwd = fwd
+        .iter()
+        .map(|&f| f * 2 + rng.range_u64(0, f / 4 + 1))
+        .collect();
+    let x: Vec<u64> = (0..=n)
+        .map(|_| rng.range_u64(10_000_000, 100_000_001))
+        .collect();
+    let a = (0..n)
+        .map(|i| x[i + 1].max(x[i] * rng.range_u64(30, 61) / 10))
+        .collect();
+    let ft = (0..n).map(|i| x[i] * rng.range_u64(5, 16) / 10).collect();
+    let bt = (0..n).map(|i| x[i] * rng.range_u64(5, 16) / 10).collect();
+    lowmem::rematerialize::Chain::new(fwd, bwd, x, a)
+        .and_then(|c| c.with_temporaries(ft, bt))
+        .expect("valid chain")
+}
+
+/// Scaling of the optimal DP: stages × budgets, seconds, at [`GRANULARITY`].
+fn dp_scaling(sizes: &[usize]) {
+    use lowmem::rematerialize::{min_peak_budget, optimal, store_all};
+    let fracs = [0.1f64, 0.3, 0.6];
+    println!(
+        "optimal DP alone, heterogeneous chain, {GRANULARITY} slots ({} threads): seconds",
+        std::thread::available_parallelism().map_or(1, |p| p.get())
+    );
+    print!("  {:>6}", "stages");
+    for f in fracs {
+        print!("  {:>9}", format!("min+{f}"));
+    }
+    println!();
+    for &n in sizes {
+        let c = resnet_like(n, 0x5eed_1234_abcd_0001);
+        let min = min_peak_budget(&c);
+        let (top, _) = store_all(&c).simulate(&c).expect("store-all");
+        print!("  {n:>6}");
+        for f in fracs {
+            let budget = min + ((top - min) as f64 * f) as u64;
+            let t = Instant::now();
+            let s = optimal(&c, budget, GRANULARITY).expect("feasible");
+            let secs = t.elapsed().as_secs_f64();
+            assert!(s.simulate(&c).expect("valid").0 <= budget);
+            print!("  {secs:>9.2}");
+        }
+        println!();
+    }
+}
+
 fn main() {
     let args: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| !a.starts_with("--"))
         .collect();
     let want = |s: &str| args.is_empty() || args.iter().any(|a| a == s);
+    if want("dp") || want("dp2000") {
+        let mut sizes = vec![100, 200, 500, 1000];
+        if args.iter().any(|a| a == "dp2000") {
+            sizes.push(2000);
+        }
+        dp_scaling(&sizes);
+    }
     if want("deep") {
         deep();
     }

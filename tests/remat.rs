@@ -197,7 +197,9 @@ fn resnet50_trains_bitwise_identically_with_rematerialisation() {
     // The smallest feasible budget: stages recorded partially, re-run in the backward.
     let o = step.run(Scheme::Optimal, Some(min)).unwrap();
     assert!(
-        o.schedule.as_ref().is_some_and(|s| s.options.iter().any(|&k| k > 0)),
+        o.schedule
+            .as_ref()
+            .is_some_and(|s| s.options.iter().any(|&k| k > 0)),
         "{}",
         o.detail
     );

@@ -1,6 +1,11 @@
 //! Planning times on 1000-stage chains (a unit chain and a heterogeneous one
 //! resembling a deep ResNet):
 //! `cargo run --release -p lowmem-remat --example timing [n]`.
+//!
+//! `... --example timing scaling [G] [n...]`: the optimal DP on the
+//! heterogeneous chain at `G` slots (default 500) for each number of stages
+//! (default 100 200 500 1000), at the budgets min + 0.1/0.3/0.6 × (store-all −
+//! min): a table of seconds.
 use lowmem_remat::*;
 use std::time::Instant;
 
@@ -53,7 +58,45 @@ fn time_optimal(c: &Chain) {
     }
 }
 
+/// Seconds of [`optimal`] on [`resnet_like`] chains: stages × budgets.
+fn scaling(g: usize, sizes: &[usize]) {
+    let fracs = [0.1f64, 0.3, 0.6];
+    println!("optimal DP, heterogeneous (ResNet-like) chain, G = {g} slots: seconds");
+    print!("  {:>6}", "stages");
+    for f in fracs {
+        print!("  {:>9}", format!("min+{f}"));
+    }
+    println!();
+    for &n in sizes {
+        let c = resnet_like(n, 0x5eed_1234_abcd_0001);
+        let min = min_peak_budget(&c);
+        let (sa_peak, _) = store_all(&c).simulate(&c).unwrap();
+        print!("  {n:>6}");
+        for f in fracs {
+            let budget = min + ((sa_peak - min) as f64 * f) as u64;
+            let t = Instant::now();
+            let o = optimal(&c, budget, g).unwrap();
+            let el = t.elapsed().as_secs_f64();
+            assert!(o.simulate(&c).unwrap().0 <= budget);
+            print!("  {el:>9.2}");
+        }
+        println!();
+    }
+}
+
 fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("scaling") {
+        let g = args.get(1).map_or(500, |s| s.parse().expect("G"));
+        let sizes: Vec<usize> = args.iter().skip(2).map(|s| s.parse().expect("n")).collect();
+        let sizes = if sizes.is_empty() {
+            vec![100, 200, 500, 1000]
+        } else {
+            sizes
+        };
+        scaling(g, &sizes);
+        return;
+    }
     let n: usize = std::env::args().nth(1).map_or(1000, |s| s.parse().unwrap());
     let c = Chain::unit(n);
     println!("unit chain, {n} stages");

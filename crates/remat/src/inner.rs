@@ -122,7 +122,7 @@ pub fn chain_with_options(
     let mut options = Vec::with_capacity(stages.len());
     let mut solves: Vec<StageSolve> = Vec::with_capacity(stages.len());
     // Solved drop sets (candidate positions) per stage shape, with the stage solved.
-    let mut solved: HashMap<String, (usize, Vec<(Vec<usize>, u64)>)> = HashMap::new();
+    let mut solved: HashMap<String, (usize, DropSets)> = HashMap::new();
     for (i, (st, model)) in stages.iter().zip(&models).enumerate() {
         let ctx = Ctx::new(g, st, model);
         let key = ctx.key(g, st);
@@ -179,6 +179,9 @@ pub fn chain_with_options(
         solves,
     })
 }
+
+/// Drop sets (candidate indices) with their proven lower bounds.
+type DropSets = Vec<(Vec<usize>, u64)>;
 
 /// One stage's forward, as the solver sees it.
 struct Ctx<'a> {
@@ -325,11 +328,11 @@ impl<'a> Ctx<'a> {
 
     /// Branch and bound at each level; returns the distinct drop sets (candidate indices)
     /// with their proven lower bounds.
-    fn solve(&self, limits: SolveLimits) -> (Vec<(Vec<usize>, u64)>, StageSolve) {
+    fn solve(&self, limits: SolveLimits) -> (DropSets, StageSolve) {
         let t0 = Instant::now();
         let k = self.cands.len();
         let total: u64 = self.cands.iter().map(|c| c.1).sum();
-        let mut out: Vec<(Vec<usize>, u64)> = Vec::new();
+        let mut out: DropSets = Vec::new();
         let mut solve = StageSolve {
             nodes: self.flops.len(),
             candidates: k,
@@ -572,7 +575,7 @@ impl Bb<'_> {
             self.best = (base, dropped.clone());
             return;
         }
-        if self.timed_out || (self.explored % 256 == 0 && Instant::now() > self.deadline) {
+        if self.timed_out || (self.explored.is_multiple_of(256) && Instant::now() > self.deadline) {
             self.timed_out = true;
             self.dual = self.dual.min(lb);
             return;

@@ -71,11 +71,25 @@
 //! The filter prunes most of the `O(n³·G)` split evaluations but not all
 //! (near-optimal splits survive), and the rows are the memory: `≤ n²/2 · G`
 //! entries of 4 or 8 bytes (far fewer with shared rows), plus the filter
-//! tables (`n² · G / block` u32). Measured on 1000-stage chains, two cores
-//! (`examples/timing.rs`): a unit chain (shared rows, u32) 0.1–0.4 s and
-//! under 200 MB at `G` up to 500; a chain of random heterogeneous stages
-//! (u64, nothing shared) 8–12 s and 0.5 GB at `G = 100`, 13–16 s at
-//! `G = 200`, 17–27 s and 1.5–1.9 GB at `G = 500`.
+//! tables (`n² · G / block` u32). On x86-64 the pair computation is compiled
+//! a second time with AVX2 and chosen at run time (`Dp::compute_dispatch`).
+//! Measured on 1000-stage chains, two cores (`examples/timing.rs`): a unit
+//! chain (shared rows, u32) 0.1–0.4 s and under 200 MB at `G` up to 500; a
+//! chain of random heterogeneous stages (u64, nothing shared) 8–12 s and
+//! 0.5 GB at `G = 100`, 13–16 s at `G = 200`, 17–27 s and 1.5–1.9 GB at
+//! `G = 500`. Where that time goes (heterogeneous, 1000 stages): at
+//! `G = 100` (blocks of 4) 4.0·10⁹ bound sums in the filter and 1.8·10⁸
+//! surviving runs relaxing 4.3·10⁹ slots (about 86 splits per slot, a
+//! quarter of the plain `n³·G/6`); at `G = 500` (blocks of 16) 5.5–5.7·10⁹
+//! bound sums and 1.8–2.0·10⁸ runs relaxing 1.4–1.9·10¹⁰ slots. The time
+//! follows the number of runs (each reads two rows scattered in memory)
+//! more than the arithmetic: AVX2 gains about 10%, blocks of 8 instead of
+//! 16 at `G = 500` halve the relaxed slots for twice the bound sums at the
+//! same time, and relaxing only the slots of a block where the row is still
+//! above the split's bound cuts the relaxed slots by 40% but multiplies the
+//! runs by 5 and doubles the time. Scaling at `G = 500` (`timing scaling`,
+//! two cores shared with other jobs, so slow and noisy): 100 stages 0.06–0.14 s,
+//! 200 stages 0.5–0.9 s, 500 stages 8–15 s; `~n³` from 200 stages on.
 
 use crate::{Action, Chain, Schedule, store_all};
 use std::cell::UnsafeCell;
@@ -436,7 +450,7 @@ struct Split<'r, T> {
 }
 
 /// Prefetches the values [`relax`] reads on `[m1, m2)`.
-#[inline]
+#[inline(always)]
 fn prefetch<T: Cost>(sp: &Split<'_, T>, m1: usize, m2: usize) {
     #[cfg(target_arch = "x86_64")]
     {
@@ -467,7 +481,7 @@ fn prefetch<T: Cost>(sp: &Split<'_, T>, m1: usize, m2: usize) {
 }
 
 /// `row[m − off] = min(row[m − off], fs + l[m] + r[m − x])` on `[m1, m2)`.
-#[inline]
+#[inline(always)]
 fn relax<T: Cost>(row: &mut [T], off: usize, sp: &Split<'_, T>, m1: usize, m2: usize) {
     let mut m = m1.max(sp.start);
     let (ll, lv, rl, rv, x, fs) = (sp.ll, sp.lv, sp.rl, sp.rv, sp.x, sp.fs);
@@ -595,6 +609,8 @@ struct Dp<'a, T> {
     /// `q(e(s', t, end_k − x_{s'}))` at `sr_off[t] + k·t + s'`.
     sr: SharedTable<u32>,
     sr_off: Vec<usize>,
+    /// Whether the CPU has AVX2 (see `Dp::compute_dispatch`).
+    avx2: bool,
 }
 
 impl<'a, T: Cost> Dp<'a, T> {
@@ -628,6 +644,10 @@ impl<'a, T: Cost> Dp<'a, T> {
             sl_off,
             sr: SharedTable::new(sr_off[nn + 1], QINF),
             sr_off,
+            #[cfg(target_arch = "x86_64")]
+            avx2: std::arch::is_x86_feature_detected!("avx2"),
+            #[cfg(not(target_arch = "x86_64"))]
+            avx2: false,
         };
         dp.classes();
         dp
@@ -740,7 +760,7 @@ impl<'a, T: Cost> Dp<'a, T> {
                     }
                     for s in (lo..=top.min(t - 1)).rev() {
                         let c = self.class_of(s, t);
-                        self.rows[c].get_or_init(|| self.compute(s, t, &mut scratch));
+                        self.rows[c].get_or_init(|| self.compute_dispatch(s, t, &mut scratch));
                         // SAFETY: the places of pair (s, t) are written by this
                         // thread only, and read by pairs processed after this
                         // one in this band or after `progress[i]` reaches t.
@@ -765,6 +785,26 @@ impl<'a, T: Cost> Dp<'a, T> {
                 worker();
             });
         }
+    }
+
+    /// [`Dp::compute`], compiled for AVX2 when the CPU has it (the filter's
+    /// u32 sums and compares run 8 wide, the relaxation's u64 minima 4 wide;
+    /// the baseline x86-64 target has no packed unsigned minimum).
+    fn compute_dispatch(&self, s: usize, t: usize, sc: &mut Scratch<T>) -> Row<T> {
+        #[cfg(target_arch = "x86_64")]
+        if self.avx2 {
+            // SAFETY: `avx2` is set only when the CPU supports AVX2 (`Dp::new`).
+            return unsafe { self.compute_avx2(s, t, sc) };
+        }
+        self.compute(s, t, sc)
+    }
+
+    /// [`Dp::compute`] with AVX2 enabled (`compute`, `blocks`, `relax` and
+    /// `prefetch` are inlined here).
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    fn compute_avx2(&self, s: usize, t: usize, sc: &mut Scratch<T>) -> Row<T> {
+        self.compute(s, t, sc)
     }
 
     /// Fills the filter tables of pair `(s, t)` from its row.
@@ -806,6 +846,7 @@ impl<'a, T: Cost> Dp<'a, T> {
     }
 
     /// Computes the row of pair `(s, t)` from the rows of shorter pairs.
+    #[inline(always)]
     fn compute(&self, s: usize, t: usize, sc: &mut Scratch<T>) -> Row<T> {
         let z = self.z;
         let w = self.w;
@@ -907,6 +948,7 @@ impl<'a, T: Cost> Dp<'a, T> {
     }
 
     /// The checkpoint choices of pair `(s, t)` on the blocks from `k0` on.
+    #[inline(always)]
     fn blocks(&self, s: usize, t: usize, splits: &[Split<'_, T>], k0: usize, sc: &mut Scratch<T>) {
         let w = self.w;
         let cm = splits.len();

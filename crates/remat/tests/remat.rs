@@ -762,3 +762,56 @@ fn thousand_stage_unit_chain() {
         "optimal ({op}, {oc}) vs revolve ({rp}, {rc})"
     );
 }
+
+/// Random stages of ResNet-like proportions (as `examples/timing.rs`):
+/// forward 1e9..4e9, boundaries 1e7..1e8 bytes, records 3..6 times the
+/// input, temporaries about the input. No two stages alike, so no row is
+/// shared, and the costs need u64 rows.
+fn resnet_like(rng: &mut Rng, n: usize) -> Chain {
+    let fwd: Vec<u64> = (0..n)
+        .map(|_| rng.range_u64(1_000_000_000, 4_000_000_001))
+        .collect();
+    let bwd = fwd.iter().map(|&f| 2 * f).collect();
+    let x: Vec<u64> = (0..=n)
+        .map(|_| rng.range_u64(10_000_000, 100_000_001))
+        .collect();
+    let a = (0..n)
+        .map(|i| x[i + 1].max(x[i] * rng.range_u64(30, 61) / 10))
+        .collect();
+    let ft = (0..n).map(|i| x[i] * rng.range_u64(5, 16) / 10).collect();
+    let bt = (0..n).map(|i| x[i] * rng.range_u64(5, 16) / 10).collect();
+    Chain::new(fwd, bwd, x, a)
+        .and_then(|c| c.with_temporaries(ft, bt))
+        .unwrap()
+}
+
+#[test]
+fn optimal_matches_reference_dp_on_heterogeneous_chains() {
+    // Long enough for the threaded sweep (>= 64 stages), at the granularities
+    // of compile (block widths 4 to 16 of the filter), u64 and u32 costs.
+    let mut rng = Rng::new(0x2468_ace0_1357_9bdf);
+    for (n, gs, small_costs) in [
+        (70usize, [100usize, 500], false),
+        (110, [100, 200], false),
+        (90, [150, 320], true),
+    ] {
+        let mut c = resnet_like(&mut rng, n);
+        if small_costs {
+            for f in c.fwd.iter_mut() {
+                *f = rng.range_u64(1, 50);
+            }
+        }
+        let lo = min_peak_budget(&c);
+        let (hi, _) = store_all(&c).simulate(&c).unwrap();
+        for g in gs {
+            for frac in [0.01, 0.1, 0.3, 0.6] {
+                let budget = lo + ((hi - lo) as f64 * frac) as u64;
+                let (peak, compute) = optimal(&c, budget, g).unwrap().simulate(&c).unwrap();
+                assert!(peak <= budget);
+                if let Some(want) = reference_dp(&c, budget, g) {
+                    assert_eq!(compute, want, "n {n}, g {g}, frac {frac}");
+                }
+            }
+        }
+    }
+}
