@@ -340,16 +340,37 @@ fn unroll_built(
     mean: bool,
     graph: Option<Graph>,
 ) -> Result<(), AutodiffError> {
-    let (g, backward_of, backward_start) = match graph {
+    let backward_start = if graph.is_some() {
+        0
+    } else {
+        built.backward_start
+    };
+    let (g, backward_of, forward) = match graph {
         Some(g) => {
+            // The rewrite keeps node names and reorders: the forward nodes are those named
+            // as the body's (recomputing copies are recomputation, not forward work).
+            let names: std::collections::HashSet<&str> = built.g.nodes[..built.backward_start]
+                .iter()
+                .map(|n| n.name.as_str())
+                .collect();
+            let forward = g
+                .nodes
+                .iter()
+                .map(|n| names.contains(n.name.as_str()))
+                .collect();
             let n = g.nodes.len();
-            (g, vec![None; n], 0)
+            (g, vec![None; n], forward)
         }
-        None => (
-            std::mem::replace(&mut built.g, Graph::new("")),
-            std::mem::take(&mut built.backward_of),
-            built.backward_start,
-        ),
+        None => {
+            let forward = (0..built.g.nodes.len())
+                .map(|v| v < built.backward_start)
+                .collect();
+            (
+                std::mem::replace(&mut built.g, Graph::new("")),
+                std::mem::take(&mut built.backward_of),
+                forward,
+            )
+        }
     };
     let body = microbatch::Body {
         loss: built.loss,
@@ -357,7 +378,7 @@ fn unroll_built(
         data: built.data.clone(),
         grads: built.grads.clone(),
         chained: built.running.iter().map(|r| (r.0, r.1)).collect(),
-        backward_start,
+        forward,
         backward_of,
         g,
     };
@@ -380,7 +401,7 @@ fn unroll_built(
     built.backward_of = u.backward_of;
     built.forward = Some(u.forward);
     built.saved = Vec::new();
-    built.backward_start = body.backward_start;
+    built.backward_start = backward_start;
     built.chains = u.chains;
     built.g = u.g;
     Ok(())

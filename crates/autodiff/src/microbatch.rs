@@ -33,7 +33,8 @@ pub(crate) struct Body {
     pub grads: Vec<(TensorId, TensorId)>,
     /// (running statistic input, its updated output), chained across micro-batches.
     pub chained: Vec<(TensorId, TensorId)>,
-    pub backward_start: usize,
+    /// Per node: part of the forward pass or loss.
+    pub forward: Vec<bool>,
     pub backward_of: Vec<Option<NodeId>>,
 }
 
@@ -155,7 +156,7 @@ pub(crate) fn unroll(body: &Body, k: usize, mean: bool) -> Result<Unrolled, Auto
                     .flatten()
                     .map(|f| NodeId(at[f.index()] as u32)),
             );
-            forward.push(v < body.backward_start);
+            forward.push(body.forward[v]);
             // Each gradient joins its running sum as soon as it exists, so a micro-batch's
             // gradients are never all live at once.
             for &o in &node.outputs {
