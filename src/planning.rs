@@ -117,6 +117,7 @@ pub fn remat_info(s: &CompiledStep) -> Option<RematInfo> {
         stages: r.stages,
         checkpoints: r.checkpoints.clone(),
         recomputed_nodes: r.recomputed_nodes,
+        partial: r.partial.clone(),
         forward_flops: s.costs.forward_flops,
         backward_flops: s.costs.backward_flops,
         recompute_flops: s.costs.recompute_flops,

@@ -42,6 +42,8 @@ pub struct RematInfo {
     /// Stage boundaries held when the loss runs.
     pub checkpoints: Vec<String>,
     pub recomputed_nodes: usize,
+    /// The stages recorded partially.
+    pub partial: Vec<lowmem_compile::remat::PartialRecord>,
     pub forward_flops: u64,
     pub backward_flops: u64,
     pub recompute_flops: u64,
@@ -108,6 +110,7 @@ pub fn plan_json(g: &Graph, p: &MemoryPlan, meta: &PlanMeta) -> Value {
             ("stages", json!(r.stages)),
             ("checkpoints", json!(r.checkpoints)),
             ("recomputed_nodes", json!(r.recomputed_nodes)),
+            ("partial_records", json!(r.partial)),
             ("forward_flops", json!(r.forward_flops)),
             ("backward_flops", json!(r.backward_flops)),
             ("recompute_flops", json!(r.recompute_flops)),

@@ -339,6 +339,20 @@ fn plan_cli_reports_remat_fields_and_frontier_plots() {
     for c in ck {
         assert!(names.contains(&c.as_str().unwrap()), "{c}");
     }
+    // Stages recorded partially: smaller records, re-run FLOPs within the step's recompute
+    // and at least the solver's bound, dropped tensors named as in the plan.
+    let partial = v["partial_records"].as_array().expect("partial_records");
+    let mut rerun = 0;
+    for p in partial {
+        let n = |k: &str| p[k].as_u64().unwrap();
+        assert!(n("record_bytes") < n("full_record_bytes"), "{p}");
+        assert!(n("lower_bound_flops") <= n("recompute_flops"), "{p}");
+        rerun += n("recompute_flops");
+        for d in p["dropped"].as_array().unwrap() {
+            assert!(names.contains(&d.as_str().unwrap()), "{d}");
+        }
+    }
+    assert!(rerun <= r, "{rerun} > {r}");
     // The recomputed nodes appear in the schedule.
     let remat_steps = v["schedule"]
         .as_array()

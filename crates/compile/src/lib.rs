@@ -244,6 +244,8 @@ pub struct RematRecord {
     /// Names of the stage boundaries held when the loss runs.
     pub checkpoints: Vec<String>,
     pub recomputed_nodes: usize,
+    /// The stages recorded partially (checkpointing inside the stage).
+    pub partial: Vec<remat::PartialRecord>,
 }
 
 /// Per node of a compiled step's graph, where it stands in the step, so that the plan page
@@ -693,6 +695,7 @@ pub fn compile(model: &Graph, opts: &CompileOptions) -> Result<CompiledStep, Com
                     schedule: None,
                     node_stage: Vec::new(),
                     recomputed: Vec::new(),
+                    partial: Vec::new(),
                 };
                 let costs = Costs {
                     forward_flops: fwd,
@@ -925,6 +928,7 @@ fn record_of(step: &Step, o: &Outcome) -> (RematRecord, Costs) {
         stages: step.stages.len(),
         checkpoints: o.checkpoints.clone(),
         recomputed_nodes: o.recomputed_nodes,
+        partial: o.partial.clone(),
     };
     let costs = Costs {
         forward_flops: step.forward_flops,

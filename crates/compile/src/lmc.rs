@@ -252,6 +252,7 @@ pub fn to_bytes(step: &CompiledStep) -> Vec<u8> {
         "remat": step.remat.as_ref().map(|r| json!({
             "scheme": r.scheme, "detail": r.detail, "stages": r.stages,
             "checkpoints": r.checkpoints, "recomputed_nodes": r.recomputed_nodes,
+            "partial": r.partial,
         })),
         "rewrites": step.rewrites,
         "costs": {
@@ -724,6 +725,11 @@ pub fn from_bytes(bytes: &[u8]) -> Result<CompiledStep, CompileError> {
                 stages: r.get("stages")?.usize()?,
                 checkpoints: r.get("checkpoints")?.parse()?,
                 recomputed_nodes: r.get("recomputed_nodes")?.usize()?,
+                partial: r
+                    .opt("partial")
+                    .map(|p| p.parse())
+                    .transpose()?
+                    .unwrap_or_default(),
             })
         })
         .transpose()?;

@@ -102,6 +102,23 @@ pub fn parse_budget(s: &str) -> Result<u64, Error> {
     Ok(bytes as u64)
 }
 
+/// A stage recorded partially: its record keeps part of what its backward reads, and the
+/// backward re-runs the rest ([`lowmem_remat::StageOption`]).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PartialRecord {
+    pub stage: usize,
+    /// Bytes of the record (kept tensors and the stage output).
+    pub record_bytes: u64,
+    /// Bytes of the full record.
+    pub full_record_bytes: u64,
+    /// The saved tensors dropped from the record and re-run in the backward.
+    pub dropped: Vec<String>,
+    /// FLOPs re-run in the backward.
+    pub recompute_flops: u64,
+    /// The per-stage solver's proven lower bound on those FLOPs at this record size.
+    pub lower_bound_flops: u64,
+}
+
 /// A planned step (with or without rematerialisation) and its figures.
 #[derive(Debug)]
 pub struct Outcome {
@@ -124,6 +141,8 @@ pub struct Outcome {
     pub node_stage: Vec<Option<u32>>,
     /// Per node of `graph`: whether it recomputes a forward node (empty as `node_stage`).
     pub recomputed: Vec<bool>,
+    /// The stages the schedule records partially.
+    pub partial: Vec<PartialRecord>,
 }
 
 impl Outcome {
@@ -364,6 +383,7 @@ impl<'a> Step<'a> {
             schedule: None,
             node_stage: self.node_stages(),
             recomputed: vec![false; self.graph.nodes.len()],
+            partial: Vec::new(),
         }
     }
 
@@ -425,10 +445,24 @@ impl<'a> Step<'a> {
         };
         let p = plan(&r.graph, &roles, &opts);
         let ck = lowmem_remat::checkpoints(&schedule, self.stages.len());
-        let partial: Vec<&lowmem_remat::StageOption> = (0..self.stages.len())
+        let partial: Vec<PartialRecord> = (0..self.stages.len())
             .filter_map(|i| match schedule.option(i) {
                 0 => None,
-                o => options.get(i).and_then(|os| os.get(o - 1)),
+                o => options
+                    .get(i)
+                    .and_then(|os| os.get(o - 1))
+                    .map(|opt| PartialRecord {
+                        stage: i,
+                        record_bytes: opt.record.saved_bytes,
+                        full_record_bytes: self.chain.saved_bytes[i],
+                        dropped: opt
+                            .dropped
+                            .iter()
+                            .map(|&t| self.graph.tensor(t).name.clone())
+                            .collect(),
+                        recompute_flops: opt.record.recompute,
+                        lower_bound_flops: opt.lower_bound,
+                    }),
             })
             .collect();
         let detail = if partial.is_empty() {
@@ -455,6 +489,7 @@ impl<'a> Step<'a> {
             schedule: Some(schedule),
             node_stage: r.stage,
             recomputed: r.recomputed,
+            partial,
         })
     }
 
