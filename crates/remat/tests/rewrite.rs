@@ -5,8 +5,8 @@
 use lowmem_autodiff::{Loss, Optimizer, training_step};
 use lowmem_ir::{DType, GemmAttrs, Graph, Op, TensorData, TensorId};
 use lowmem_remat::{
-    Action, Schedule, chain_with, checkpoints, log_scheme, rematerialize, revolve, stages_from,
-    store_all,
+    Action, Schedule, chain_with, checkpoints, log_scheme, rematerialize, rematerialize_with,
+    revolve, stages_from, store_all,
 };
 use lowmem_testkit::Rng;
 
@@ -177,4 +177,13 @@ fn malformed_schedules_are_rejected() {
     )
     .unwrap_err();
     assert!(e.to_string().contains("backward_of"), "{e}");
+    // A record option the stage does not have is named.
+    let mut s = store_all(&chain_with(&tg.graph, &st, &[]));
+    s.options = vec![0; st.len()];
+    s.options[0] = 3;
+    let e = rematerialize_with(&tg.graph, &tg.backward_of, &st, &[], &s).unwrap_err();
+    assert!(
+        e.to_string().contains("stage 0 has no record option 3"),
+        "{e}"
+    );
 }
