@@ -274,9 +274,9 @@ impl Timeline {
     }
 
     /// The timeline of `planned`: a node runs the forward pass when `flags` (per node of
-    /// `planned`, for micro-batched steps) says so, or when its name, less micro-batch
-    /// suffixes (`.mb<m>`), is in `names` (the forward nodes of the step before
-    /// checkpointing, whose rewrite keeps their names); a recomputing node does not.
+    /// `planned`, for micro-batched steps) says so, or when its name is in `names` (the
+    /// forward nodes of the step before checkpointing, whose rewrite keeps their names); a
+    /// recomputing node does not.
     fn of(
         names: &HashSet<String>,
         flags: Option<&[bool]>,
@@ -284,15 +284,6 @@ impl Timeline {
         stage: Vec<Option<u32>>,
         recomputed: Vec<bool>,
     ) -> Timeline {
-        fn unbatched(mut n: &str) -> &str {
-            while let Some((base, m)) = n.rsplit_once(".mb") {
-                if m.is_empty() || !m.bytes().all(|b| b.is_ascii_digit()) {
-                    break;
-                }
-                n = base;
-            }
-            n
-        }
         let forward = planned
             .nodes
             .iter()
@@ -300,7 +291,7 @@ impl Timeline {
             .map(|(v, n)| {
                 !recomputed.get(v).copied().unwrap_or(false)
                     && (flags.is_some_and(|f| f.get(v).copied().unwrap_or(false))
-                        || names.contains(unbatched(&n.name)))
+                        || names.contains(n.name.as_str()))
             })
             .collect();
         Timeline {
@@ -655,15 +646,8 @@ pub fn compile(model: &Graph, opts: &CompileOptions) -> Result<CompiledStep, Com
             let t = Instant::now();
             let k = opts.microbatch.unwrap_or(1);
             let mut checkpointed = None;
-            // The forward nodes by name: those of the micro-batch body when it is
-            // checkpointed (its copies' names add `.mb<m>`), else of the step.
-            let mut forward_names = None;
             let tg = if k > 1 && remat_asked {
                 let body = lowmem_autodiff::training_body(&forward, out, *loss, &step_opts)?;
-                forward_names = Some(Timeline::forward_names(
-                    &body.graph.graph,
-                    body.graph.backward_start,
-                ));
                 let (tg, o, record, costs) =
                     checkpointed_microbatches(&forward, body, optimizer, opts)?;
                 checkpointed = Some((o, Some(record), costs));
@@ -715,10 +699,9 @@ pub fn compile(model: &Graph, opts: &CompileOptions) -> Result<CompiledStep, Com
                 (o, remat_asked.then_some(record), costs)
             };
             let planning_time = t.elapsed();
-            let names = match (forward_names, &tg.forward) {
-                (Some(n), _) => n,
-                (None, Some(_)) => HashSet::new(),
-                (None, None) => Timeline::forward_names(&tg.graph, tg.backward_start),
+            let names = match tg.forward {
+                Some(_) => HashSet::new(),
+                None => Timeline::forward_names(&tg.graph, tg.backward_start),
             };
             let timeline = Timeline::of(
                 &names,
