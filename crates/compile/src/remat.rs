@@ -390,13 +390,9 @@ impl<'a> Step<'a> {
     /// Per node of the step as built: the stage of a forward node, or of the forward node
     /// whose gradient rule emitted a backward node.
     fn node_stages(&self) -> Vec<Option<u32>> {
-        let of = lowmem_remat::stage_of(&self.stages, self.graph.nodes.len());
-        (0..self.graph.nodes.len())
-            .map(|v| {
-                of[v]
-                    .or_else(|| self.backward_of[v].and_then(|f| of[f.index()]))
-                    .map(|s| s.0)
-            })
+        lowmem_remat::works_for(&self.stages, self.backward_of)
+            .into_iter()
+            .map(|s| s.map(|s| s.0))
             .collect()
     }
 

@@ -134,7 +134,7 @@ pub use schemes::{
 };
 pub use stages::{
     Stage, chain, chain_of_step, chain_with, cut_points, stage_backward_reads, stage_of, stages,
-    stages_from,
+    stages_from, works_for,
 };
 
 /// The index of a stage in a chain (`0..n`), where a stage index sits next to node and

@@ -225,6 +225,7 @@ pub fn rematerialize_with(
     let mut cur: Vec<TensorId> = g.tensor_ids().collect();
     let mut copies = vec![0usize; n];
     let mut is_clone = Vec::with_capacity(nn);
+    let works_for = crate::works_for(stages, backward_of);
     let mut node_stage: Vec<Option<u32>> = Vec::with_capacity(nn);
     let remap = |cur: &[TensorId], ts: &[TensorId]| -> Vec<TensorId> {
         ts.iter().map(|t| cur[t.index()]).collect()
@@ -241,11 +242,7 @@ pub fn rematerialize_with(
                         outputs: node.outputs.clone(),
                     });
                     is_clone.push(false);
-                    node_stage.push(
-                        stage_of[v]
-                            .or_else(|| backward_of[v].and_then(|f| stage_of[f.index()]))
-                            .map(|s| s.0),
-                    );
+                    node_stage.push(works_for[v].map(|s| s.0));
                 }
                 Item::Clone(_) | Item::Rerun(..) => {
                     let (i, list): (usize, &[NodeId]) = match *it {

@@ -323,6 +323,16 @@ pub fn stage_of(stages: &[Stage], nodes: usize) -> Vec<Option<StageId>> {
     of
 }
 
+/// Per node of a step (`backward_of` has one entry per node): the stage it works for, its
+/// own for a stage node, that of the forward node whose gradient rule emitted it for a
+/// backward node; `None` for nodes tied to no stage (loss, optimizer).
+pub fn works_for(stages: &[Stage], backward_of: &[Option<NodeId>]) -> Vec<Option<StageId>> {
+    let of = stage_of(stages, backward_of.len());
+    (0..backward_of.len())
+        .map(|v| of[v].or_else(|| backward_of[v].and_then(|f| of[f.index()])))
+        .collect()
+}
+
 /// The backward nodes of a step emitted for each node of `stages`: per node of `g`, the
 /// nodes `u` with `backward_of[u]` that node (empty for nodes outside the stages).
 fn backward_nodes(
