@@ -274,27 +274,12 @@ fn two_level(name: &str, g: &Graph) {
     }
 }
 
-/// Random stages of the order of a deep ResNet's (the generator of
-/// `crates/remat/examples/timing.rs`, same seed).
+/// The heterogeneous chain of [`lowmem_testkit::resnet_like`] from `seed` (that of
+/// `crates/remat/examples/timing.rs`).
 fn resnet_like(n: usize, seed: u64) -> lowmem::rematerialize::Chain {
-    let mut rng = lowmem_testkit::Rng::new(seed);
-    let fwd: Vec<u64> = (0..n)
-        .map(|_| rng.range_u64(1_000_000_000, 4_000_000_001))
-        .collect();
-    let bwd = fwd
-        .iter()
-        .map(|&f| f * 2 + rng.range_u64(0, f / 4 + 1))
-        .collect();
-    let x: Vec<u64> = (0..=n)
-        .map(|_| rng.range_u64(10_000_000, 100_000_001))
-        .collect();
-    let a = (0..n)
-        .map(|i| x[i + 1].max(x[i] * rng.range_u64(30, 61) / 10))
-        .collect();
-    let ft = (0..n).map(|i| x[i] * rng.range_u64(5, 16) / 10).collect();
-    let bt = (0..n).map(|i| x[i] * rng.range_u64(5, 16) / 10).collect();
-    lowmem::rematerialize::Chain::new(fwd, bwd, x, a)
-        .and_then(|c| c.with_temporaries(ft, bt))
+    let k = lowmem_testkit::resnet_like(&mut lowmem_testkit::Rng::new(seed), n);
+    lowmem::rematerialize::Chain::new(k.fwd, k.bwd, k.input_bytes, k.saved_bytes)
+        .and_then(|c| c.with_temporaries(k.fwd_tmp, k.bwd_tmp))
         .expect("valid chain")
 }
 

@@ -11,28 +11,11 @@ use std::time::Instant;
 
 use lowmem_testkit::Rng;
 
-/// Random costs and sizes of the order of a deep ResNet's stages: forward
-/// 1e9..4e9 FLOPs, backward about twice that, boundaries 1e7..1e8 bytes,
-/// records 3..6 times the input, temporaries about the input size.
+/// The heterogeneous chain of [`lowmem_testkit::resnet_like`] from `seed`.
 fn resnet_like(n: usize, seed: u64) -> Chain {
-    let mut rng = Rng::new(seed);
-    let fwd: Vec<u64> = (0..n)
-        .map(|_| rng.range_u64(1_000_000_000, 4_000_000_001))
-        .collect();
-    let bwd = fwd
-        .iter()
-        .map(|&f| f * 2 + rng.range_u64(0, f / 4 + 1))
-        .collect();
-    let x: Vec<u64> = (0..=n)
-        .map(|_| rng.range_u64(10_000_000, 100_000_001))
-        .collect();
-    let a = (0..n)
-        .map(|i| x[i + 1].max(x[i] * rng.range_u64(30, 61) / 10))
-        .collect();
-    let ft = (0..n).map(|i| x[i] * rng.range_u64(5, 16) / 10).collect();
-    let bt = (0..n).map(|i| x[i] * rng.range_u64(5, 16) / 10).collect();
-    Chain::new(fwd, bwd, x, a)
-        .and_then(|c| c.with_temporaries(ft, bt))
+    let k = lowmem_testkit::resnet_like(&mut Rng::new(seed), n);
+    Chain::new(k.fwd, k.bwd, k.input_bytes, k.saved_bytes)
+        .and_then(|c| c.with_temporaries(k.fwd_tmp, k.bwd_tmp))
         .expect("valid chain")
 }
 

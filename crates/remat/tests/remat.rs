@@ -763,25 +763,12 @@ fn thousand_stage_unit_chain() {
     );
 }
 
-/// Random stages of ResNet-like proportions (as `examples/timing.rs`):
-/// forward 1e9..4e9, boundaries 1e7..1e8 bytes, records 3..6 times the
-/// input, temporaries about the input. No two stages alike, so no row is
-/// shared, and the costs need u64 rows.
+/// The heterogeneous chain of [`lowmem_testkit::resnet_like`]: no two stages alike, so no
+/// row is shared, and the costs need u64 rows.
 fn resnet_like(rng: &mut Rng, n: usize) -> Chain {
-    let fwd: Vec<u64> = (0..n)
-        .map(|_| rng.range_u64(1_000_000_000, 4_000_000_001))
-        .collect();
-    let bwd = fwd.iter().map(|&f| 2 * f).collect();
-    let x: Vec<u64> = (0..=n)
-        .map(|_| rng.range_u64(10_000_000, 100_000_001))
-        .collect();
-    let a = (0..n)
-        .map(|i| x[i + 1].max(x[i] * rng.range_u64(30, 61) / 10))
-        .collect();
-    let ft = (0..n).map(|i| x[i] * rng.range_u64(5, 16) / 10).collect();
-    let bt = (0..n).map(|i| x[i] * rng.range_u64(5, 16) / 10).collect();
-    Chain::new(fwd, bwd, x, a)
-        .and_then(|c| c.with_temporaries(ft, bt))
+    let k = lowmem_testkit::resnet_like(rng, n);
+    Chain::new(k.fwd, k.bwd, k.input_bytes, k.saved_bytes)
+        .and_then(|c| c.with_temporaries(k.fwd_tmp, k.bwd_tmp))
         .unwrap()
 }
 

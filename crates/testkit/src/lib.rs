@@ -1,12 +1,15 @@
-//! lowmem's test kit (a dev-dependency only): one seeded RNG ([`Rng`]), the model loader
+//! lowmem's test kit (a dev-dependency only): one seeded RNG ([`Rng`]), random checkpointing
+//! chains ([`resnet_like`]), the model loader
 //! ([`data_dir`], [`model_path`], [`load_model`], ...) and the runner of the `lowmem` binary
 //! ([`Cli`], [`lowmem_cli!`]).
 
+mod chains;
 mod cli;
 mod compare;
 mod models;
 mod rng;
 
+pub use chains::{ChainCosts, resnet_like};
 pub use cli::{Cli, Invocation, Run};
 pub use compare::l2_distance;
 pub use models::{
