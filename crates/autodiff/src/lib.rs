@@ -483,21 +483,6 @@ pub fn training_step_with(
     optimizer: &Optimizer,
     opts: &StepOptions,
 ) -> Result<TrainingGraph, AutodiffError> {
-    let trainable = forward.trainable_weights();
-    // Trainable weights and BatchNorm statistics become inputs carried between steps.
-    let mut as_input: HashMap<TensorId, StateKind> = trainable
-        .iter()
-        .map(|&w| (w, StateKind::Parameter))
-        .collect();
-    for n in &forward.nodes {
-        if let Op::BatchNormalization(_) = n.op {
-            for (k, kind) in [(3, StateKind::RunningMean), (4, StateKind::RunningVar)] {
-                if forward.kind(n.inputs[k]) == TensorKind::Weight {
-                    as_input.entry(n.inputs[k]).or_insert(kind);
-                }
-            }
-        }
-    }
     training_body(forward, output, loss, opts)?.finish(forward, optimizer, None)
 }
 
