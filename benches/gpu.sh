@@ -58,7 +58,10 @@ print(f"accuracy {d['device']}: {d['test_accuracy']:.4f}, cpu: {c['test_accuracy
 assert abs(d["test_accuracy"] - c["test_accuracy"]) <= 0.01, "accuracy differs by more than 1 point"
 PY
 
-note "2b. the memory rewrites on $DEV and on the CPU: same accuracy, planned = device peak"
+# 300 steps of training diverge chaotically between two correct devices (bf16 storage and
+# micro-batching most: 0.964 against 0.939 on an H200), so this step asks that each trains
+# well; 2c checks that they compute the same thing.
+note "2b. the memory rewrites on $DEV and on the CPU: both train (accuracy >= 0.9), planned = device peak"
 for spec in "ir/examples/digits_dropout_wide.json --rewrite sliceout=0.5" \
             "ir/examples/digits_cnn.json --rewrite dropit=0.9" \
             "ir/examples/digits_cnn.json --microbatch 4 --store bf16"; do
@@ -70,7 +73,31 @@ import json, os
 d, c = (json.load(open(f)) for f in ("/tmp/rw_dev.json", "/tmp/rw_cpu.json"))
 print(f"{os.environ['SPEC']}: accuracy {d['test_accuracy']:.4f} vs cpu {c['test_accuracy']:.4f}; "
       f"planned {d['planned_peak_bytes']}, device peak {d.get('device_peak_bytes')}")
-assert abs(d["test_accuracy"] - c["test_accuracy"]) <= 0.01, "accuracy differs by more than 1 point"
+assert min(d["test_accuracy"], c["test_accuracy"]) >= 0.9, "accuracy below 0.9"
+PY
+done
+
+note "2c. a few training steps on $DEV and on the CPU: the same weights (relative L2 per weight)"
+for spec in "ir/examples/digits_cnn.json" \
+            "ir/examples/tiny_cnn.json" \
+            "ir/examples/digits_dropout_wide.json --rewrite sliceout=0.5" \
+            "ir/examples/digits_cnn.json --rewrite dropit=0.9" \
+            "ir/examples/digits_cnn.json --microbatch 4" \
+            "ir/examples/digits_cnn.json --store bf16" \
+            "ir/examples/digits_cnn.json --remat optimal --budget 202368"; do
+  set -- $spec
+  "$BIN" train "$@" --data digits --steps 3 --device "$DEV" --json --out /tmp/w_dev.onnx > /dev/null || FAIL=1
+  "$BIN" train "$@" --data digits --steps 3 --device cpu --json --out /tmp/w_cpu.onnx > /dev/null || FAIL=1
+  SPEC="$spec" $PY - <<'PY' || FAIL=1
+import os, numpy as np, onnx
+from onnx import numpy_helper
+d, c = ({i.name: numpy_helper.to_array(i).astype(np.float64) for i in onnx.load(f).graph.initializer}
+        for f in ("/tmp/w_dev.onnx", "/tmp/w_cpu.onnx"))
+worst = max((np.linalg.norm(d[k] - c[k]) / max(np.linalg.norm(c[k]), 1e-30), k) for k in c)
+bf16 = "bf16" in os.environ["SPEC"]
+tol = 1e-2 if bf16 else 1e-4
+print(f"{os.environ['SPEC']}: {len(c)} weights after 3 steps, worst relative L2 {worst[0]:.2e} ({worst[1]}), tolerance {tol:g}")
+assert worst[0] <= tol, "weights differ"
 PY
 done
 

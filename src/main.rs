@@ -1185,10 +1185,19 @@ fn parity(
     json: bool,
     device: Target,
 ) -> Result<(), Error> {
-    let g = model::load(model_path, batch)?;
+    let mut g = model::load(model_path, batch)?;
+    if grad {
+        let n = randomize_constant_weights(&mut g, 11);
+        if n > 0 && !json {
+            println!(
+                "{}: {n} constant weights given random values",
+                model_path.display()
+            );
+        }
+    }
     let task = if grad {
         Task::Gradient {
-            loss: lowmem::autodiff::Loss::Sum,
+            loss: parity_loss(&g),
             output: None,
         }
     } else {
@@ -1286,6 +1295,48 @@ fn parity(
     }
 }
 
+/// Gives every trainable weight of rank >= 2 whose elements are all equal (the zoo's "light"
+/// graphs store weights as `ConstantOfShape`) uniform values of variance 1/fan-in. With
+/// constant weights every channel, and so every logit, is the same number up to the order of
+/// summation: activations grow to ~1e20 and the softmax's ties break on rounding, which makes
+/// the gradients of two correct devices disagree. Returns how many were replaced.
+fn randomize_constant_weights(g: &mut Graph, seed: u64) -> usize {
+    let mut next = uniform(seed);
+    let mut n = 0;
+    for w in g.trainable_weights() {
+        let t = &mut g.tensors[w.index()];
+        let constant = match t.value.as_deref() {
+            Some(TensorData::F32(v)) => v.len() > 1 && v.iter().all(|&x| x == v[0]),
+            _ => false,
+        };
+        if t.shape.len() < 2 || !constant {
+            continue;
+        }
+        let fan_in = (t.numel() / t.shape[0].max(1)).max(1);
+        let a = (3.0 / fan_in as f32).sqrt();
+        let v: Vec<f32> = (0..t.numel()).map(|_| a * next()).collect();
+        t.value = Some(std::sync::Arc::new(TensorData::F32(v)));
+        n += 1;
+    }
+    n
+}
+
+/// A loss whose gradient is not zero by construction: the sum of a softmax output is 1
+/// whatever its input, so its gradient is rounding noise that no two devices share.
+/// Cross-entropy over a softmax output (label 0), MSE against random targets otherwise.
+fn parity_loss(g: &Graph) -> lowmem::autodiff::Loss {
+    let producers = g.producers();
+    let softmax = g
+        .outputs
+        .first()
+        .is_some_and(|&o| producers[o.index()].is_some_and(|n| g.node(n).op.name() == "Softmax"));
+    if softmax {
+        lowmem::autodiff::Loss::CrossEntropy
+    } else {
+        lowmem::autodiff::Loss::Mse
+    }
+}
+
 /// Writes `inputs` (from [`random_inputs`]) into every input of `step` but its state (which
 /// the executor loaded), and step 1.
 fn set_random_inputs(
@@ -1304,14 +1355,19 @@ fn set_random_inputs(
 }
 
 /// Deterministic pseudo-random inputs (normal-ish f32 in [-1, 1), zeros for other dtypes).
-fn random_inputs(g: &Graph, seed: u64) -> Result<Vec<TensorData>, Error> {
+/// Uniform values in [-1, 1) from a seeded xorshift.
+fn uniform(seed: u64) -> impl FnMut() -> f32 {
     let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut next = move || {
+    move || {
         state ^= state << 13;
         state ^= state >> 7;
         state ^= state << 17;
         (state >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-    };
+    }
+}
+
+fn random_inputs(g: &Graph, seed: u64) -> Result<Vec<TensorData>, Error> {
+    let mut next = uniform(seed);
     Ok(g.inputs
         .iter()
         .map(|&i| {

@@ -47,3 +47,21 @@ fn cuda_without_a_driver_is_one_clear_line() {
     let r = cli.run(&["bench", model, "--iters", "1"]);
     assert!(r.success(), "{}", r.stderr);
 }
+
+/// `parity --grad` on a zoo "light" graph (every weight one repeated value) gives the weights
+/// random values first, else the gradients are rounding noise that no two devices share.
+#[test]
+fn gradient_parity_randomizes_constant_weights() {
+    let cli = lowmem_cli!();
+    let model = lowmem_testkit::model_path("squeezenet");
+    let model = model.to_str().unwrap();
+    let r = cli.run(&["parity", model, "--grad", "--batch", "1", "--device", "cpu"]);
+    assert!(r.success(), "{}", r.stderr);
+    assert!(
+        r.stdout
+            .contains(": 26 constant weights given random values"),
+        "{}",
+        r.stdout
+    );
+    assert!(r.stdout.contains(" 0 mismatched"), "{}", r.stdout);
+}
