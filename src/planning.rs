@@ -9,7 +9,7 @@ use lowmem_plan::{MemoryPlan, PlanOptions};
 use lowmem_schedule::Roles;
 
 use crate::inspect::{grouped, human_bytes};
-use crate::remat::{Scheme, Step, first_fit};
+use crate::remat::{Point, Scheme, Step, first_fit};
 use crate::report::{PlanMeta, RematInfo, frontier_html, frontier_json, plan_html, plan_json};
 use crate::{Error, model};
 
@@ -263,11 +263,6 @@ pub fn frontier_cmd(
         .outputs
         .first()
         .ok_or_else(|| Error::Model("the model has no outputs".into()))?;
-    if req.microbatch.is_some() {
-        return Err(Error::Usage(
-            "--microbatch does not combine with checkpointing yet, and the frontier sweeps checkpointing schemes".into(),
-        ));
-    }
     // The rewrites apply before checkpointing, so each point is the rewritten step's.
     let rewrites = StepOptions {
         sliceout: req.sliceout,
@@ -317,6 +312,7 @@ pub fn frontier_cmd(
         human_bytes(min),
         100.0 * min as f64 / none as f64
     );
+    let mut micro = Vec::new();
     for frac in [0.5, 0.25] {
         let target = (none as f64 * frac) as u64;
         print!("  fits {:.0}% ({}):", frac * 100.0, human_bytes(target));
@@ -326,13 +322,32 @@ pub fn frontier_cmd(
                 None => print!("  {} -", s.name()),
             }
         }
+        if let Some(k) = req.microbatch {
+            let p = microbatched_fit(&forward, req, k, target)?;
+            match &p {
+                Some(p) => print!(
+                    "  | {k} micro-batches: {} {:.1}% (peak {})",
+                    p.scheme.name(),
+                    100.0 * p.overhead,
+                    human_bytes(p.peak)
+                ),
+                None => print!("  | {k} micro-batches: -"),
+            }
+            micro.push((frac, p));
+        }
         println!();
+    }
+    if let Some(k) = req.microbatch {
+        println!(
+            "  (micro-batches: each target compiled as `plan --microbatch {k} --remat optimal --budget`; \
+             BatchNorm then normalises each micro-batch by its own statistics)"
+        );
     }
     let title = format!("{} (batch {batch})", tg.graph.name);
     if let Some(path) = json {
         write_file(
             path,
-            serde_json::to_string_pretty(&frontier_json(&title, &points, none, min))
+            serde_json::to_string_pretty(&frontier_json(&title, &points, none, min, &micro))
                 .expect("points serialise"),
         )?;
     }
@@ -340,6 +355,37 @@ pub fn frontier_cmd(
         write_file(path, frontier_html(&title, &points, none, min))?;
     }
     Ok(())
+}
+
+/// The micro-batched step under `--remat optimal` at `target` (the whole step's peak),
+/// compiled and planned as `lowmem plan` does; `None` when no body schedule fits.
+fn microbatched_fit(
+    forward: &lowmem_ir::Graph,
+    req: &PlanRequest,
+    k: usize,
+    target: u64,
+) -> Result<Option<Point>, Error> {
+    let mut opts = req.options();
+    opts.microbatch = Some(k);
+    opts.remat = Some(Scheme::Optimal);
+    opts.budget = Some(target);
+    match crate::compile_step(forward, &opts) {
+        Ok(s) => {
+            let r = s.remat.as_ref();
+            Ok(Some(Point {
+                scheme: r
+                    .and_then(|r| Scheme::ALL.into_iter().find(|x| x.name() == r.scheme))
+                    .unwrap_or(Scheme::None),
+                detail: r.map_or_else(String::new, |r| r.detail.clone()),
+                peak: s.plan.peak_bytes(),
+                recompute_flops: s.costs.recompute_flops,
+                overhead: s.costs.overhead(),
+                checkpoints: r.map_or(0, |r| r.checkpoints.len()),
+            }))
+        }
+        Err(Error::Compile(lowmem_compile::CompileError::Budget(_))) => Ok(None),
+        Err(e) => Err(e),
+    }
 }
 
 pub fn pack_cmd(file: &Path, out: Option<&Path>, time_limit: f64, align: u64) -> Result<(), Error> {

@@ -133,7 +133,15 @@ fn scheme_colour(s: Scheme) -> &'static str {
 }
 
 /// The frontier points as JSON (`lowmem frontier --json`).
-pub fn frontier_json(title: &str, points: &[Point], none: u64, min: u64) -> Value {
+/// `micro`: per target fraction of the no-remat peak, the micro-batched step's fit
+/// (`--microbatch`), or none.
+pub fn frontier_json(
+    title: &str,
+    points: &[Point],
+    none: u64,
+    min: u64,
+    micro: &[(f64, Option<Point>)],
+) -> Value {
     json!({
         "format": "lowmem-frontier",
         "version": 1,
@@ -147,6 +155,16 @@ pub fn frontier_json(title: &str, points: &[Point], none: u64, min: u64) -> Valu
             "recompute_flops": p.recompute_flops,
             "overhead": p.overhead,
             "checkpoints": p.checkpoints,
+        })).collect::<Vec<_>>(),
+        "microbatched": micro.iter().map(|(frac, p)| json!({
+            "fraction": frac,
+            "fit": p.as_ref().map(|p| json!({
+                "scheme": p.scheme.name(),
+                "detail": p.detail,
+                "peak_bytes": p.peak,
+                "recompute_flops": p.recompute_flops,
+                "overhead": p.overhead,
+            })),
         })).collect::<Vec<_>>(),
     })
 }

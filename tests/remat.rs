@@ -523,3 +523,60 @@ fn attention_options_recompute_dropout_instead_of_saving_it() {
         assert!(o.lower_bound <= o.record.recompute);
     }
 }
+
+/// `frontier --microbatch K`: a target no scheme reaches on the whole batch is reached by
+/// the micro-batched step, whose reported peak is that of `plan` at the target (verified;
+/// the frontier plans without the improving search).
+#[test]
+fn frontier_reports_the_micro_batched_fit() {
+    let cli = lowmem_cli!();
+    let dir = std::env::temp_dir().join(format!("lowmem-frontier-mb-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let fj = dir.join("frontier.json");
+    let model = "ir/examples/tiny_cnn.json";
+    let stdout = cli.ok(&[
+        "frontier",
+        model,
+        "--batch",
+        "64",
+        "--levels",
+        "6",
+        "--microbatch",
+        "4",
+        "--json",
+        fj.to_str().unwrap(),
+    ]);
+    assert!(stdout.contains("| 4 micro-batches: optimal"), "{stdout}");
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&fj).unwrap()).unwrap();
+    let none = v["no_remat_peak_bytes"].as_u64().unwrap();
+    let half = (none as f64 * 0.5) as u64;
+    // No scheme fits half on the whole batch.
+    let min = v["min_feasible_bytes"].as_u64().unwrap();
+    assert!(min > half, "{min} <= {half}");
+    let fit = &v["microbatched"][0];
+    assert_eq!(fit["fraction"], 0.5);
+    let peak = fit["fit"]["peak_bytes"].as_u64().unwrap();
+    assert!(peak <= half, "{peak} > {half}");
+    let plan = dir.join("plan.json");
+    cli.ok(&[
+        "plan",
+        model,
+        "--train",
+        "--batch",
+        "64",
+        "--microbatch",
+        "4",
+        "--remat",
+        "optimal",
+        "--budget",
+        &half.to_string(),
+        "--verify",
+        "--search-ms",
+        "0",
+        "--json",
+        plan.to_str().unwrap(),
+    ]);
+    let p: serde_json::Value = serde_json::from_slice(&std::fs::read(&plan).unwrap()).unwrap();
+    assert_eq!(p["peak_bytes"].as_u64(), Some(peak), "{}", p["peak_bytes"]);
+    std::fs::remove_dir_all(&dir).ok();
+}
