@@ -338,9 +338,17 @@ pub fn frontier_cmd(
         println!();
     }
     if let Some(k) = req.microbatch {
+        let bn = forward
+            .nodes
+            .iter()
+            .any(|n| matches!(n.op, lowmem_ir::Op::BatchNormalization(_)));
         println!(
-            "  (micro-batches: each target compiled as `plan --microbatch {k} --remat optimal --budget`; \
-             BatchNorm then normalises each micro-batch by its own statistics)"
+            "  (micro-batches: each target compiled as `plan --microbatch {k} --remat optimal --budget`{})",
+            if bn {
+                "; BatchNorm then normalises each micro-batch by its own statistics"
+            } else {
+                ""
+            }
         );
     }
     let title = format!("{} (batch {batch})", tg.graph.name);
