@@ -7,7 +7,7 @@
 pub const GEMM_KC: usize = 256;
 /// SGEMM row block: rows of A one task packs at a time (a multiple of every micro-tile
 /// height).
-pub const GEMM_MC: usize = 96;
+pub const GEMM_MC: usize = 64;
 /// SGEMM column block: columns of B packed at a time.
 pub const GEMM_NC: usize = 2048;
 /// Column slab: the columns of one parallel work item (a multiple of every micro-tile

@@ -225,10 +225,26 @@ fn pack_a<const MR: usize>(a: Mat, ic: usize, mc: usize, pc: usize, kc: usize, d
         if rows < MR {
             panel.fill(0.0);
         }
-        for i in 0..rows {
-            let base = (i0 + i) * a.rs + pc * a.cs;
-            for p in 0..kc {
-                panel[p * MR + i] = a.d[base + p * a.cs];
+        // Written in order, `k` outer: one short contiguous row of the panel at a time
+        // (a copy when A is transposed), rather than `MR`-strided scalar stores.
+        if a.rs == 1 {
+            for (p, dst) in panel.chunks_exact_mut(MR).enumerate() {
+                let base = (pc + p) * a.cs + i0;
+                dst[..rows].copy_from_slice(&a.d[base..base + rows]);
+            }
+        } else if rows == MR && a.cs == 1 {
+            let start: [usize; MR] = std::array::from_fn(|i| (i0 + i) * a.rs + pc);
+            let src: [&[f32]; MR] = std::array::from_fn(|i| &a.d[start[i]..start[i] + kc]);
+            for (p, dst) in panel.chunks_exact_mut(MR).enumerate() {
+                for i in 0..MR {
+                    dst[i] = src[i][p];
+                }
+            }
+        } else {
+            for (p, dst) in panel.chunks_exact_mut(MR).enumerate() {
+                for (i, d) in dst.iter_mut().enumerate().take(rows) {
+                    *d = a.d[(i0 + i) * a.rs + (pc + p) * a.cs];
+                }
             }
         }
     }
@@ -236,13 +252,40 @@ fn pack_a<const MR: usize>(a: Mat, ic: usize, mc: usize, pc: usize, kc: usize, d
 
 /// Packs depths `pc..pc + kc`, columns `jc..jc + nc` of `b` into NR-column panels (k-major,
 /// zero-padded columns).
-fn pack_b<const NR: usize>(b: Mat, pc: usize, kc: usize, jc: usize, nc: usize, dst: &mut [f32]) {
-    for (q, panel) in dst[..nc.div_ceil(NR) * NR * kc]
-        .chunks_exact_mut(NR * kc)
-        .enumerate()
+/// Packs columns `jc..jc + nc` of B's depth block `pc..pc + kc` into `NR`-wide panels, in
+/// parallel when `parallel` (each panel is independent; the contents do not depend on it).
+fn pack_b<const NR: usize>(
+    b: Mat,
+    pc: usize,
+    kc: usize,
+    jc: usize,
+    nc: usize,
+    dst: &mut [f32],
+    parallel: bool,
+) {
+    let dst = &mut dst[..nc.div_ceil(NR) * NR * kc];
+    if parallel {
+        dst.par_chunks_exact_mut(NR * kc)
+            .enumerate()
+            .for_each(|(q, panel)| pack_b_panel::<NR>(b, pc, kc, jc + q * NR, jc + nc, panel));
+    } else {
+        for (q, panel) in dst.chunks_exact_mut(NR * kc).enumerate() {
+            pack_b_panel::<NR>(b, pc, kc, jc + q * NR, jc + nc, panel);
+        }
+    }
+}
+
+/// One `kc x NR` panel of B from column `j0` (columns at or past `end` are zero).
+fn pack_b_panel<const NR: usize>(
+    b: Mat,
+    pc: usize,
+    kc: usize,
+    j0: usize,
+    end: usize,
+    panel: &mut [f32],
+) {
     {
-        let j0 = jc + q * NR;
-        let cols = NR.min(jc + nc - j0);
+        let cols = NR.min(end - j0);
         if b.cs == 1 {
             for (p, row) in panel.chunks_exact_mut(NR).enumerate() {
                 let base = (pc + p) * b.rs + j0;
@@ -290,7 +333,7 @@ fn driver<const MR: usize, const NR: usize>(
         for pc in (0..k).step_by(KC) {
             let kc = KC.min(k - pc);
             let first = pc == 0;
-            pack_b::<NR>(b, pc, kc, jc, nc, bbuf);
+            pack_b::<NR>(b, pc, kc, jc, nc, bbuf, parallel);
             let bp = &*bbuf;
             let slabs = nc.div_ceil(NS);
             let items = m.div_ceil(MC) * slabs;
@@ -342,7 +385,9 @@ fn driver<const MR: usize, const NR: usize>(
                 }
             };
             if parallel {
-                let t = tasks.min(items);
+                // One task per thread at most: items are ordered by A block, so contiguous
+                // ranges repack A as little as possible (the workspace allows `tasks`).
+                let t = tasks.min(items).min(rayon::current_num_threads());
                 abufs[..t * a_len]
                     .par_chunks_mut(a_len)
                     .enumerate()
