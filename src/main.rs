@@ -204,6 +204,9 @@ enum Cmd {
         /// Run each batch as K micro-batches of batch/K (gradients summed, one update).
         #[arg(long, value_name = "K")]
         microbatch: Option<usize>,
+        /// Keep each Conv/Gemm -> ReLU pair as two ops (no epilogue fusion).
+        #[arg(long)]
+        no_fuse: bool,
     },
     /// Peak memory against recomputation overhead for every checkpointing scheme on a
     /// training step: a table, the budget where each scheme first fits 50% and 25% of the
@@ -237,6 +240,9 @@ enum Cmd {
         /// Run each batch as K micro-batches of batch/K (gradients summed, one update).
         #[arg(long, value_name = "K")]
         microbatch: Option<usize>,
+        /// Keep each Conv/Gemm -> ReLU pair as two ops (no epilogue fusion).
+        #[arg(long)]
+        no_fuse: bool,
     },
     /// Run a step on --device and on the CPU executor with the same random inputs, and
     /// compare: outputs element by element (--rtol, --atol); with --grad the gradient step
@@ -296,6 +302,9 @@ struct RematOpts {
     /// Run each batch as K micro-batches of batch/K (gradients summed, one update).
     #[arg(long, value_name = "K")]
     microbatch: Option<usize>,
+    /// Keep each Conv/Gemm -> ReLU pair as two ops (no epilogue fusion).
+    #[arg(long)]
+    no_fuse: bool,
 }
 
 /// A 16-bit storage type.
@@ -331,6 +340,7 @@ impl RematOpts {
             (opts.sliceout, opts.dropit) = lowmem::parse_rewrite(spec)?;
         }
         opts.microbatch = self.microbatch;
+        opts.fuse = !self.no_fuse;
         Ok(())
     }
     fn store(&self) -> Option<DType> {
@@ -1092,6 +1102,7 @@ fn run(cli: Cli) -> Result<(), Error> {
             store,
             rewrite,
             microbatch,
+            no_fuse,
         } => {
             let budget = budget
                 .as_deref()
@@ -1114,6 +1125,7 @@ fn run(cli: Cli) -> Result<(), Error> {
                 sliceout,
                 dropit,
                 microbatch,
+                fuse: !no_fuse,
             };
             lowmem::planning::plan_cmd(&model, &opts, json.as_deref(), html.as_deref(), verify)
         }
@@ -1129,6 +1141,7 @@ fn run(cli: Cli) -> Result<(), Error> {
             store,
             rewrite,
             microbatch,
+            no_fuse,
         } => {
             let (sliceout, dropit) = match rewrite.as_deref() {
                 Some(r) => lowmem::parse_rewrite(r)?,
@@ -1147,6 +1160,7 @@ fn run(cli: Cli) -> Result<(), Error> {
                 sliceout,
                 dropit,
                 microbatch,
+                fuse: !no_fuse,
             };
             lowmem::planning::frontier_cmd(&model, &req, levels, json.as_deref(), html.as_deref())
         }

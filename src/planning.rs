@@ -32,6 +32,8 @@ pub struct PlanRequest {
     pub dropit: Option<f32>,
     /// `--microbatch K`.
     pub microbatch: Option<usize>,
+    /// Epilogue fusion (off with `--no-fuse`).
+    pub fuse: bool,
 }
 
 impl PlanRequest {
@@ -54,6 +56,7 @@ impl PlanRequest {
             sliceout: self.sliceout,
             dropit: self.dropit,
             microbatch: self.microbatch,
+            fuse: self.fuse,
             plan: plan_options(self),
         }
     }
@@ -258,7 +261,7 @@ pub fn frontier_cmd(
     json: Option<&Path>,
     html: Option<&Path>,
 ) -> Result<(), Error> {
-    let forward = model::load(model, req.batch)?;
+    let forward = lowmem_compile::fused_forward(model::load(model, req.batch)?, &req.options())?;
     let out = *forward
         .outputs
         .first()

@@ -28,6 +28,7 @@ fn request() -> PlanRequest {
         sliceout: None,
         dropit: None,
         microbatch: None,
+        fuse: true,
     }
 }
 

@@ -66,8 +66,12 @@ fn bf16_and_f16_storage_train_digits_to_the_f32_accuracy() {
         for st in ["bf16", "f16"] {
             let r = run(Some(st));
             let a = r["test_accuracy"].as_f64().unwrap();
+            // Two runs that differ in the last bits of the saved activations part ways:
+            // measured over seeds 0-3 on digits_dropout, f32 storage ends at 0.975-0.989
+            // and bf16 0.3-1.4 points below it. A broken store (wrong values read back)
+            // loses far more.
             assert!(
-                (a - a0).abs() <= 0.005,
+                (a - a0).abs() <= 0.02,
                 "{model} --store {st}: accuracy {a:.4}, f32 storage {a0:.4}"
             );
             // Measured equals planned, and the plan is no larger.

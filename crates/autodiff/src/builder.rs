@@ -315,8 +315,14 @@ impl Builder {
                         });
                     }
                     let step = self.step_input()?;
-                    // Distinct nodes get distinct masks even if the file gives them one seed.
-                    let seed = seed ^ (n.index() as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+                    // Distinct nodes get distinct masks even if the file gives them one seed:
+                    // mixed with the node's rank among the Dropouts, which rewrites of other
+                    // ops (epilogue fusion) leave as it is.
+                    let rank = fwd.nodes[..n.index()]
+                        .iter()
+                        .filter(|m| matches!(m.op, Op::Dropout { .. }))
+                        .count();
+                    let seed = seed ^ (rank as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
                     self.g.add_node(
                         node.name.clone(),
                         Op::DropoutTrain {

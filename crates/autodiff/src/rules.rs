@@ -83,6 +83,25 @@ pub(crate) fn gradient(
             "gradient flows only into an auxiliary output",
         ));
     };
+    if let Some(act) = node.op.epilogue() {
+        // The activation's own rule on the fused output, then the op's rule without it. The
+        // pre-activation never existed as a tensor: only activations whose gradient reads
+        // the output alone are fused (`lowmem_rewrite::fuse`).
+        let act_node = Node {
+            name: node.name.clone(),
+            op: act.op(),
+            inputs: vec![y],
+            outputs: vec![y],
+        };
+        let dz = gradient(b, _id, &act_node, dys, &[true])?[0];
+        let bare = Node {
+            op: node.op.with_epilogue(None),
+            ..node.clone()
+        };
+        let mut dys = dys.to_vec();
+        dys[0] = dz;
+        return gradient(b, _id, &bare, &dys, needs);
+    }
     let n_in = node.inputs.len();
     let mut out: Grads = vec![None; n_in];
     match &node.op {
@@ -206,6 +225,7 @@ pub(crate) fn gradient(
                     beta: 0.0,
                     trans_a: true,
                     trans_b: false,
+                    activation: None,
                 });
                 let db = b.emit1(h, gemm, &[af, dyf])?;
                 out[1] = Some(reshape(b, h, db, &sb)?);
@@ -225,6 +245,7 @@ pub(crate) fn gradient(
                     beta: 0.0,
                     trans_a,
                     trans_b,
+                    activation: None,
                 })
             };
             if needs[0] {

@@ -277,20 +277,28 @@ fn gemm_all_transposes_and_c_shapes() {
         (false, true, vec![1, 5], 1.5, 0.5),
         (true, true, vec![], 1.0, 1.0),
     ] {
-        let mut c = Case::new(3);
-        let a = c.n(&if ta { [4, 3] } else { [3, 4] });
-        let b = c.n(&if tb { [5, 4] } else { [4, 5] });
-        let cc = c.n(&cs);
-        let y = c.op(
-            Op::Gemm(GemmAttrs {
-                alpha,
-                beta,
-                trans_a: ta,
-                trans_b: tb,
-            }),
-            &[a, b, cc],
-        );
-        check(c, y, &format!("gemm ta={ta} tb={tb} c={cs:?}"));
+        // Plain, and with a fused ReLU epilogue.
+        for activation in [None, Some(lowmem_ir::Activation::Relu)] {
+            let mut c = Case::new(3);
+            let a = c.n(&if ta { [4, 3] } else { [3, 4] });
+            let b = c.n(&if tb { [5, 4] } else { [4, 5] });
+            let cc = c.n(&cs);
+            let y = c.op(
+                Op::Gemm(GemmAttrs {
+                    alpha,
+                    beta,
+                    trans_a: ta,
+                    trans_b: tb,
+                    activation,
+                }),
+                &[a, b, cc],
+            );
+            check(
+                c,
+                y,
+                &format!("gemm ta={ta} tb={tb} c={cs:?} {activation:?}"),
+            );
+        }
     }
 }
 
@@ -322,6 +330,7 @@ fn conv_pads_strides_dilations_groups_bias() {
             ConvAttrs {
                 dilations: vec![2, 2],
                 group: 2,
+                activation: Some(lowmem_ir::Activation::Relu),
                 ..Default::default()
             },
             true,

@@ -87,6 +87,9 @@ pub struct CompileOptions {
     /// Run the batch as this many micro-batches, one optimizer update (training and
     /// gradient steps).
     pub microbatch: Option<usize>,
+    /// Fuse each Conv/Gemm -> ReLU pair into one op ([`lowmem_rewrite::fuse_epilogues`]).
+    /// Off under SliceOut, whose rewrite matches the unfused layers.
+    pub fuse: bool,
     pub plan: PlanOptions,
 }
 
@@ -101,6 +104,7 @@ impl CompileOptions {
             sliceout: None,
             dropit: None,
             microbatch: None,
+            fuse: true,
             plan: PlanOptions::default(),
         }
     }
@@ -447,11 +451,22 @@ fn batch_of(g: &Graph) -> usize {
 }
 
 /// Compiles `model` (its batch rewritten to `opts.batch`) into one step.
+/// The forward graph as every step built from `opts` sees it: with epilogue fusion
+/// ([`CompileOptions::fuse`]) unless SliceOut, which matches the unfused layers, is asked for.
+pub fn fused_forward(forward: Graph, opts: &CompileOptions) -> Result<Graph, CompileError> {
+    Ok(if opts.fuse && opts.sliceout.is_none() {
+        lowmem_rewrite::fuse_epilogues(&forward)?.0
+    } else {
+        forward
+    })
+}
+
 pub fn compile(model: &Graph, opts: &CompileOptions) -> Result<CompiledStep, CompileError> {
     let forward = match opts.batch {
         Some(n) => model.clone().with_batch(n)?,
         None => model.clone(),
     };
+    let forward = fused_forward(forward, opts)?;
     let batch = batch_of(&forward);
     let remat_asked = opts.remat.is_some() || opts.budget.is_some();
     if remat_asked && opts.task == Task::Inference {

@@ -158,17 +158,21 @@ fn gemm_transposes_scales_and_adds_bias() {
         let a = if ta { vec![9, 6] } else { vec![6, 9] };
         let b = if tb { vec![5, 9] } else { vec![9, 5] };
         for bias in [None, Some(vec![5]), Some(vec![6, 1]), Some(vec![6, 5])] {
-            let attrs = GemmAttrs {
-                alpha: 0.5,
-                beta: 2.0,
-                trans_a: ta,
-                trans_b: tb,
-            };
-            let mut ins = vec![In::F32(a.clone()), In::F32(b.clone())];
-            if let Some(s) = bias {
-                ins.push(In::F32(s));
+            // With and without a fused ReLU epilogue.
+            for activation in [None, Some(lowmem_ir::Activation::Relu)] {
+                let attrs = GemmAttrs {
+                    alpha: 0.5,
+                    beta: 2.0,
+                    trans_a: ta,
+                    trans_b: tb,
+                    activation,
+                };
+                let mut ins = vec![In::F32(a.clone()), In::F32(b.clone())];
+                if let Some(s) = bias.clone() {
+                    ins.push(In::F32(s));
+                }
+                check(Op::Gemm(attrs), &ins, 1, 3, 1e-5, 1e-5);
             }
-            check(Op::Gemm(attrs), &ins, 1, 3, 1e-5, 1e-5);
         }
     }
 }

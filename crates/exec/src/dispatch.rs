@@ -213,6 +213,14 @@ impl<'a> OpCall<'a> {
     }
 }
 
+/// The elementwise kernel of a fused epilogue: the standalone op's.
+fn epilogue(act: lowmem_ir::Activation) -> Unary {
+    match act.op() {
+        Op::Relu => Unary::Relu,
+        op => unreachable!("{} has no epilogue form", op.name()),
+    }
+}
+
 fn bad_outputs(op: &Op, n: usize) -> String {
     format!("{} cannot produce {n} outputs", op.name())
 }
@@ -604,7 +612,7 @@ pub(crate) fn exec_op(c: &OpCall, outs: &mut [&mut [u8]], ws: &mut [f32]) -> Res
         Op::Conv(a) => {
             let win = c.window(|| a.window(shapes[0], shapes[1]))?;
             let bias = if c.ins.len() == 3 { Some(x(2)?) } else { None };
-            kernels::conv(
+            kernels::conv_fused(
                 x(0)?,
                 shapes[0],
                 x(1)?,
@@ -612,6 +620,7 @@ pub(crate) fn exec_op(c: &OpCall, outs: &mut [&mut [u8]], ws: &mut [f32]) -> Res
                 bias,
                 &win,
                 a.group,
+                a.activation.map(epilogue),
                 c.out1(outs)?,
                 ws,
             );
@@ -648,6 +657,9 @@ pub(crate) fn exec_op(c: &OpCall, outs: &mut [&mut [u8]], ws: &mut [f32]) -> Res
                 c.out1(outs)?,
                 ws,
             );
+            if let Some(act) = a.activation {
+                kernels::unary_inplace(epilogue(act), c.out1(outs)?);
+            }
         }
         Op::MaxPool(a) | Op::AveragePool(a) => {
             let win = c.window(|| a.window(shapes[0]))?;

@@ -22,7 +22,7 @@ pub use entity::{EntityRef, SecondaryMap};
 pub use error::IrError;
 pub use graph::{Graph, Node, NodeId, Tensor, TensorId, TensorKind};
 pub use op::{
-    AutoPad, BatchNormAttrs, ClipAttrs, ConvAttrs, GeluApprox, GemmAttrs, LrnAttrs, Op, PoolAttrs,
-    ReduceAttrs, SoftmaxAttrs, Window, dropout_keep, matmul_shape, norm_axes, reshape_target,
-    window_start,
+    Activation, AutoPad, BatchNormAttrs, ClipAttrs, ConvAttrs, GeluApprox, GemmAttrs, LrnAttrs, Op,
+    PoolAttrs, ReduceAttrs, SoftmaxAttrs, Window, dropout_keep, matmul_shape, norm_axes,
+    reshape_target, window_start,
 };

@@ -40,6 +40,11 @@ fn is_true(v: &bool) -> bool {
     *v
 }
 
+/// FLOPs of an epilogue over `outputs`: the standalone activation's own count.
+fn epilogue_flops(act: Option<Activation>, outputs: &[&[usize]]) -> u64 {
+    act.map_or(0, |a| a.op().flops(outputs, outputs))
+}
+
 /// Convolution attributes. Empty vectors mean the ONNX defaults (strides and dilations 1,
 /// pads 0, kernel from the weight's shape).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -58,6 +63,10 @@ pub struct ConvAttrs {
     pub auto_pad: AutoPad,
     #[serde(skip_serializing_if = "is_one")]
     pub group: usize,
+    /// Epilogue: applied to each output element in the kernel, after the bias (a fused
+    /// `Conv -> Relu`: the pre-activation never becomes a tensor).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub activation: Option<Activation>,
 }
 fn is_one(v: &usize) -> bool {
     *v == 1
@@ -71,6 +80,31 @@ impl Default for ConvAttrs {
             pads: vec![],
             auto_pad: AutoPad::NotSet,
             group: 1,
+            activation: None,
+        }
+    }
+}
+
+/// An activation fused into the epilogue of a Conv or Gemm (see `lowmem_rewrite::fuse`).
+/// Its semantics, FLOPs and gradient are those of the standalone op ([`Activation::op`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Activation {
+    Relu,
+}
+
+impl Activation {
+    /// The standalone op this epilogue stands for.
+    pub fn op(self) -> Op {
+        match self {
+            Activation::Relu => Op::Relu,
+        }
+    }
+
+    /// The activation of a standalone op, if it has an epilogue form.
+    pub fn of(op: &Op) -> Option<Activation> {
+        match op {
+            Op::Relu => Some(Activation::Relu),
+            _ => None,
         }
     }
 }
@@ -288,6 +322,9 @@ pub struct GemmAttrs {
     pub trans_a: bool,
     #[serde(skip_serializing_if = "is_default")]
     pub trans_b: bool,
+    /// Epilogue, as [`ConvAttrs::activation`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub activation: Option<Activation>,
 }
 impl Default for GemmAttrs {
     fn default() -> Self {
@@ -296,6 +333,7 @@ impl Default for GemmAttrs {
             beta: 1.0,
             trans_a: false,
             trans_b: false,
+            activation: None,
         }
     }
 }
@@ -771,6 +809,31 @@ pub fn matmul_shape(a: &[usize], b: &[usize]) -> Result<Vec<usize>, String> {
 
 impl Op {
     /// The ONNX-style name of the op.
+    /// The activation fused into this op's epilogue (Conv and Gemm), if any.
+    pub fn epilogue(&self) -> Option<Activation> {
+        match self {
+            Op::Conv(c) => c.activation,
+            Op::Gemm(g) => g.activation,
+            _ => None,
+        }
+    }
+
+    /// This op with `act` as its epilogue (`None` removes it); ops without an epilogue
+    /// form are returned unchanged.
+    pub fn with_epilogue(&self, act: Option<Activation>) -> Op {
+        match self {
+            Op::Conv(c) => Op::Conv(ConvAttrs {
+                activation: act,
+                ..c.clone()
+            }),
+            Op::Gemm(g) => Op::Gemm(GemmAttrs {
+                activation: act,
+                ..g.clone()
+            }),
+            op => op.clone(),
+        }
+    }
+
     pub fn name(&self) -> &'static str {
         match self {
             Op::Conv(_) => "Conv",
@@ -1238,8 +1301,9 @@ impl Op {
             Op::Conv(a) => {
                 let w = inputs[1];
                 let per_out = (w[1] * count(&w[2..])) as u64;
-                let _ = a;
-                2 * out * per_out + if inputs.len() == 3 { out } else { 0 }
+                2 * out * per_out
+                    + if inputs.len() == 3 { out } else { 0 }
+                    + epilogue_flops(a.activation, outputs)
             }
             Op::Gemm(a) => {
                 let k = if a.trans_a {
@@ -1247,7 +1311,9 @@ impl Op {
                 } else {
                     inputs[0][1]
                 } as u64;
-                2 * out * k + if inputs.len() == 3 { 2 * out } else { 0 }
+                2 * out * k
+                    + if inputs.len() == 3 { 2 * out } else { 0 }
+                    + epilogue_flops(a.activation, outputs)
             }
             Op::MatMul => {
                 let a = inputs[0];

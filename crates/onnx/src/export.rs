@@ -495,7 +495,17 @@ pub fn export_model(graph: &Graph) -> Result<Vec<u8>, ExportError> {
                 });
             }
         };
-        b.node(name, &op_type, inputs, outs, attrs);
+        // A fused epilogue is the standalone op in ONNX: `Conv -> Relu` through an
+        // intermediate named after the output.
+        match n.op.epilogue() {
+            None => b.node(name, &op_type, inputs, outs, attrs),
+            Some(act) => {
+                let pre = format!("{}.pre_{}", outs[0], act.op().name().to_lowercase());
+                b.node(name, &op_type, inputs, vec![pre.clone()], attrs);
+                let act_name = format!("{name}.{}", act.op().name().to_lowercase());
+                b.node(&act_name, act.op().name(), vec![pre], outs, vec![]);
+            }
+        }
     }
 
     let input = graph

@@ -238,6 +238,7 @@ pub(crate) fn map<'a>(
                 pads: ctx.usizes("pads")?,
                 auto_pad: auto_pad(ctx)?,
                 group,
+                activation: None,
             });
             return Ok(Mapped {
                 op,
@@ -274,6 +275,7 @@ pub(crate) fn map<'a>(
                 beta: ctx.float_or("beta", 1.0)?,
                 trans_a: ctx.flag("transA", false)?,
                 trans_b: ctx.flag("transB", false)?,
+                activation: None,
             });
             return Ok(Mapped {
                 op,

@@ -13,6 +13,7 @@
 
 mod emit;
 pub mod extract;
+pub mod fuse;
 pub mod lang;
 pub mod rules;
 
@@ -24,6 +25,7 @@ use lowmem_ir::{Graph, IrError, TensorId};
 use thiserror::Error;
 
 pub use extract::{Choice, extract_dag};
+pub use fuse::{Fused, fuse_epilogues};
 pub use lang::{Data, EG, Leaf, OpKey, Out, TensorInfo, Term};
 pub use rules::{RULES, Rule};
 

@@ -399,6 +399,7 @@ fn scale_matmul(eg: &EG, _class: Id, t: &Term) -> Vec<Rhs> {
                         beta: 0.0,
                         trans_a: false,
                         trans_b: false,
+                        activation: None,
                     }),
                     plain,
                 )));

@@ -218,6 +218,7 @@ fn scale_folds_into_gemm_alpha_and_beta() {
         beta: 2.0,
         trans_a: false,
         trans_b: true,
+        activation: None,
     };
     let y = op(&mut g, "y", Op::Gemm(attrs.clone()), &[a, sb, c]);
     let z = op(&mut g, "z", Op::Scale { alpha: -1.0 }, &[y]);

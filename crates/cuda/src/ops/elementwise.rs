@@ -1,7 +1,7 @@
 //! Elementwise ops, their gradients, Sum, PowGrad and dropout (kernels/elementwise.cu).
 
 use lowmem_ir::shape::count;
-use lowmem_ir::{DType, GeluApprox, Op};
+use lowmem_ir::{Activation, DType, GeluApprox, Op};
 
 use super::{DevCall, OpResult};
 use crate::args::{Arg, Dims, call, grid_1d};
@@ -23,6 +23,23 @@ fn unary_code(op: &Op) -> Option<(i32, f32, f32)> {
         Op::Scale { alpha } => (10, *alpha, 0.0),
         _ => return None,
     })
+}
+
+/// Applies `act` (the standalone op's kernel) in place over output 0 of `c`.
+pub(super) fn epilogue(dev: &dyn Device, act: Activation, c: &DevCall) -> OpResult {
+    let n = count(c.out_shape(0));
+    let y = c.output(0)?;
+    let (code, p0, p1) =
+        unary_code(&act.op()).ok_or_else(|| format!("no kernel for the {act:?} epilogue"))?;
+    let args = [
+        Arg::Ptr(y),
+        Arg::Ptr(y),
+        Arg::I64(n as i64),
+        Arg::I32(code),
+        Arg::F32(p0),
+        Arg::F32(p1),
+    ];
+    Ok(call(dev, "lm_unary", grid_1d(n), &args)?)
 }
 
 /// `lm_unary_grad`'s op codes.

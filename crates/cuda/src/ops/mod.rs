@@ -129,6 +129,15 @@ impl<'a> DevCall<'a> {
 
 /// Launches `c.op` on `dev`.
 pub fn launch_op(dev: &dyn Device, c: &DevCall) -> OpResult {
+    launch_body(dev, c)?;
+    match c.op.epilogue() {
+        // A fused epilogue: the standalone activation's kernel over the output, in place.
+        Some(act) => elementwise::epilogue(dev, act, c),
+        None => Ok(()),
+    }
+}
+
+fn launch_body(dev: &dyn Device, c: &DevCall) -> OpResult {
     match c.op {
         Op::MatMul | Op::Gemm(_) => matmul::launch(dev, c),
         Op::Expand { .. } | Op::Slice { .. } | Op::Transpose { .. } | Op::Concat { .. } => {

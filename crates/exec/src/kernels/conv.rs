@@ -5,6 +5,7 @@ use lowmem_ir::scratch::ConvPass;
 use rayon::prelude::*;
 
 use super::PAR_ELEMS;
+use super::elementwise::{Unary, unary_inplace};
 use super::sgemm::{sgemm, sgemm_workspace_len};
 
 /// Spatial ranks the convolution and pooling kernels support (1-D to 3-D).
@@ -242,6 +243,25 @@ pub fn conv(
     out: &mut [f32],
     workspace: &mut [f32],
 ) {
+    conv_fused(
+        x, x_shape, w, w_shape, bias, win, group, None, out, workspace,
+    )
+}
+
+/// [`conv`] with an epilogue applied to each image's output block while it is in cache.
+#[allow(clippy::too_many_arguments)]
+pub fn conv_fused(
+    x: &[f32],
+    x_shape: &[usize],
+    w: &[f32],
+    w_shape: &[usize],
+    bias: Option<&[f32]>,
+    win: &Window,
+    group: usize,
+    epilogue: Option<Unary>,
+    out: &mut [f32],
+    workspace: &mut [f32],
+) {
     let ConvDims {
         g,
         cg,
@@ -263,7 +283,11 @@ pub fn conv(
         return;
     }
     if depthwise(x_shape, w_shape, group) {
-        return depthwise_direct(x, w, bias, &g, c, m / group, out);
+        depthwise_direct(x, w, bias, &g, c, m / group, out);
+        if let Some(u) = epilogue {
+            unary_inplace(u, out);
+        }
+        return;
     }
     let pointwise = g.pointwise();
     let cols = if pointwise { 0 } else { cg * kk * p };
@@ -292,6 +316,9 @@ pub fn conv(
             } else {
                 im2col_geo(xg, cg, &g, colbuf);
                 sgemm(mg, p, cg * kk, 1.0, wg, false, colbuf, false, beta, og, gws);
+            }
+            if let Some(u) = epilogue {
+                unary_inplace(u, og);
             }
         }
     }
