@@ -302,3 +302,48 @@ fn cnn_learns_digits() {
     );
     assert!(out.is_file());
 }
+
+/// Epilogue fusion changes no bit of training: the same loss after every step and the same
+/// trained weights, with and without `--no-fuse`, on models with Conv/Gemm -> ReLU pairs and
+/// dropout (whose masks must not depend on how many nodes precede them).
+#[test]
+fn fused_and_unfused_steps_train_bitwise_alike() {
+    let dir = std::env::temp_dir().join(format!("lowmem-fuse-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for model in ["digits_dropout", "digits_cnn"] {
+        let path = example_path(model);
+        let run = |extra: &[&str], out: &Path| -> serde_json::Value {
+            let path = path.to_str().unwrap();
+            let out = out.to_str().unwrap();
+            let mut args = vec![
+                "train", path, "--data", "digits", "--steps", "40", "--json", "--out", out,
+            ];
+            args.extend(extra);
+            let s = cli().ok(&args);
+            serde_json::from_str(s.lines().last().unwrap()).unwrap()
+        };
+        let (fo, uo) = (dir.join("fused.onnx"), dir.join("unfused.onnx"));
+        let (f, u) = (run(&[], &fo), run(&["--no-fuse"], &uo));
+        assert_eq!(f["final_loss"], u["final_loss"], "{model}");
+        assert_eq!(f["correct"], u["correct"], "{model}");
+        let weights = |p: &Path| {
+            let g = lowmem_onnx::import_model(&std::fs::read(p).unwrap(), "m").unwrap();
+            let mut w: Vec<(String, TensorData)> = g
+                .weights()
+                .map(|t| {
+                    (
+                        g.tensor(t).name.clone(),
+                        (*g.tensor(t).value.clone().unwrap()).clone(),
+                    )
+                })
+                .collect();
+            w.sort_by(|a, b| a.0.cmp(&b.0));
+            w
+        };
+        assert!(
+            weights(&fo) == weights(&uo),
+            "{model}: trained weights differ"
+        );
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}
