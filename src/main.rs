@@ -964,6 +964,8 @@ fn run(cli: Cli) -> Result<(), Error> {
             let flops =
                 step.costs.forward_flops + step.costs.backward_flops + step.costs.recompute_flops;
             let gflops = flops as f64 / median / 1e9;
+            // The CPU's measured peak, to read the step's rate against.
+            let peak = (device.target() == Target::Cpu).then(|| lowmem_exec::peak::peak_gflops().0);
             if json {
                 println!(
                     "{}",
@@ -971,6 +973,8 @@ fn run(cli: Cli) -> Result<(), Error> {
                         "model": g.name, "batch": step.batch, "task": step.task.name(),
                         "iters": times.len(), "median_s": median, "min_s": times[0],
                         "gflops": gflops, "planned_peak_bytes": step.planned_peak_bytes(),
+                        "machine_peak_gflops": peak,
+                        "fraction_of_peak": peak.map(|p| gflops / p),
                         "device": device.target().name(),
                         "persistent_bytes": step.plan.persistent_bytes,
                         "arena_bytes": step.plan.arena_bytes,
@@ -980,7 +984,7 @@ fn run(cli: Cli) -> Result<(), Error> {
                 );
             } else {
                 println!(
-                    "{} ({}, batch {}, {}): median {:.2} ms, min {:.2} ms over {} runs ({gflops:.1} GFLOP/s), planned peak {}{}",
+                    "{} ({}, batch {}, {}): median {:.2} ms, min {:.2} ms over {} runs ({gflops:.1} GFLOP/s{}), planned peak {}{}",
                     g.name,
                     step.task.name(),
                     step.batch,
@@ -988,6 +992,10 @@ fn run(cli: Cli) -> Result<(), Error> {
                     median * 1e3,
                     times[0] * 1e3,
                     times.len(),
+                    peak.map_or(String::new(), |p| format!(
+                        ", {:.1}% of the measured peak {p:.0}",
+                        100.0 * gflops / p
+                    )),
                     human_bytes(step.planned_peak_bytes()),
                     device_peak.map_or(String::new(), |d| format!(
                         ", device peak {}",

@@ -12,6 +12,7 @@ mod block;
 mod dispatch;
 pub mod heap;
 pub mod kernels;
+pub mod peak;
 mod planned;
 pub mod program;
 mod session;

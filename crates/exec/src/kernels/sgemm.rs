@@ -415,7 +415,9 @@ fn direct(
     c: &mut [f32],
 ) {
     let at = |i: usize, p: usize| if trans_a { a[p * m + i] } else { a[i * k + p] };
-    for (i, row) in c.chunks_exact_mut(n).enumerate() {
+    // Rows are independent: in parallel above the SGEMM's parallel threshold, each computed
+    // as it would be alone (no workspace, the same results whatever the thread count).
+    let row_of = |(i, row): (usize, &mut [f32])| {
         if trans_b {
             for (j, o) in row.iter_mut().enumerate() {
                 let bj = &b[j * k..(j + 1) * k];
@@ -450,5 +452,10 @@ fn direct(
                 }
             }
         }
+    };
+    if m * n * k >= lowmem_ir::scratch::GEMM_PAR_MACS && m > 1 && rayon::current_num_threads() > 1 {
+        c.par_chunks_exact_mut(n).enumerate().for_each(row_of);
+    } else {
+        c.chunks_exact_mut(n).enumerate().for_each(row_of);
     }
 }
