@@ -268,6 +268,16 @@ enum Cmd {
         #[arg(long, value_enum, default_value_t = DeviceArg::Cuda)]
         device: DeviceArg,
     },
+    /// Write a model (a file or builtin:NAME) as ONNX, optionally at another batch size, as
+    /// lowmem runs it (Conv/Gemm -> ReLU pairs as two ONNX nodes): for onnxruntime beside
+    /// lowmem (benches/vs_onnxruntime.py).
+    Export {
+        model: PathBuf,
+        #[arg(long, value_name = "N")]
+        batch: Option<usize>,
+        #[arg(short, long, value_name = "FILE.onnx")]
+        out: PathBuf,
+    },
     /// Solve an offset-assignment problem alone (MiniMalloc CSV: id,lower,upper,size).
     Pack {
         file: PathBuf,
@@ -1171,6 +1181,16 @@ fn run(cli: Cli) -> Result<(), Error> {
                 fuse: !no_fuse,
             };
             lowmem::planning::frontier_cmd(&model, &req, levels, json.as_deref(), html.as_deref())
+        }
+        Cmd::Export { model, batch, out } => {
+            let g = lowmem::model::load(&model, batch)?;
+            let bytes = lowmem_onnx::export_model(&g)?;
+            std::fs::write(&out, bytes).map_err(|source| Error::Io {
+                path: out.display().to_string(),
+                source,
+            })?;
+            println!("{}: {} nodes -> {}", g.name, g.nodes.len(), out.display());
+            Ok(())
         }
         Cmd::Pack {
             file,

@@ -51,6 +51,10 @@ pub const BUILTINS: &[(&str, &str)] = &[
         "bert-base",
         "BERT-base-like encoder: 12 layers, hidden 768, 12 heads, seq 128, FFN 3072, 2 classes (batch default 32)",
     ),
+    (
+        "encoder",
+        "small BERT-style encoder: 4 layers, hidden 256, 4 heads, seq 128, FFN 1024, 2 classes (batch default 1)",
+    ),
 ];
 
 fn builtin(name: &str, batch: Option<usize>) -> Result<Graph, Error> {
@@ -69,6 +73,15 @@ fn builtin(name: &str, batch: Option<usize>) -> Result<Graph, Error> {
             3072,
             2,
             batch.unwrap_or(32),
+        )),
+        "encoder" => Ok(crate::models::transformer_encoder(
+            4,
+            256,
+            4,
+            128,
+            1024,
+            2,
+            batch.unwrap_or(1),
         )),
         other => Err(Error::Model(format!(
             "builtin:{other} is not a built-in model; there are: {}",
