@@ -399,6 +399,37 @@ fn driver<const MR: usize, const NR: usize>(
     }
 }
 
+/// `row += x(p) * B[p, :]` for `p` in order, each element accumulated exactly as a plain
+/// loop would; blocks of 64 columns stay in registers across `p` instead of going through
+/// memory at every `p`.
+#[inline]
+fn axpy_rows(row: &mut [f32], k: usize, x: impl Fn(usize) -> f32, b: &[f32], n: usize) {
+    const NB: usize = 64;
+    let mut j0 = 0;
+    for chunk in row.chunks_mut(NB) {
+        if chunk.len() == NB {
+            let mut acc = [0f32; NB];
+            acc.copy_from_slice(chunk);
+            for p in 0..k {
+                let xp = x(p);
+                let bp: &[f32; NB] = b[p * n + j0..p * n + j0 + NB].try_into().unwrap();
+                for l in 0..NB {
+                    acc[l] += xp * bp[l];
+                }
+            }
+            chunk.copy_from_slice(&acc);
+        } else {
+            for p in 0..k {
+                let xp = x(p);
+                for (o, &bv) in chunk.iter_mut().zip(&b[p * n + j0..]) {
+                    *o += xp * bv;
+                }
+            }
+        }
+        j0 += NB;
+    }
+}
+
 /// Small products without packing (no workspace): row `i` of C accumulates `A[i, p] * B[p, :]`
 /// over `p` in order (or dot products along `p` when B is transposed).
 #[allow(clippy::too_many_arguments)]
@@ -433,29 +464,80 @@ fn direct(
             }
         } else if beta == 0.0 {
             row.fill(0.0);
-            for p in 0..k {
-                let x = at(i, p);
-                for (o, &bv) in row.iter_mut().zip(&b[p * n..(p + 1) * n]) {
-                    *o += x * bv;
-                }
-            }
+            axpy_rows(row, k, |p| at(i, p), b, n);
             if alpha != 1.0 {
                 row.iter_mut().for_each(|v| *v *= alpha);
             }
         } else {
             // C[i, :] = beta * C[i, :] + alpha * sum_p A[i, p] * B[p, :]
             row.iter_mut().for_each(|v| *v *= beta);
-            for p in 0..k {
-                let x = alpha * at(i, p);
-                for (o, &bv) in row.iter_mut().zip(&b[p * n..(p + 1) * n]) {
-                    *o += x * bv;
-                }
-            }
+            axpy_rows(row, k, |p| alpha * at(i, p), b, n);
         }
     };
     if m * n * k >= lowmem_ir::scratch::GEMM_PAR_MACS && m > 1 && rayon::current_num_threads() > 1 {
         c.par_chunks_exact_mut(n).enumerate().for_each(row_of);
     } else {
         c.chunks_exact_mut(n).enumerate().for_each(row_of);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// The unpacked path equals the plain loop bit for bit (register blocks of 64 columns,
+    /// a ragged tail, beta 0 and not, alpha 1 and not).
+    #[test]
+    fn unpacked_products_equal_the_plain_loop() {
+        let mut s = 7u64;
+        let mut rnd = || {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+        };
+        for (m, n, k) in [(3, 130, 17), (5, 64, 9), (2, 7, 33)] {
+            assert!(!lowmem_ir::scratch::sgemm_packs(m, n, k));
+            let a: Vec<f32> = (0..m * k).map(|_| rnd()).collect();
+            let b: Vec<f32> = (0..k * n).map(|_| rnd()).collect();
+            let c0: Vec<f32> = (0..m * n).map(|_| rnd()).collect();
+            for (alpha, beta) in [(1.0f32, 0.0f32), (0.5, 0.0), (1.5, 2.0)] {
+                let mut want = c0.clone();
+                for i in 0..m {
+                    let row = &mut want[i * n..(i + 1) * n];
+                    if beta == 0.0 {
+                        row.fill(0.0);
+                    } else {
+                        row.iter_mut().for_each(|v| *v *= beta);
+                    }
+                    for p in 0..k {
+                        let x = if beta == 0.0 {
+                            a[i * k + p]
+                        } else {
+                            alpha * a[i * k + p]
+                        };
+                        for j in 0..n {
+                            row[j] += x * b[p * n + j];
+                        }
+                    }
+                    if beta == 0.0 && alpha != 1.0 {
+                        row.iter_mut().for_each(|v| *v *= alpha);
+                    }
+                }
+                let mut got = c0.clone();
+                super::sgemm(
+                    m,
+                    n,
+                    k,
+                    alpha,
+                    &a,
+                    false,
+                    &b,
+                    false,
+                    beta,
+                    &mut got,
+                    &mut [],
+                );
+                assert!(got == want, "{m}x{n}x{k} alpha {alpha} beta {beta}");
+            }
+        }
     }
 }
