@@ -1251,11 +1251,16 @@ fn parity(
     };
     let step = compile(&g, &CompileOptions::new(task))?;
     let inputs = random_inputs(&step.graph, 7)?;
-    let run = |target: Target| -> Result<(Vec<TensorData>, f64), Error> {
+    // One step on `target` from `inputs`; the executor, for a second (timed) run.
+    let run_once = |target: Target, inputs: &[TensorData]| {
         let mut ex = lowmem::device::executor(&step, target)?;
-        set_random_inputs(ex.as_mut(), &step, &inputs)?;
+        set_random_inputs(ex.as_mut(), &step, inputs)?;
         ex.run()?;
         ex.sync()?;
+        Ok::<_, Error>(ex)
+    };
+    let run = |target: Target| -> Result<(Vec<TensorData>, f64), Error> {
+        let mut ex = run_once(target, &inputs)?;
         let t = Instant::now();
         ex.run()?;
         ex.sync()?;
@@ -1278,12 +1283,8 @@ fn parity(
                 d => d.clone(),
             })
             .collect();
-        let mut ex = lowmem::device::executor(&step, Target::Cpu)?;
-        set_random_inputs(ex.as_mut(), &step, &moved)?;
-        ex.run()?;
-        ex.sync()?;
         want.iter()
-            .zip(&ex.outputs()?)
+            .zip(&run_once(Target::Cpu, &moved)?.outputs()?)
             .map(|(w, m)| lowmem::device::deviation("", w, m, rtol, atol).rel_l2)
             .collect()
     } else {

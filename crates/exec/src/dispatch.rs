@@ -213,12 +213,31 @@ impl<'a> OpCall<'a> {
     }
 }
 
-/// The elementwise kernel of a fused epilogue: the standalone op's.
-fn epilogue(act: lowmem_ir::Activation) -> Unary {
-    match act.op() {
+/// The elementwise kernel of a unary op (a standalone node or a fused epilogue's op).
+fn unary_of(op: &Op) -> Option<Unary> {
+    Some(match op {
+        Op::Neg => Unary::Neg,
+        Op::Scale { alpha } => Unary::Scale(*alpha),
         Op::Relu => Unary::Relu,
-        op => unreachable!("{} has no epilogue form", op.name()),
-    }
+        Op::LeakyRelu { alpha } => Unary::LeakyRelu(*alpha),
+        Op::Sigmoid => Unary::Sigmoid,
+        Op::Tanh => Unary::Tanh,
+        Op::Erf => Unary::Erf,
+        // GeluApprox is None (the default) or Tanh.
+        Op::Gelu { approximate } if *approximate == Default::default() => Unary::Gelu,
+        Op::Gelu { .. } => Unary::GeluTanh,
+        Op::Sqrt => Unary::Sqrt,
+        Op::Clip(a) => Unary::Clip {
+            min: a.min.unwrap_or(f32::MIN),
+            max: a.max.unwrap_or(f32::MAX),
+        },
+        _ => return None,
+    })
+}
+
+/// The kernel of a fused epilogue: its standalone op's.
+fn epilogue(act: lowmem_ir::Activation) -> Result<Unary, String> {
+    unary_of(&act.op()).ok_or_else(|| format!("no kernel for the {act:?} epilogue"))
 }
 
 fn bad_outputs(op: &Op, n: usize) -> String {
@@ -275,26 +294,16 @@ pub(crate) fn exec_op(c: &OpCall, outs: &mut [&mut [u8]], ws: &mut [f32]) -> Res
             }
             kernels::cast(src, from, dst, to);
         }
-        Op::Neg => c.unary(Unary::Neg, outs)?,
-        Op::Scale { alpha } => c.unary(Unary::Scale(*alpha), outs)?,
-        Op::Relu => c.unary(Unary::Relu, outs)?,
-        Op::LeakyRelu { alpha } => c.unary(Unary::LeakyRelu(*alpha), outs)?,
-        Op::Sigmoid => c.unary(Unary::Sigmoid, outs)?,
-        Op::Tanh => c.unary(Unary::Tanh, outs)?,
-        Op::Erf => c.unary(Unary::Erf, outs)?,
-        // GeluApprox is None (the default) or Tanh.
-        Op::Gelu { approximate } if *approximate == Default::default() => {
-            c.unary(Unary::Gelu, outs)?
-        }
-        Op::Gelu { .. } => c.unary(Unary::GeluTanh, outs)?,
-        Op::Sqrt => c.unary(Unary::Sqrt, outs)?,
-        Op::Clip(a) => c.unary(
-            Unary::Clip {
-                min: a.min.unwrap_or(f32::MIN),
-                max: a.max.unwrap_or(f32::MAX),
-            },
-            outs,
-        )?,
+        Op::Neg
+        | Op::Scale { .. }
+        | Op::Relu
+        | Op::LeakyRelu { .. }
+        | Op::Sigmoid
+        | Op::Tanh
+        | Op::Erf
+        | Op::Gelu { .. }
+        | Op::Sqrt
+        | Op::Clip(_) => c.unary(unary_of(op).ok_or("not a unary op")?, outs)?,
         Op::Add | Op::Sub | Op::Mul | Op::Div | Op::Pow => {
             let b = match op {
                 Op::Add => Binary::Add,
@@ -612,7 +621,7 @@ pub(crate) fn exec_op(c: &OpCall, outs: &mut [&mut [u8]], ws: &mut [f32]) -> Res
         Op::Conv(a) => {
             let win = c.window(|| a.window(shapes[0], shapes[1]))?;
             let bias = if c.ins.len() == 3 { Some(x(2)?) } else { None };
-            kernels::conv_fused(
+            kernels::conv(
                 x(0)?,
                 shapes[0],
                 x(1)?,
@@ -620,7 +629,7 @@ pub(crate) fn exec_op(c: &OpCall, outs: &mut [&mut [u8]], ws: &mut [f32]) -> Res
                 bias,
                 &win,
                 a.group,
-                a.activation.map(epilogue),
+                a.activation.map(epilogue).transpose()?,
                 c.out1(outs)?,
                 ws,
             );
@@ -658,7 +667,7 @@ pub(crate) fn exec_op(c: &OpCall, outs: &mut [&mut [u8]], ws: &mut [f32]) -> Res
                 ws,
             );
             if let Some(act) = a.activation {
-                kernels::unary_inplace(epilogue(act), c.out1(outs)?);
+                kernels::unary_inplace(epilogue(act)?, c.out1(outs)?);
             }
         }
         Op::MaxPool(a) | Op::AveragePool(a) => {

@@ -35,7 +35,18 @@ fn check_conv(
     out_shape.extend(&win.output);
     let mut out = vec![f32::NAN; numel(&out_shape)];
     let mut ws_buf = vec![f32::NAN; kernels::conv_workspace_len(&xs, &ws, &win, group)];
-    kernels::conv(&x, &xs, &w, &ws, b, &win, group, &mut out, &mut ws_buf);
+    kernels::conv(
+        &x,
+        &xs,
+        &w,
+        &ws,
+        b,
+        &win,
+        group,
+        None,
+        &mut out,
+        &mut ws_buf,
+    );
     let want = naive_conv(&to64(&x), &xs, &to64(&w), &ws, b, &win, group);
     assert_close(
         &out,
@@ -977,11 +988,11 @@ fn time_conv(name: &str, xs: &[usize], ws: &[usize], pads: Vec<usize>) {
     let mut out = vec![0.0; numel(&os)];
     let mut ws_buf = vec![0.0; kernels::conv_workspace_len(xs, ws, &win, 1)];
     let flops = 2.0 * numel(&os) as f64 * (ws[1] * ws[2] * ws[3]) as f64;
-    kernels::conv(&x, xs, &w, ws, None, &win, 1, &mut out, &mut ws_buf);
+    kernels::conv(&x, xs, &w, ws, None, &win, 1, None, &mut out, &mut ws_buf);
     let reps = 20;
     let t = std::time::Instant::now();
     for _ in 0..reps {
-        kernels::conv(&x, xs, &w, ws, None, &win, 1, &mut out, &mut ws_buf);
+        kernels::conv(&x, xs, &w, ws, None, &win, 1, None, &mut out, &mut ws_buf);
     }
     let dt = t.elapsed().as_secs_f64() / reps as f64;
     println!(

@@ -50,7 +50,7 @@ fn kernels_do_not_allocate() {
     let mut mm = vec![0.0; 3 * 5 * 7];
     let (ma, mb) = (data(3 * 5 * 6, 4), data(6 * 7, 5));
     let n = allocs(|| {
-        kernels::conv(&x, &xs, &w, &wsh, None, &win, 1, &mut y, &mut ws);
+        kernels::conv(&x, &xs, &w, &wsh, None, &win, 1, None, &mut y, &mut ws);
         kernels::conv_backward_data(&y, &w, &wsh, &xs, &win, 1, &mut dx, &mut ws);
         kernels::conv_backward_filter(&y, &x, &xs, &wsh, &win, 1, &mut dw, &mut ws);
         kernels::matmul(&ma, &[3, 5, 6], &mb, &[6, 7], &mut mm, &mut ws);

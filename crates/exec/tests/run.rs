@@ -82,6 +82,7 @@ fn small_cnn_matches_kernel_composition() {
         Some(&bv),
         &win,
         1,
+        None,
         &mut cv,
         &mut ws,
     );

@@ -4,6 +4,7 @@ use lowmem_ir::shape::count;
 use lowmem_ir::{Activation, DType, GeluApprox, Op};
 
 use super::{DevCall, OpResult};
+use crate::DevPtr;
 use crate::args::{Arg, Dims, call, grid_1d};
 use crate::device::Device;
 
@@ -27,12 +28,22 @@ fn unary_code(op: &Op) -> Option<(i32, f32, f32)> {
 
 /// Applies `act` (the standalone op's kernel) in place over output 0 of `c`.
 pub(super) fn epilogue(dev: &dyn Device, act: Activation, c: &DevCall) -> OpResult {
-    let n = count(c.out_shape(0));
-    let y = c.output(0)?;
-    let (code, p0, p1) =
+    let code =
         unary_code(&act.op()).ok_or_else(|| format!("no kernel for the {act:?} epilogue"))?;
+    let y = c.output(0)?;
+    unary(dev, code, y, y, count(c.out_shape(0)))
+}
+
+/// `lm_unary` with op `code` over `n` elements from `x` into `y` (which may be `x`).
+fn unary(
+    dev: &dyn Device,
+    (code, p0, p1): (i32, f32, f32),
+    x: DevPtr,
+    y: DevPtr,
+    n: usize,
+) -> OpResult {
     let args = [
-        Arg::Ptr(y),
+        Arg::Ptr(x),
         Arg::Ptr(y),
         Arg::I64(n as i64),
         Arg::I32(code),
@@ -72,17 +83,8 @@ fn binary_code(op: &Op) -> Option<i32> {
 pub(super) fn launch(dev: &dyn Device, c: &DevCall) -> OpResult {
     let op = c.op;
     let n = count(c.out_shape(0));
-    if let Some((code, p0, p1)) = unary_code(op) {
-        let (x, y) = (c.f32_in(0)?, c.output(0)?);
-        let args = [
-            Arg::Ptr(x),
-            Arg::Ptr(y),
-            Arg::I64(n as i64),
-            Arg::I32(code),
-            Arg::F32(p0),
-            Arg::F32(p1),
-        ];
-        return Ok(call(dev, "lm_unary", grid_1d(n), &args)?);
+    if let Some(code) = unary_code(op) {
+        return unary(dev, code, c.f32_in(0)?, c.output(0)?, n);
     }
     if let Some((code, p0, p1)) = grad_code(op) {
         // Inputs: dy, then the value the derivative reads (X or Y); dx may overwrite dy.

@@ -230,27 +230,10 @@ pub(crate) fn im2col_geo(x: &[f32], channels: usize, g: &Geo, col: &mut [f32]) {
 
 /// ONNX Conv: `x [N, C, spatial...]`, `w [M, C/group, kernel...]`, optional `bias [M]`, `win`
 /// from [`lowmem_ir::ConvAttrs::window`]; `out [N, M, win.output...]`; `workspace` at least
-/// [`conv_workspace_len`] elements.
+/// [`conv_workspace_len`] elements. `epilogue`, if any, is applied to each image's output
+/// block while it is in cache (a fused activation).
 #[allow(clippy::too_many_arguments)]
 pub fn conv(
-    x: &[f32],
-    x_shape: &[usize],
-    w: &[f32],
-    w_shape: &[usize],
-    bias: Option<&[f32]>,
-    win: &Window,
-    group: usize,
-    out: &mut [f32],
-    workspace: &mut [f32],
-) {
-    conv_fused(
-        x, x_shape, w, w_shape, bias, win, group, None, out, workspace,
-    )
-}
-
-/// [`conv`] with an epilogue applied to each image's output block while it is in cache.
-#[allow(clippy::too_many_arguments)]
-pub fn conv_fused(
     x: &[f32],
     x_shape: &[usize],
     w: &[f32],

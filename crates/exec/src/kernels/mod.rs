@@ -25,7 +25,7 @@ mod reduce;
 mod sgemm;
 mod sparse;
 
-pub use conv::{ConvDims, Geo, MAX_SPATIAL_RANK, conv, conv_fused, conv_workspace_len, im2col};
+pub use conv::{ConvDims, Geo, MAX_SPATIAL_RANK, conv, conv_workspace_len, im2col};
 pub use conv_grad::{
     col2im, conv_backward_data, conv_backward_data_workspace_len, conv_backward_filter,
     conv_backward_filter_workspace_len,
